@@ -1,0 +1,1 @@
+"""Code that both the training and the serving image need, written once."""

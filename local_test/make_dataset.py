@@ -1,0 +1,123 @@
+#!/usr/bin/env python3
+"""Generate a small synthetic English speech set with espeak-ng: random sentences, known transcripts.
+
+Writes, under OUT:
+  train/   audio/*.wav + manifest.jsonl (+ manifest.csv)   utterances from the training voices
+  test/    same layout                                       utterances from voices NOT used in training
+  hf/train, hf/test  the same splits as Hugging Face datasets saved with save_to_disk (--hf)
+
+Clips are 16 kHz mono 16-bit WAV. Each voice is an espeak-ng voice with a speed and pitch, so held-out
+voices measure generalisation, not memorisation. Deterministic for a given --seed.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import random
+import shutil
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from common.audio import to_model_input  # noqa: E402
+
+# (espeak-ng voice, words per minute, pitch 0-99)
+TRAIN_VOICES = [
+    ("en-us", 160, 50), ("en-gb", 150, 40), ("en-gb-scotland", 170, 55),
+    ("en-gb-x-rp", 140, 45), ("en-029", 165, 60), ("en-us-nyc", 155, 35),
+    ("en-us+f2", 150, 70), ("en-gb+m3", 145, 30),
+]
+TEST_VOICES = [("en-gb-x-gbclan", 155, 50), ("en-gb-x-gbcwmd", 150, 45), ("en-us+f4", 160, 65)]
+
+WORDS = """the a one two three four five six seven eight nine ten red green blue black white small big
+old new good bad cat dog bird fish horse cow house tree road river hill city car boat train plane
+man woman child friend teacher doctor farmer king queen bread milk water tea coffee apple orange
+runs walks sees finds takes gives makes likes wants needs opens closes reads writes sings plays
+quickly slowly today tomorrow yesterday here there near far under over with without and but
+morning evening night day week year book door window table chair garden street market school""".split()
+
+
+def sentence(rng: random.Random) -> str:
+    return " ".join(rng.choice(WORDS) for _ in range(rng.randint(3, 9)))
+
+
+def synthesize(text: str, voice: tuple[str, int, int]) -> np.ndarray:
+    name, speed, pitch = voice
+    wav = subprocess.run(
+        ["espeak-ng", "-v", name, "-s", str(speed), "-p", str(pitch), "--stdout", text],
+        check=True, capture_output=True,
+    ).stdout
+    data, rate = sf.read(io.BytesIO(wav), dtype="float32")  # espeak-ng writes 22.05 kHz
+    return to_model_input(data, rate)
+
+
+def write_split(out: Path, items: list[tuple[str, tuple[str, int, int]]], prefix: str) -> list[dict]:
+    (out / "audio").mkdir(parents=True, exist_ok=True)
+
+    def one(i_item):
+        i, (text, voice) = i_item
+        rel = f"audio/{prefix}{i:05d}.wav"
+        sf.write(out / rel, synthesize(text, voice), 16_000, subtype="PCM_16")
+        return {"audio": rel, "text": text, "voice": voice[0]}
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        rows = list(pool.map(one, enumerate(items)))
+    with open(out / "manifest.jsonl", "w") as f:
+        for r in rows:
+            f.write(json.dumps(r) + "\n")
+    with open(out / "manifest.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["audio", "text", "voice"])
+        w.writeheader()
+        w.writerows(rows)
+    return rows
+
+
+def save_hf(split_dir: Path, rows: list[dict], dest: Path) -> None:
+    """The seed's format: a save_to_disk dataset with `audio` and `text` columns."""
+    from datasets import Audio, Dataset
+
+    ds = Dataset.from_dict({
+        "audio": [str(split_dir / r["audio"]) for r in rows],
+        "text": [r["text"] for r in rows],
+    }).cast_column("audio", Audio(decode=False))
+    # Embed the bytes so the saved dataset does not point back at these files.
+    ds = ds.map(lambda b: {"audio": {"bytes": Path(b["audio"]["path"]).read_bytes(),
+                                     "path": Path(b["audio"]["path"]).name}})
+    ds.save_to_disk(str(dest))
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("out", type=Path)
+    p.add_argument("--train", type=int, default=600, help="training utterances (default 600)")
+    p.add_argument("--test", type=int, default=60, help="held-out utterances (default 60)")
+    p.add_argument("--train-voices", type=int, default=6, help="how many training voices (max %d)" % len(TRAIN_VOICES))
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--hf", action="store_true", help="also write save_to_disk datasets under OUT/hf")
+    args = p.parse_args(argv)
+    if shutil.which("espeak-ng") is None:
+        p.error("espeak-ng is not installed (Debian/Ubuntu: apt-get install espeak-ng; or run ./setup.sh)")
+    rng = random.Random(args.seed)
+    voices = TRAIN_VOICES[: args.train_voices]
+    train = [(sentence(rng), voices[i % len(voices)]) for i in range(args.train)]
+    test = [(sentence(rng), TEST_VOICES[i % len(TEST_VOICES)]) for i in range(args.test)]
+    rows_train = write_split(args.out / "train", train, "tr")
+    rows_test = write_split(args.out / "test", test, "te")
+    if args.hf:
+        save_hf(args.out / "train", rows_train, args.out / "hf" / "train")
+        save_hf(args.out / "test", rows_test, args.out / "hf" / "test")
+    seconds = sum(sf.info(args.out / "train" / r["audio"]).duration for r in rows_train)
+    print(f"wrote {len(rows_train)} train ({seconds / 60:.1f} min, {len(voices)} voices) and "
+          f"{len(rows_test)} held-out utterances ({len(TEST_VOICES)} other voices) to {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,59 @@
+"""Shared fixtures: a small synthetic speech set (espeak-ng) and a tiny random Wav2Vec2 CTC model dir."""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from common import modeldir, text  # noqa: E402
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def program_env(**extra: str) -> dict[str, str]:
+    """Environment for running train/train or serve/serve natively with this venv's Python first."""
+    env = dict(os.environ)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env["PYTHONUNBUFFERED"] = "1"
+    env["HF_HUB_OFFLINE"] = "1"
+    env.update(extra)
+    return env
+
+
+@pytest.fixture(scope="session")
+def synthetic_data(tmp_path_factory) -> Path:
+    """48 training and 12 held-out utterances: DIR/train, DIR/test (audio/ + manifests), DIR/hf/{train,test}."""
+    out = tmp_path_factory.mktemp("synthetic")
+    subprocess.run(
+        [sys.executable, str(ROOT / "local_test" / "make_dataset.py"), str(out),
+         "--train", "48", "--test", "12", "--hf"],
+        check=True, capture_output=True,
+    )
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, synthetic_data) -> Path:
+    """A randomly initialised tiny Wav2Vec2ForCTC + processor, saved as training would save it."""
+    from transformers import Wav2Vec2ForCTC
+    import torch
+
+    torch.manual_seed(0)
+    texts = [json.loads(l)["text"] for l in (synthetic_data / "train" / "manifest.jsonl").open()]
+    processor = modeldir.make_processor(text.build_vocab(texts))
+    cfg = modeldir.tiny_config(len(processor.tokenizer), processor.tokenizer.pad_token_id)
+    out = tmp_path_factory.mktemp("tiny_model")
+    modeldir.save(out, Wav2Vec2ForCTC(cfg).eval(), processor)
+    return out
