@@ -38,8 +38,10 @@ def to_model_input(samples, rate) -> np.ndarray:
         x = np.asarray(samples)
     except (TypeError, ValueError) as exc:
         raise AudioError(f"samples are not a numeric array: {exc}") from None
-    if x.dtype == object or not (np.issubdtype(x.dtype, np.number) or x.dtype == bool):
+    if x.dtype == object or x.dtype == bool or not np.issubdtype(x.dtype, np.number):
         raise AudioError("samples must be numbers")
+    if np.iscomplexobj(x):
+        raise AudioError("samples must be real numbers")
     if x.ndim == 0 or x.ndim > 2:
         raise AudioError(f"samples must be 1-D (mono) or 2-D (frames x channels), got {x.ndim}-D")
     if np.issubdtype(x.dtype, np.integer):
@@ -61,16 +63,39 @@ def to_model_input(samples, rate) -> np.ndarray:
 
 def _read(source) -> tuple[np.ndarray, int]:
     try:
-        data, rate = sf.read(source, dtype="float32", always_2d=True)
+        with sf.SoundFile(source) as f:
+            declared = f.frames
+            data = f.read(dtype="float32", always_2d=True)
+            rate = f.samplerate
     except (sf.LibsndfileError, RuntimeError, TypeError, ValueError, EOFError) as exc:
-        raise AudioError(f"cannot decode audio: {exc}") from None
+        raise AudioError(f"cannot decode audio (WAV, FLAC, OGG or MP3 that libsndfile reads): {exc}") from None
+    # Compressed streams whose header promises more frames than decode were cut short.
+    if 0 < declared < (1 << 62) and len(data) < declared:
+        raise AudioError(f"audio is truncated: header declares {declared} frames, only {len(data)} decode")
     return data, rate
+
+
+def _check_wav_length(payload: bytes) -> None:
+    """libsndfile silently shortens a WAV whose data chunk is cut off; a truncated upload must be an error."""
+    if len(payload) < 12 or payload[:4] != b"RIFF" or payload[8:12] != b"WAVE":
+        return
+    pos = 12
+    while pos + 8 <= len(payload):
+        chunk, size = payload[pos:pos + 4], int.from_bytes(payload[pos + 4:pos + 8], "little")
+        if chunk == b"data":
+            have = len(payload) - pos - 8
+            # 0 and 0xFFFFFFFF mark streamed WAVs whose writer did not know the length.
+            if size not in (0, 0xFFFFFFFF) and size > have:
+                raise AudioError(f"WAV is truncated: its header declares {size} bytes of samples, the body has {have}")
+            return
+        pos += 8 + size + (size & 1)
 
 
 def decode_bytes(payload: bytes) -> np.ndarray:
     """Decode an encoded file (WAV, FLAC, OGG, MP3, ...; format sniffed) to 16 kHz mono float32."""
     if not payload:
         raise AudioError("audio body is empty")
+    _check_wav_length(payload)
     data, rate = _read(io.BytesIO(payload))
     return to_model_input(data, rate)
 

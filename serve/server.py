@@ -1,0 +1,82 @@
+"""gunicorn around the Flask app: gthread workers (concurrency for batching), one per GPU, each pinned.
+
+The master only forks; every worker sets its CUDA_VISIBLE_DEVICES after the fork and then loads its own
+model, so CUDA is first touched inside the worker.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import threading
+
+from gunicorn.app.base import BaseApplication
+
+from .settings import Settings
+
+log = logging.getLogger("serve")
+
+# gunicorn's master kills workers this long after SIGTERM; SageMaker sends SIGKILL after 30 s.
+GRACEFUL_TIMEOUT_S = 25
+
+
+class Server(BaseApplication):
+    def __init__(self, settings: Settings, gpus: list[str]):
+        self.settings = settings
+        self.gpus = gpus
+        self.workers = settings.workers or max(1, len(gpus))
+        super().__init__()
+
+    def load_config(self) -> None:
+        s = self.settings
+        options = {
+            "bind": f"0.0.0.0:{s.port}",
+            "workers": self.workers,
+            "worker_class": "gthread",
+            "threads": s.threads,
+            "timeout": s.timeout_s,
+            "graceful_timeout": GRACEFUL_TIMEOUT_S,
+            "keepalive": 5,
+            "loglevel": s.log_level,
+            "errorlog": "-",
+            "accesslog": None,  # the app logs one line per request itself
+            "preload_app": False,  # the model is loaded in each worker, never in the master
+            "control_socket_disable": True,  # no runtime-control socket in $HOME: nothing needs it
+            "pre_fork": self._pre_fork,
+            "post_fork": self._post_fork,
+        }
+        for key, value in options.items():
+            self.cfg.set(key, value)
+
+    def _pre_fork(self, server, worker) -> None:
+        # Stable slot per worker (a replaced worker takes the free slot), hence a stable GPU.
+        taken = {getattr(w, "slot", None) for w in server.WORKERS.values()}
+        worker.slot = next(i for i in range(len(taken) + 1) if i not in taken)
+
+    def _post_fork(self, server, worker) -> None:
+        if self.gpus:
+            os.environ["CUDA_VISIBLE_DEVICES"] = self.gpus[worker.slot % len(self.gpus)]
+        _heartbeat_while_loading(worker, self.settings.timeout_s)
+
+    def load(self):
+        from .app import create_app  # in the worker: torch and the model are imported here, after the fork
+
+        logging.getLogger("serve").setLevel(self.settings.log_level.upper())
+        gpu = os.environ.get("CUDA_VISIBLE_DEVICES", "-") if self.gpus else "none"
+        log.info("worker %d loading the model (GPU %s)", os.getpid(), gpu)
+        try:
+            app = create_app(self.settings, workers=self.workers)
+        finally:
+            _loaded.set()
+        return app
+
+
+_loaded = threading.Event()
+
+
+def _heartbeat_while_loading(worker, timeout_s: int) -> None:
+    """A big model can load for longer than gunicorn's worker timeout; keep telling the master we live."""
+    def beat():
+        while not _loaded.wait(max(1.0, timeout_s / 4)):
+            worker.notify()
+
+    threading.Thread(target=beat, name="load-heartbeat", daemon=True).start()

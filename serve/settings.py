@@ -1,0 +1,172 @@
+"""Every setting of the serving program: environment variables read once into one typed object.
+
+README's "Serving settings" table is `markdown_table()` (a test checks they agree).
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping
+
+from common.paths import OptML
+
+
+class SettingsError(ValueError):
+    """An environment variable holds a value the server cannot use; the message names it."""
+
+
+def _setting(default, *env: str, help: str, shown: str | None = None):
+    return field(default=default, metadata={"env": env, "help": help, "shown": shown})
+
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+
+@dataclass(frozen=True)
+class Settings:
+    port: int = _setting(8080, "SAGEMAKER_BIND_TO_PORT", help="TCP port to listen on (all interfaces).")
+    workers: int | None = _setting(
+        None, "MODEL_SERVER_WORKERS", "SAGEMAKER_MODEL_SERVER_WORKERS",
+        shown="one per visible GPU, else 1",
+        help="gunicorn worker processes, each with its own copy of the model; with GPUs, worker i is pinned to "
+             "visible GPU i mod count.",
+    )
+    threads: int = _setting(
+        16, "SERVE_THREADS",
+        help="Request threads per worker: concurrent requests a worker accepts, and so can batch together.",
+    )
+    timeout_s: int = _setting(
+        60, "MODEL_SERVER_TIMEOUT", "SAGEMAKER_MODEL_SERVER_TIMEOUT",
+        help="Seconds a request may wait for its transcript before it is answered 503 (raise it for long audio "
+             "on async endpoints); also gunicorn's worker heartbeat timeout.",
+    )
+    max_payload_mb: float = _setting(
+        6, "SAGEMAKER_MAX_PAYLOAD_IN_MB",
+        help="Largest request body in MB (MiB, 2^20 bytes); bigger bodies get 413 before they are read. SageMaker's "
+             "real-time cap is 6; raise it for async inference and batch transform (max 100).",
+    )
+    batch_transform: bool = _setting(
+        False, "SAGEMAKER_BATCH", help="Set by SageMaker batch transform; informational."
+    )
+    batch_strategy: str = _setting(
+        "SINGLE_RECORD", "SAGEMAKER_BATCH_STRATEGY",
+        help="BatchStrategy reported by /execution-parameters (one audio file is one record).",
+    )
+    max_concurrent_transforms: int | None = _setting(
+        None, "SAGEMAKER_MAX_CONCURRENT_TRANSFORMS", shown="workers x threads",
+        help="MaxConcurrentTransforms reported by /execution-parameters.",
+    )
+    chunk_length_s: float = _setting(
+        30.0, "SERVE_CHUNK_LENGTH_S",
+        help="Audio longer than this is transcribed in overlapping chunks of this length, so memory stays bounded.",
+    )
+    chunk_stride_s: float = _setting(
+        5.0, "SERVE_CHUNK_STRIDE_S",
+        help="Overlap on each side of a chunk whose frames are dropped when chunks are joined; must be under a "
+             "third of the chunk length.",
+    )
+    max_audio_s: float = _setting(
+        3600.0, "SERVE_MAX_AUDIO_S", help="Longest audio accepted per request, in seconds (after decoding)."
+    )
+    max_batch_size: int = _setting(
+        8, "SERVE_MAX_BATCH_SIZE", help="Most clips or chunks in one forward pass."
+    )
+    max_batch_wait_ms: float = _setting(
+        5.0, "SERVE_MAX_BATCH_WAIT_MS",
+        help="How long the first queued clip waits for others to join its batch, in milliseconds.",
+    )
+    gpu_dtype: str = _setting(
+        "float16", "SERVE_GPU_DTYPE", help="Weights and activations on a GPU: float16, bfloat16 or float32."
+    )
+    cpu_bf16: bool = _setting(
+        False, "SERVE_CPU_BF16", help="Run in bfloat16 on CPU (faster on CPUs with AMX/AVX512-BF16); default float32."
+    )
+    log_level: str = _setting("info", "SERVE_LOG_LEVEL", help="gunicorn and application log level.")
+    opt_ml: Path = _setting(
+        Path("/opt/ml"), "OPT_ML", help="Root of the SageMaker tree; the model is read from its `model/`."
+    )
+
+    @property
+    def model_dir(self) -> Path:
+        return OptML(self.opt_ml).model_dir
+
+    @property
+    def max_payload_bytes(self) -> int:
+        return int(self.max_payload_mb * 1024 * 1024)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
+        environ = os.environ if environ is None else environ
+        values = {}
+        for f in dataclasses.fields(cls):
+            for name in f.metadata["env"]:
+                raw = environ.get(name)
+                if raw is not None and raw.strip() != "":
+                    values[f.name] = _parse(f, name, raw.strip())
+                    break
+        settings = cls(**values)
+        settings.check()
+        return settings
+
+    def check(self) -> None:
+        def need(ok: bool, message: str) -> None:
+            if not ok:
+                raise SettingsError(message)
+
+        need(0 < self.port < 65536, f"SAGEMAKER_BIND_TO_PORT={self.port} is not a TCP port")
+        need(self.workers is None or self.workers >= 1, "MODEL_SERVER_WORKERS must be at least 1")
+        need(self.threads >= 1, "SERVE_THREADS must be at least 1")
+        need(self.timeout_s >= 1, "MODEL_SERVER_TIMEOUT must be at least 1 second")
+        need(self.max_payload_mb > 0, "SAGEMAKER_MAX_PAYLOAD_IN_MB must be positive")
+        need(self.batch_strategy in ("SINGLE_RECORD", "MULTI_RECORD"),
+             "SAGEMAKER_BATCH_STRATEGY must be SINGLE_RECORD or MULTI_RECORD")
+        need(self.max_concurrent_transforms is None or self.max_concurrent_transforms >= 1,
+             "SAGEMAKER_MAX_CONCURRENT_TRANSFORMS must be at least 1")
+        need(self.chunk_length_s >= 1, "SERVE_CHUNK_LENGTH_S must be at least 1 second")
+        need(0 <= self.chunk_stride_s < self.chunk_length_s / 3,
+             "SERVE_CHUNK_STRIDE_S must be at least 0 and under a third of SERVE_CHUNK_LENGTH_S")
+        need(self.max_audio_s > 0, "SERVE_MAX_AUDIO_S must be positive")
+        need(self.max_batch_size >= 1, "SERVE_MAX_BATCH_SIZE must be at least 1")
+        need(self.max_batch_wait_ms >= 0, "SERVE_MAX_BATCH_WAIT_MS must be at least 0")
+        need(self.gpu_dtype in ("float16", "bfloat16", "float32"),
+             "SERVE_GPU_DTYPE must be float16, bfloat16 or float32")
+        need(self.log_level in ("debug", "info", "warning", "error", "critical"),
+             "SERVE_LOG_LEVEL must be debug, info, warning, error or critical")
+
+
+def _parse(f: dataclasses.Field, name: str, raw: str):
+    kind = f.type.split(" | ")[0]
+    try:
+        if kind == "int":
+            return int(raw)
+        if kind == "float":
+            value = float(raw)
+            if value != value or value in (float("inf"), float("-inf")):
+                raise ValueError
+            return value
+        if kind == "bool":
+            if raw.lower() in _TRUE:
+                return True
+            if raw.lower() in _FALSE:
+                return False
+            raise ValueError
+        if kind == "Path":
+            return Path(raw)
+        return raw.lower() if f.name == "log_level" else raw
+    except ValueError:
+        raise SettingsError(f"{name}={raw!r} is not a valid {kind}") from None
+
+
+def markdown_table() -> str:
+    """The settings as a Markdown table: variable(s), default, meaning."""
+    rows = ["| variable | default | meaning |", "| --- | --- | --- |"]
+    for f in dataclasses.fields(Settings):
+        names = " or ".join(f"`{n}`" for n in f.metadata["env"])
+        default = f.metadata["shown"] or f.default
+        if isinstance(default, bool):
+            default = "true" if default else "false"
+        rows.append(f"| {names} | {default} | {f.metadata['help']} |")
+    return "\n".join(rows) + "\n"
