@@ -1,0 +1,117 @@
+"""`launch transform`: a batch transform of a prefix or folder of audio files, one file = one record.
+
+Each input file is sent whole (SplitType None) in its own request (BatchStrategy SingleRecord: audio files
+cannot be concatenated into one body). MaxConcurrentTransforms and MaxPayloadInMB are left unset unless
+given, so SageMaker takes them from the container's GET /execution-parameters. Output: one FILE.out per
+input file, under the output path, next to each other, holding that file's JSON answer (or plain text).
+"""
+from __future__ import annotations
+
+import argparse
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import aws, hosting, options
+from .errors import LaunchError
+
+DEFAULT_INSTANCE = "ml.g5.xlarge"
+ACCEPT = ("application/json", "text/plain")
+MAX_PAYLOAD_MB = 100  # SageMaker's ceiling for MaxPayloadInMB
+
+
+def add_parser(sub, parents) -> None:
+    p = sub.add_parser(
+        "transform", parents=parents, help="transcribe a prefix or folder of audio files (batch transform)",
+        description="Run a batch transform of the serving image over every file under --input (one file per "
+                    "record); writes FILE.out (the transcript) per input file under --output-path.",
+        epilog="example: launcher/launch transform --model-data s3://b/.../model.tar.gz --input s3://b/clips/ "
+               "--output-path s3://b/transcripts/")
+    p.add_argument("--model-data", required=True, help="model.tar.gz: s3:// URI (local mode: a path)")
+    p.add_argument("--image", help="serving image URI (default as for `deploy`)")
+    p.add_argument("--input", required=True, help="s3:// prefix or (local mode) folder of audio files")
+    p.add_argument("--output-path", help="where the .out files go: s3:// prefix (default s3://BUCKET/wav2vec2/"
+                                         "transform/JOB) or, in local mode, a folder (default ./sagemaker-local/"
+                                         "transform)")
+    p.add_argument("--content-type", default="application/octet-stream",
+                   help="Content-Type sent with every file (default application/octet-stream: the server "
+                        "detects wav/flac/ogg/mp3 itself)")
+    p.add_argument("--accept", choices=ACCEPT, default="application/json", help="answer format (default JSON)")
+    p.add_argument("--instance-type", help=f"instance type (default {DEFAULT_INSTANCE})")
+    p.add_argument("--instance-count", type=int, default=1, help="instances (default 1)")
+    p.add_argument("--max-concurrent", type=int,
+                   help="requests in flight per instance (default: the container's /execution-parameters)")
+    p.add_argument("--max-payload-mb", type=int,
+                   help=f"largest file in MB, up to {MAX_PAYLOAD_MB} (default: the container's /execution-parameters)")
+    p.add_argument("--env", action="append", metavar="NAME=VALUE", help="serving setting; repeatable")
+    p.add_argument("--job-name", help="transform job name (default wav2vec2-transform-TIMESTAMP)")
+    p.add_argument("--no-wait", action="store_true", help="start the job and return")
+
+
+@dataclass
+class TransformOptions:
+    aws: aws.AwsOptions
+    model_data: str
+    image: str | None
+    input: str
+    output_path: str | None
+    content_type: str
+    accept: str
+    instance_type: str
+    instance_count: int
+    max_concurrent: int | None
+    max_payload_mb: int | None
+    env: dict[str, str] = field(default_factory=dict)
+    job_name: str | None = None
+    wait: bool = True
+
+    @classmethod
+    def from_args(cls, ns: argparse.Namespace) -> "TransformOptions":
+        a = options.aws_options(ns)
+        if ns.max_payload_mb is not None and not 1 <= ns.max_payload_mb <= MAX_PAYLOAD_MB:
+            raise LaunchError(f"--max-payload-mb must be between 1 and {MAX_PAYLOAD_MB}, got {ns.max_payload_mb}")
+        if ns.max_concurrent is not None:
+            options.positive(ns.max_concurrent, "--max-concurrent")
+        if not a.local and not options.is_s3(ns.input):
+            raise LaunchError(f"--input {ns.input!r}: batch transform reads from S3; upload the folder first "
+                              "(aws s3 sync FOLDER s3://BUCKET/PREFIX) or use --local")
+        inp = options.location(ns.input, "--input", local=a.local)
+        if a.local and not any(p.is_file() for p in Path(inp[len("file://"):]).rglob("*")):
+            raise LaunchError(f"--input {ns.input!r} holds no files")
+        out = ns.output_path
+        if out is not None:
+            out = options.location(out, "--output-path", local=a.local, must_exist=False) if a.local \
+                else options.check_s3(out, "--output-path")
+        return cls(aws=a, model_data=hosting._model_data(ns.model_data, a.local), image=ns.image, input=inp,
+                   output_path=out, content_type=ns.content_type, accept=ns.accept,
+                   instance_type=options.instance_type(ns.instance_type, DEFAULT_INSTANCE, local=a.local,
+                                                       local_type="local_gpu" if a.local_gpu else "local"),
+                   instance_count=options.positive(ns.instance_count, "--instance-count"),
+                   max_concurrent=ns.max_concurrent, max_payload_mb=ns.max_payload_mb,
+                   env=options.pairs(ns.env, "--env", env_names=True), job_name=ns.job_name, wait=not ns.no_wait)
+
+
+def run(opts: TransformOptions) -> int:
+    target = aws.resolve(opts.aws, need_role=True)
+    session = aws.sdk_session(target)
+    name = opts.job_name or f"wav2vec2-transform-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}"
+    if target.local:
+        output_path = opts.output_path or f"file://{Path('sagemaker-local/transform').resolve()}"
+        Path(output_path[len("file://"):]).mkdir(parents=True, exist_ok=True)
+    else:
+        output_path = opts.output_path or f"s3://{session.default_bucket()}/wav2vec2/transform/{name}"
+    model = hosting.make_model(target, session, opts.image, opts.model_data, opts.env, name=name)
+    transformer = model.transformer(
+        instance_count=opts.instance_count, instance_type=opts.instance_type, strategy="SingleRecord",
+        output_path=output_path, accept=opts.accept, max_concurrent_transforms=opts.max_concurrent,
+        max_payload=opts.max_payload_mb, env=opts.env or None)
+    print(f"[launch] transform job {name}: {opts.input} -> {output_path}", flush=True)
+    try:
+        transformer.transform(opts.input, data_type="S3Prefix", content_type=opts.content_type, split_type=None,
+                              job_name=name, wait=opts.wait,
+                              logs=opts.wait and not target.local)  # local mode has no CloudWatch
+    finally:
+        if opts.wait and not target.local:
+            session.delete_model(name)  # the model was only needed for this job
+    print(f"[launch] transcripts: {output_path}")
+    return 0

@@ -1,0 +1,64 @@
+"""Command line: parse, check the arguments into one typed options object per command, run it.
+
+Argument errors exit 2 with a one-line message before any AWS call; AWS set-up problems (no credentials,
+no role, no region) exit 2 too, before anything is created. The SDK is imported only by the commands that
+need it, so --help stays fast.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+from . import batch, hosting, options, prepare, training
+from .errors import LaunchError
+
+# command -> (options class, runner)
+COMMANDS = {
+    "prepare": (prepare.PrepareOptions, prepare.run),
+    "train": (training.TrainOptions, training.run),
+    "deploy": (hosting.DeployOptions, hosting.deploy),
+    "invoke": (hosting.InvokeOptions, hosting.invoke),
+    "delete": (hosting.DeleteOptions, hosting.delete),
+    "transform": (batch.TransformOptions, batch.run),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="launcher/launch",
+        description="Train, deploy and batch-transcribe with the wav2vec2 images on Amazon SageMaker (SageMaker "
+                    "Python SDK v2). Every command takes --local to run the same images here with the SDK's "
+                    "local mode.",
+        epilog="steps: prepare -> train -> deploy -> invoke -> delete (or transform for batches). "
+               "`launcher/launch COMMAND --help` for each.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    parents = [options.aws_parent()]
+    prepare.add_parser(sub, parents)
+    training.add_parser(sub, parents)
+    hosting.add_deploy_parser(sub, parents)
+    hosting.add_invoke_parser(sub, parents)
+    hosting.add_delete_parser(sub, parents)
+    batch.add_parser(sub, parents)
+    return parser
+
+
+def _quiet_sdk() -> None:
+    # The v2 SDK warns about v3 on import and logs its config-file search at INFO; neither helps here.
+    os.environ.setdefault("SAGEMAKER_SUPPRESS_V2_WARNING", "1")
+    logging.getLogger("sagemaker.config").setLevel(logging.WARNING)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ns = build_parser().parse_args(argv)
+    _quiet_sdk()
+    opts_cls, runner = COMMANDS[ns.command]
+    try:
+        return runner(opts_cls.from_args(ns))
+    except LaunchError as exc:
+        print(f"launch {ns.command}: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print(f"launch {ns.command}: interrupted", file=sys.stderr)
+        return 130
