@@ -1,0 +1,141 @@
+"""End-to-end native runs: the model learns, the outputs honour the contract, SIGTERM saves and resumes."""
+from __future__ import annotations
+
+import re
+import signal
+import sys
+import time
+
+import pytest
+
+from train_helpers import (FAST, ROOT, assert_ok, is_model_dir, make_opt_ml, metrics, micro_model_dir,
+                           model_files, run_train, start_train)
+
+sys.path.insert(0, str(ROOT))
+from train.progress import METRIC_DEFINITIONS  # noqa: E402
+
+LEARN_STEPS = 150
+
+
+@pytest.fixture(scope="module")
+def learned(tmp_path_factory, synthetic_data):
+    """A small model from a random start, trained LEARN_STEPS steps on the 48 synthetic training clips and
+    evaluated (at step 0 and at the end) on 12 clips held out from them (seeded test_split)."""
+    tmp = tmp_path_factory.mktemp("learn")
+    model = micro_model_dir(tmp / "model_src")
+    opt = make_opt_ml(tmp / "opt", {"train": synthetic_data / "train", "model": model}, {
+        "max_steps": str(LEARN_STEPS), "train_batch_size": "8", "learning_rate": "2e-3", "warmup_steps": "20",
+        "test_split": "0.25", "eval_on_start": "true", "eval_steps": "50", "logging_steps": "10",
+        "save_steps": "1000", "mask_time_prob": "0.0",
+    })
+    started = time.monotonic()
+    proc = run_train(opt, timeout=600)
+    assert_ok(proc)
+    return opt, proc, metrics(opt), time.monotonic() - started
+
+
+def test_learning_cer_drops_clearly_below_step_zero(learned):
+    opt, proc, m, seconds = learned
+    history = m["eval_history"]
+    assert history[0]["step"] == 0 and history[-1]["step"] == LEARN_STEPS
+    start, end = history[0]["cer"], history[-1]["cer"]
+    print(f"CER {start:.3f} at step 0 -> {end:.3f} at step {LEARN_STEPS} ({seconds:.0f} s)")
+    # A random model's CER is >= 1 (it emits noise or nothing); emitting blanks only scores exactly 1.0,
+    # so "below 0.8" means it transcribes characters correctly, not just that it stopped babbling.
+    assert start >= 0.95
+    assert end < 0.8 and end < start - 0.2
+    assert m["eval_loss"] < history[0]["loss"] / 2
+
+
+def test_model_dir_is_exactly_what_serving_loads(learned):
+    from transformers import Wav2Vec2ForCTC, Wav2Vec2Processor
+
+    from common import modeldir
+
+    opt = learned[0]
+    assert is_model_dir(model_files(opt)), model_files(opt)
+    model, processor = modeldir.load(opt / "model")
+    assert model.config.vocab_size == len(processor.tokenizer)
+    Wav2Vec2Processor.from_pretrained(opt / "model")
+    Wav2Vec2ForCTC.from_pretrained(opt / "model")
+
+
+def test_metrics_json_and_plot(learned):
+    opt, _, m, _ = learned
+    for key in ("wer", "cer", "eval_history", "train_seconds", "audio_seconds_per_second", "skipped_files"):
+        assert key in m
+    assert m["steps"] == LEARN_STEPS and m["train_seconds"] > 0 and m["audio_seconds_per_second"] > 0
+    assert m["cer"] == m["eval_history"][-1]["cer"]
+    assert m["skipped_files"]["train"]["count"] == 0
+    assert [e["step"] for e in m["eval_history"]] == [0, 50, 100, 150]
+    png = (opt / "output" / "data" / "training.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+
+
+def test_metric_definitions_match_the_log(learned):
+    """The regexes SageMaker gets (train.progress.METRIC_DEFINITIONS) capture the values of real lines."""
+    _, proc, m, _ = learned
+    found = {}
+    for d in METRIC_DEFINITIONS:
+        values = [float(x) for x in re.findall(d["Regex"], proc.stdout)]
+        assert values, f"{d['Name']} matches no log line"
+        found[d["Name"]] = values
+    assert found["eval:cer"][-1] == pytest.approx(m["cer"], abs=1e-4)
+    assert found["eval:wer"][-1] == pytest.approx(m["wer"], abs=1e-4)
+    assert len(found["eval:cer"]) == 4
+    assert len(found["train:loss"]) == LEARN_STEPS // 10
+    # "loss=" of a [metrics] line is not confused with an [eval] line's loss, nor the other way round.
+    assert found["eval:loss"][-1] == pytest.approx(m["eval_loss"], abs=1e-3)
+    assert found["train:loss"][-1] == pytest.approx(m["train_history"][-1]["loss"], abs=1e-3)
+
+
+def test_sigterm_saves_a_checkpoint_then_a_restart_resumes(tmp_path, synthetic_data):
+    model = micro_model_dir(tmp_path / "model_src")
+    hp = {**FAST, "max_steps": "10000", "save_steps": "10000", "test_split": "0"}
+    opt = make_opt_ml(tmp_path / "opt", {"train": synthetic_data / "train", "model": model}, hp)
+    proc = start_train(opt)
+    seen = []
+    try:
+        for line in proc.stdout:  # wait for real training progress
+            seen.append(line)
+            if line.startswith("[metrics] step=3 "):
+                break
+        sent = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        rest, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    took = time.monotonic() - sent
+    out = "".join(seen) + rest
+    assert proc.returncode == 143, out[-3000:]
+    assert took < 60
+    match = re.search(r"\[train\] stopped by SIGTERM at step (\d+); checkpoint saved", out)
+    assert match, out[-3000:]
+    step = int(match.group(1))
+    assert step >= 3
+    assert (opt / "checkpoints" / f"checkpoint-{step}" / "trainer_state.json").is_file()
+    assert not (opt / "model" / "model.safetensors").exists()
+    assert not (opt / "output" / "failure").exists()
+
+    # Restart (as SageMaker does after a spot interruption) with 3 more steps to go.
+    (opt / "input" / "config" / "hyperparameters.json").write_text(
+        __import__("json").dumps({**hp, "max_steps": str(step + 3)}))
+    proc2 = run_train(opt)
+    assert_ok(proc2)
+    assert f"[train] resuming from checkpoint {opt / 'checkpoints' / f'checkpoint-{step}'} (step {step})" \
+        in proc2.stdout
+    steps_logged = [int(s) for s in re.findall(r"\[metrics\] step=(\d+) ", proc2.stdout)]
+    assert steps_logged == [step + 1, step + 2, step + 3]
+    m = metrics(opt)
+    assert m["resumed_from_step"] == step and m["steps"] == step + 3
+    assert is_model_dir(model_files(opt))
+
+
+def test_help_lists_every_hyperparameter(tmp_path):
+    from train import hyperparameters
+
+    proc = run_train(tmp_path, "--help", timeout=60)
+    assert proc.returncode == 0
+    for name in hyperparameters.names():
+        assert f"  {name} (default " in proc.stdout

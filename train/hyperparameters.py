@@ -1,0 +1,187 @@
+"""Hyperparameters: every name, type, default and meaning in one place.
+
+SageMaker passes every value as a string, sometimes JSON-quoted (`"\\"8\\""`); `parse` turns the
+hyperparameters.json mapping into one typed, validated `Hyperparameters`. README's table is
+`markdown_table()` and a test checks that README carries exactly it.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import MISSING, dataclass, field, fields
+from typing import Any, Mapping
+
+from common.text import DEFAULT_CHARS_TO_IGNORE
+
+from .failure import TrainingError
+
+PRECISIONS = ("auto", "fp32", "fp16", "bf16")
+FREEZE_CHOICES = ("auto", "true", "false")
+SCHEDULERS = ("linear", "cosine", "constant_with_warmup")
+
+
+def _hp(default, help: str, **checks):
+    return field(default=default, metadata={"help": help, **checks})
+
+
+@dataclass(frozen=True)
+class Hyperparameters:
+    # Model
+    model_name: str = _hp("facebook/wav2vec2-base",
+                          "Model to start from when there is no `model` channel: a Hugging Face hub id or a local "
+                          "directory. A directory with config.json but no weights starts from random weights.")
+    freeze_feature_encoder: str = _hp("auto", "Freeze the convolutional feature encoder: `true`, `false`, or `auto` "
+                                      "(frozen when starting from pretrained weights, trained from a random start).",
+                                      choices=FREEZE_CHOICES)
+    gradient_checkpointing: bool = _hp(False, "Recompute activations in the backward pass: less memory, ~30% slower.")
+    ctc_zero_infinity: bool = _hp(True, "Zero infinite CTC losses (audio too short for its transcript) instead of "
+                                  "letting them break training.")
+    mask_time_prob: float = _hp(0.05, "SpecAugment: fraction of time steps masked during training.", min=0.0, max=1.0)
+    layerdrop: float = _hp(0.0, "Probability of skipping each transformer layer during training.", min=0.0, max=1.0)
+    # Schedule
+    epochs: float = _hp(10.0, "Passes over the training set (ignored when `max_steps` > 0).", gt=0.0)
+    max_steps: int = _hp(-1, "Optimizer steps to run; overrides `epochs` when > 0.")
+    max_train_seconds: float = _hp(0.0, "Stop training (then evaluate and save as usual) after this many seconds "
+                                   "of training; 0 = no limit.", min=0.0)
+    train_batch_size: int = _hp(8, "Utterances per device per step.", min=1)
+    eval_batch_size: int = _hp(8, "Utterances per device per evaluation batch.", min=1)
+    gradient_accumulation_steps: int = _hp(1, "Batches accumulated per optimizer step.", min=1)
+    learning_rate: float = _hp(1e-4, "Peak learning rate (AdamW).", gt=0.0)
+    lr_scheduler: str = _hp("linear", "Learning-rate schedule after warm-up.", choices=SCHEDULERS)
+    warmup_steps: float = _hp(0.1, "Linear warm-up: a number of steps (>= 1) or a fraction of all steps (< 1).",
+                              min=0.0)
+    weight_decay: float = _hp(0.0, "AdamW weight decay.", min=0.0)
+    max_grad_norm: float = _hp(1.0, "Gradient clipping norm.", gt=0.0)
+    seed: int = _hp(42, "Random seed (weights, shuffling, `test_split`).")
+    precision: str = _hp("auto", "`auto` (bf16 on GPUs that support it, else fp16 on GPU, fp32 on CPU), `fp32`, "
+                         "`fp16` (GPU only) or `bf16`.", choices=PRECISIONS)
+    # Data
+    min_duration_s: float = _hp(0.0, "Drop training utterances shorter than this (seconds).", min=0.0)
+    max_duration_s: float = _hp(20.0, "Drop training utterances longer than this (seconds); 0 = no limit.", min=0.0)
+    chars_to_ignore: str = _hp(DEFAULT_CHARS_TO_IGNORE, "Characters removed from transcripts before training "
+                               "(after lower-casing).")
+    test_split: float = _hp(0.1, "Fraction of `train` held out for evaluation when there is no `test` channel "
+                            "(seeded); 0 = no evaluation.", min=0.0, lt=1.0)
+    max_skipped_fraction: float = _hp(0.05, "Fail the job when more than this fraction of a channel's files cannot "
+                                      "be read (fewer are skipped, named in the log and counted).", min=0.0, max=1.0)
+    group_by_length: bool = _hp(True, "Batch utterances of similar length together (less padding).")
+    # Cadence
+    logging_steps: int = _hp(25, "Print a `[metrics]` line every this many steps.", min=1)
+    eval_steps: int = _hp(0, "Evaluate every this many steps; 0 = once per epoch (or once at the end with "
+                          "`max_steps`).", min=0)
+    save_steps: int = _hp(500, "Save a checkpoint to /opt/ml/checkpoints every this many steps.", min=1)
+    save_total_limit: int = _hp(2, "Checkpoints kept in /opt/ml/checkpoints (oldest deleted).", min=1)
+    eval_on_start: bool = _hp(False, "Also evaluate before the first step (a baseline in metrics.json).")
+    dataloader_num_workers: int = _hp(0, "Worker processes feeding batches (audio is decoded up front).", min=0)
+
+    @property
+    def max_duration_limit(self) -> float:
+        return self.max_duration_s if self.max_duration_s > 0 else math.inf
+
+
+_FIELDS = {f.name: f for f in fields(Hyperparameters)}
+
+
+def names() -> list[str]:
+    return list(_FIELDS)
+
+
+def _unquote(raw: Any) -> Any:
+    """SageMaker sends strings; framework estimators JSON-encode them once more ("\\"8\\"")."""
+    value = raw
+    for _ in range(2):
+        if isinstance(value, str) and len(value) >= 2 and value[0] == value[-1] == '"':
+            try:
+                value = json.loads(value)
+            except json.JSONDecodeError:
+                break
+    return value
+
+
+def _convert(name: str, raw: Any):
+    f = _FIELDS[name]
+    kind = type(f.default)
+    value = _unquote(raw)
+    bad = TrainingError(f"hyperparameter {name}={raw!r} is not a valid {kind.__name__} (default {f.default!r}); "
+                        f"{f.metadata['help']}")
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        text = str(value).strip().lower()
+        if text in ("true", "1", "yes"):
+            return True
+        if text in ("false", "0", "no"):
+            return False
+        raise bad
+    if kind is int:
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            raise bad from None
+        if not math.isfinite(number) or number != int(number):
+            raise bad
+        return int(number)
+    if kind is float:
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            raise bad from None
+        if not math.isfinite(number):
+            raise bad
+        return number
+    text = str(value)
+    return text.strip().lower() if "choices" in f.metadata else text
+
+
+def _check(name: str, value) -> None:
+    meta = _FIELDS[name].metadata
+    problem = None
+    if "choices" in meta and value not in meta["choices"]:
+        problem = f"must be one of {', '.join(meta['choices'])}"
+    elif "min" in meta and value < meta["min"]:
+        problem = f"must be >= {meta['min']}"
+    elif "max" in meta and value > meta["max"]:
+        problem = f"must be <= {meta['max']}"
+    elif "gt" in meta and value <= meta["gt"]:
+        problem = f"must be > {meta['gt']}"
+    elif "lt" in meta and value >= meta["lt"]:
+        problem = f"must be < {meta['lt']}"
+    if problem:
+        raise TrainingError(f"hyperparameter {name}={value!r} {problem}; {meta['help']}")
+
+
+def parse(raw: Mapping[str, Any]) -> Hyperparameters:
+    """Typed, validated settings from hyperparameters.json's mapping (values as strings or JSON)."""
+    unknown = sorted(set(raw) - set(_FIELDS))
+    if unknown:
+        raise TrainingError(f"unknown hyperparameter {', '.join(unknown)}; valid names: {', '.join(_FIELDS)}")
+    values = {}
+    for name, value in raw.items():
+        values[name] = _convert(name, value)
+        _check(name, values[name])
+    hp = Hyperparameters(**values)
+    if hp.max_duration_s and hp.min_duration_s >= hp.max_duration_s:
+        raise TrainingError(f"hyperparameter min_duration_s={hp.min_duration_s} must be below "
+                            f"max_duration_s={hp.max_duration_s}")
+    return hp
+
+
+def markdown_table() -> str:
+    """README's hyperparameter table, generated from the dataclass above."""
+    rows = ["| Name | Default | Meaning |", "| --- | --- | --- |"]
+    for f in fields(Hyperparameters):
+        default = f.default if f.default is not MISSING else ""
+        if isinstance(default, bool):
+            default = str(default).lower()
+        shown = f"`{default}`" if default != "" else "(empty)"
+        shown = shown.replace("|", "\\|")
+        rows.append(f"| `{f.name}` | {shown} | {f.metadata['help'].replace('|', chr(92) + '|')} |")
+    return "\n".join(rows) + "\n"
+
+
+def help_text() -> str:
+    lines = ["Hyperparameters (input/config/hyperparameters.json; every value may be a string):", ""]
+    for f in fields(Hyperparameters):
+        lines.append(f"  {f.name} (default {f.default!r})")
+        lines.append(f"      {f.metadata['help']}")
+    return "\n".join(lines)

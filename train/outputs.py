@@ -1,0 +1,80 @@
+"""What a finished job leaves: model/ (only what serving loads) and output/data/ (metrics.json, plot)."""
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+from common import modeldir
+
+from .failure import TrainingError
+
+METRICS_FILE = "metrics.json"
+PLOT_FILE = "training.png"
+
+
+def check_writable(*dirs: Path) -> None:
+    """Fail before training, not after it, when an output location cannot be written."""
+    for d in dirs:
+        try:
+            d.mkdir(parents=True, exist_ok=True)
+            probe = d / ".write-test"
+            probe.write_text("ok")
+            probe.unlink()
+        except OSError as exc:
+            raise TrainingError(f"cannot write to output directory {d}: {exc.strerror or exc}; make it writable "
+                                f"(locally: check OPT_ML and the folder's permissions)") from None
+
+
+def save_model(model_dir: Path, model, processor) -> None:
+    """model/ holds exactly modeldir.save's files: no checkpoints, no optimizer state, nothing left over."""
+    model_dir.mkdir(parents=True, exist_ok=True)
+    for old in model_dir.iterdir():
+        shutil.rmtree(old) if old.is_dir() and not old.is_symlink() else old.unlink()
+    modeldir.save(model_dir, model, processor)
+
+
+def _clean(value):
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _clean(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_clean(v) for v in value]
+    return value
+
+
+def write_metrics(out_dir: Path, metrics: dict) -> Path:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / METRICS_FILE
+    path.write_text(json.dumps(_clean(metrics), indent=2) + "\n")
+    return path
+
+
+def plot(out_dir: Path, train_history: list[dict], eval_history: list[dict]) -> Path:
+    """Loss (train and eval) and WER/CER over steps, in one PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax_loss, ax_err) = plt.subplots(1, 2, figsize=(11, 4))
+    if train_history:
+        ax_loss.plot([r["step"] for r in train_history], [r["loss"] for r in train_history], label="train loss")
+    evals = [r for r in eval_history if r.get("loss") is not None]
+    if evals:
+        ax_loss.plot([r["step"] for r in evals], [r["loss"] for r in evals], "o-", label="eval loss")
+    ax_loss.set(xlabel="step", ylabel="CTC loss", title="Loss")
+    ax_loss.legend(loc="upper right")
+    for key in ("wer", "cer"):
+        rows = [r for r in eval_history if r.get(key) is not None]
+        if rows:
+            ax_err.plot([r["step"] for r in rows], [r[key] for r in rows], "o-", label=key.upper())
+    ax_err.set(xlabel="step", ylabel="error rate", title="Evaluation", ylim=(0, None))
+    ax_err.legend(loc="upper right")
+    fig.tight_layout()
+    path = out_dir / PLOT_FILE
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
