@@ -8,6 +8,7 @@ input file, under the output path, next to each other, holding that file's JSON 
 from __future__ import annotations
 
 import argparse
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,6 +47,7 @@ def add_parser(sub, parents) -> None:
     p.add_argument("--env", action="append", metavar="NAME=VALUE", help="serving setting; repeatable")
     p.add_argument("--job-name", help="transform job name (default wav2vec2-transform-TIMESTAMP)")
     p.add_argument("--no-wait", action="store_true", help="start the job and return")
+    p.add_argument("--serving-port", type=int, default=8080, help="local mode: host port of the container (default 8080)")
 
 
 @dataclass
@@ -64,6 +66,7 @@ class TransformOptions:
     env: dict[str, str] = field(default_factory=dict)
     job_name: str | None = None
     wait: bool = True
+    serving_port: int = 8080
 
     @classmethod
     def from_args(cls, ns: argparse.Namespace) -> "TransformOptions":
@@ -88,19 +91,29 @@ class TransformOptions:
                                                        local_type="local_gpu" if a.local_gpu else "local"),
                    instance_count=options.positive(ns.instance_count, "--instance-count"),
                    max_concurrent=ns.max_concurrent, max_payload_mb=ns.max_payload_mb,
-                   env=options.pairs(ns.env, "--env", env_names=True), job_name=ns.job_name, wait=not ns.no_wait)
+                   env=options.pairs(ns.env, "--env", env_names=True), job_name=ns.job_name, wait=not ns.no_wait,
+                   serving_port=ns.serving_port)
 
 
 def run(opts: TransformOptions) -> int:
     target = aws.resolve(opts.aws, need_role=True)
-    session = aws.sdk_session(target)
+    session = aws.sdk_session(target, serving_port=opts.serving_port)
     name = opts.job_name or f"wav2vec2-transform-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}"
     if target.local:
         output_path = opts.output_path or f"file://{Path('sagemaker-local/transform').resolve()}"
         Path(output_path[len("file://"):]).mkdir(parents=True, exist_ok=True)
     else:
         output_path = opts.output_path or f"s3://{session.default_bucket()}/wav2vec2/transform/{name}"
-    model = hosting.make_model(target, session, opts.image, opts.model_data, opts.env, name=name)
+    if target.local:
+        with tempfile.TemporaryDirectory(prefix="wav2vec2-model-") as work:
+            return _transform(opts, target, session, name, output_path,
+                              hosting.local_model_copy(opts.model_data, work))
+    return _transform(opts, target, session, name, output_path, opts.model_data)
+
+
+def _transform(opts: TransformOptions, target: aws.Target, session, name: str, output_path: str,
+               model_data: str) -> int:
+    model = hosting.make_model(target, session, opts.image, model_data, opts.env, name=name)
     transformer = model.transformer(
         instance_count=opts.instance_count, instance_type=opts.instance_type, strategy="SingleRecord",
         output_path=output_path, accept=opts.accept, max_concurrent_transforms=opts.max_concurrent,

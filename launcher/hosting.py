@@ -4,8 +4,10 @@ from __future__ import annotations
 import argparse
 import json
 import mimetypes
+import os
+import shutil
 import signal
-import threading
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -120,6 +122,18 @@ def _check_name(name: str) -> None:
                           "or digit")
 
 
+def local_model_copy(model_data: str, work: str) -> str:
+    """Local mode extracts a model.tar.gz in its own folder and mounts that whole folder at /opt/ml/model:
+    give it a private copy so the user's folder stays as it was and the container sees only the model."""
+    path = Path(model_data[len("file://"):])
+    if path.is_dir():
+        return model_data
+    os.chmod(work, 0o755)  # the serving image runs as a non-root user; temporary folders are 0700
+    copy = Path(work) / "model.tar.gz"
+    shutil.copyfile(path, copy)
+    return f"file://{copy}"
+
+
 def make_model(target: aws.Target, session, image: str | None, model_data: str, env: dict[str, str],
                name: str | None = None):
     from sagemaker.model import Model
@@ -131,37 +145,63 @@ def make_model(target: aws.Target, session, image: str | None, model_data: str, 
 def deploy(opts: DeployOptions) -> int:
     target = aws.resolve(opts.aws, need_role=True)
     session = aws.sdk_session(target, serving_port=opts.serving_port)
-    model = make_model(target, session, opts.image, opts.model_data, opts.env, name=opts.endpoint_name)
+    if target.local:
+        with tempfile.TemporaryDirectory(prefix="wav2vec2-model-") as work:
+            return _deploy(opts, target, session, local_model_copy(opts.model_data, work))
+    return _deploy(opts, target, session, opts.model_data)
+
+
+class _Stop(Exception):
+    """SIGTERM while a local endpoint runs: unwind so that its containers are removed."""
+
+
+def _raise_stop(*_):
+    raise _Stop()
+
+
+def _deploy(opts: DeployOptions, target: aws.Target, session, model_data: str) -> int:
+    model = make_model(target, session, opts.image, model_data, opts.env, name=opts.endpoint_name)
     print(f"[launch] deploying {opts.endpoint_name}: {opts.instance_count} x {opts.instance_type}, image "
           f"{model.image_uri}", flush=True)
-    model.deploy(initial_instance_count=opts.instance_count, instance_type=opts.instance_type,
-                 endpoint_name=opts.endpoint_name, container_startup_health_check_timeout=opts.startup_timeout_s,
-                 tags=[{"Key": k, "Value": v} for k, v in opts.tags.items()] or None, wait=True)
-    print(f"[launch] endpoint {opts.endpoint_name} is InService", flush=True)
     if not target.local:
+        model.deploy(initial_instance_count=opts.instance_count, instance_type=opts.instance_type,
+                     endpoint_name=opts.endpoint_name, container_startup_health_check_timeout=opts.startup_timeout_s,
+                     tags=[{"Key": k, "Value": v} for k, v in opts.tags.items()] or None, wait=True)
+        print(f"[launch] endpoint {opts.endpoint_name} is InService", flush=True)
         print(f"[launch] try: launcher/launch invoke CLIP.wav --endpoint-name {opts.endpoint_name}")
         print(f"[launch] remove: launcher/launch delete --endpoint-name {opts.endpoint_name}")
         print(opts.endpoint_name)
         return 0
-    print(f"[launch] local endpoint on http://localhost:{opts.serving_port} "
-          f"({'for %.0f s' % opts.local_seconds if opts.local_seconds else 'until Ctrl-C'})", flush=True)
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    # Local endpoints live in this process (the SDK runs docker compose from a thread): SIGTERM and Ctrl-C
+    # must unwind through `finally` so that the containers go with it, even during start-up.
+    signal.signal(signal.SIGTERM, _raise_stop)
     try:
-        stop.wait(opts.local_seconds)
-    except KeyboardInterrupt:
-        pass
+        model.deploy(initial_instance_count=1, instance_type=opts.instance_type, endpoint_name=opts.endpoint_name,
+                     wait=True)
+        print(f"[launch] local endpoint {opts.endpoint_name} on http://localhost:{opts.serving_port} "
+              f"({'for %.0f s' % opts.local_seconds if opts.local_seconds else 'until Ctrl-C or SIGTERM'})", flush=True)
+        deadline = None if opts.local_seconds is None else time.monotonic() + opts.local_seconds
+        while deadline is None or time.monotonic() < deadline:
+            time.sleep(0.5)
+    except (_Stop, KeyboardInterrupt):
+        print("[launch] stopping the local endpoint", flush=True)
     finally:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # clean-up must not be interrupted in turn
         _delete_local(session, opts.endpoint_name)
     return 0
 
 
 def _delete_local(session, name: str) -> None:
-    """Local endpoints belong to this process: stop their containers and forget them."""
+    """Local endpoints belong to this process: stop their containers (docker compose down) and forget them."""
+    from sagemaker.local.local_session import LocalSagemakerClient
+
+    # The SDK registers the endpoint before it starts the container, so this also stops one still starting.
     client = session.sagemaker_client
-    client.delete_endpoint(name)
-    client.delete_endpoint_config(name)
-    client.delete_model(name)
+    for delete, registry in ((client.delete_endpoint, LocalSagemakerClient._endpoints),
+                             (client.delete_endpoint_config, LocalSagemakerClient._endpoint_configs),
+                             (client.delete_model, LocalSagemakerClient._models)):
+        if name in registry:
+            delete(name)
     print(f"[launch] local endpoint {name} removed", flush=True)
 
 
