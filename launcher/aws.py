@@ -71,7 +71,8 @@ def _boto_session(opts: AwsOptions):
     import botocore.exceptions
 
     try:
-        return boto3.Session(profile_name=opts.profile, region_name=opts.region)
+        # AWS_REGION as the AWS CLI v2 reads it (botocore itself only reads AWS_DEFAULT_REGION).
+        return boto3.Session(profile_name=opts.profile, region_name=opts.region or os.environ.get("AWS_REGION"))
     except botocore.exceptions.ProfileNotFound:
         raise LaunchError(f"AWS profile {opts.profile!r} is not in your AWS config: run `aws configure "
                           f"--profile {opts.profile}` or pass another --profile") from None
@@ -140,8 +141,7 @@ def _caller_account(session, region: str) -> str:
         code = exc.response.get("Error", {}).get("Code", "")
         raise LaunchError(f"AWS rejected the credentials ({code}: {exc.response.get('Error', {}).get('Message', '')}): "
                           "refresh them (`aws sso login`, new keys) or pick another --profile; nothing was created") from None
-    except (botocore.exceptions.EndpointConnectionError, botocore.exceptions.ConnectTimeoutError,
-            botocore.exceptions.ReadTimeoutError) as exc:
+    except (botocore.exceptions.ConnectionError, botocore.exceptions.HTTPClientError) as exc:
         raise LaunchError(f"cannot reach AWS STS in {region} ({exc}): check the network, proxy "
                           "(HTTPS_PROXY) and --region; nothing was created") from None
     except botocore.exceptions.BotoCoreError as exc:

@@ -1,0 +1,242 @@
+"""launcher/launch: help, argument checks, metric definitions, and the AWS checks that run before anything is created.
+
+Every test runs the real launcher in a subprocess. No AWS credentials exist here and only loopback is
+reachable, so the AWS checks are exercised for real: a loopback listener stands in for every AWS endpoint
+(AWS_ENDPOINT_URL) and counts connections, proving that a failed check made no AWS call at all.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT, program_env
+
+LAUNCH = ROOT / "launcher" / "launch"
+COMMANDS = ["prepare", "train", "deploy", "invoke", "delete", "transform"]
+ROLE = "arn:aws:iam::123456789012:role/SageMakerWav2Vec2"
+
+
+def clean_env(tmp_path: Path, **extra: str) -> dict[str, str]:
+    """No AWS configuration at all: no credentials, no region, no profile, no config files."""
+    env = {k: v for k, v in program_env().items() if not k.startswith(("AWS_", "SAGEMAKER_"))}
+    env.update(HOME=str(tmp_path), AWS_CONFIG_FILE=str(tmp_path / "none"),
+               AWS_SHARED_CREDENTIALS_FILE=str(tmp_path / "none"), AWS_EC2_METADATA_DISABLED="true")
+    env.update(extra)
+    return env
+
+
+def launch(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
+    return subprocess.run([str(LAUNCH), *args], capture_output=True, text=True, env=env or program_env(),
+                          timeout=timeout)
+
+
+class ConnectionCounter:
+    """A loopback TCP listener that counts connections and closes them (any AWS call would land here)."""
+
+    def __init__(self):
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen()
+        self.sock.settimeout(0.2)
+        self.count = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+
+    def _run(self):
+        while not self._stop.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                continue
+            self.count += 1
+            conn.close()
+
+    def close(self):
+        self._stop.set()
+        self._thread.join()
+        self.sock.close()
+
+
+@pytest.fixture
+def aws_listener():
+    counter = ConnectionCounter()
+    yield counter
+    counter.close()
+
+
+def test_top_level_help_lists_every_command():
+    r = launch("--help")
+    assert r.returncode == 0, r.stderr
+    for command in COMMANDS:
+        assert re.search(rf"^\s+{command}\b", r.stdout, flags=re.M), command
+
+
+@pytest.mark.parametrize("command,flags", [
+    ("prepare", ["--hf-dataset", "--as-is", "--max-skipped-fraction"]),
+    ("train", ["--channel", "--hp", "--instance-count", "--spot", "--max-wait-s", "--checkpoint-s3-uri",
+               "--output-path", "--local"]),
+    ("deploy", ["--model-data", "--instance-type", "--instance-count", "--startup-timeout-s", "--env"]),
+    ("invoke", ["--endpoint-name", "--content-type"]),
+    ("delete", ["--endpoint-name", "--keep-model"]),
+    ("transform", ["--input", "--output-path", "--max-concurrent", "--max-payload-mb", "--accept"]),
+])
+def test_each_command_has_help(command, flags):
+    r = launch(command, "--help")
+    assert r.returncode == 0, r.stderr
+    for flag in flags + ["--region", "--role", "--bucket", "--profile"]:
+        assert flag in r.stdout, f"{command} --help lacks {flag}"
+
+
+def test_no_command_is_a_usage_error():
+    r = launch()
+    assert r.returncode == 2
+    assert "COMMAND" in r.stderr
+
+
+@pytest.mark.parametrize("args,message", [
+    (["train", "--channel", "test=s3://bucket-x/t"], "--channel train=LOCATION is required"),
+    (["train", "--channel", "train=s3://bucket-x/t", "--channel", "extra=s3://bucket-x/e"], "reads only the channels"),
+    (["train", "--channel", "train"], "must look like NAME=VALUE"),
+    (["train", "--channel", "train=ftp://host/x"], "give an s3:// URI or a local folder"),
+    (["train", "--channel", "train=/no/such/folder"], "is not an existing folder"),
+    (["train", "--channel", "train=s3://bucket-x/t", "--hp", "=3"], "must look like NAME=VALUE"),
+    (["train", "--channel", "train=s3://bucket-x/t", "--spot"], "--spot needs --max-wait-s"),
+    (["train", "--channel", "train=s3://bucket-x/t", "--spot", "--max-wait-s", "60", "--max-run-s", "3600"],
+     "must be >= --max-run-s"),
+    (["train", "--channel", "train=s3://bucket-x/t", "--instance-count", "0"], "--instance-count must be at least 1"),
+    (["train", "--channel", "train=s3://bucket-x/t", "--instance-type", "p3.2xlarge"], "is not a SageMaker instance type"),
+    (["train", "--channel", "train=s3://bucket-x/t", "--checkpoint-s3-uri", "/tmp/x"], "is not an S3 URI"),
+    (["train", "--channel", "train=s3://bucket-x/t", "--env", "1BAD=x"], "not a valid environment variable name"),
+    (["train", "--local", "--channel", "train=s3://bucket-x/t"], "local mode takes local folders"),
+    (["deploy", "--model-data", "s3://bucket-x/m/model.tar.gz", "--startup-timeout-s", "30"], "between 60 and 3600"),
+    (["deploy", "--model-data", "s3://bucket-x/m/model.tar.gz", "--endpoint-name", "bad_name!"], "--endpoint-name"),
+    (["deploy", "--model-data", "/tmp"], "give the s3:// URI of model.tar.gz"),
+    (["deploy", "--model-data", "s3://bucket-x/m/model.tar.gz", "--local-seconds", "5"], "only applies with --local"),
+    (["transform", "--model-data", "s3://bucket-x/m.tar.gz", "--input", "/tmp"], "batch transform reads from S3"),
+    (["transform", "--model-data", "s3://bucket-x/m.tar.gz", "--input", "s3://bucket-x/in", "--max-payload-mb", "101"],
+     "between 1 and 100"),
+    (["invoke", "/no/such/clip.wav", "--endpoint-name", "x"], "is not a file"),
+    (["delete", "--endpoint-name", "x", "--local"], "stop it with Ctrl-C"),
+    (["prepare", "s3://bucket-x/out"], "give either SOURCE"),
+])
+def test_bad_arguments_fail_fast_with_a_clear_message(tmp_path, args, message):
+    r = launch(*args, env=clean_env(tmp_path))
+    assert r.returncode == 2, (r.stdout, r.stderr)
+    assert message in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_invoke_refuses_bodies_over_the_realtime_cap(tmp_path):
+    clip = tmp_path / "big.wav"
+    clip.write_bytes(b"\0" * (6 * 1024 * 1024 + 1))
+    r = launch("invoke", str(clip), "--endpoint-name", "x", env=clean_env(tmp_path))
+    assert r.returncode == 2
+    assert "at most 6 MB" in r.stderr and "launch transform" in r.stderr
+
+
+def test_metric_definitions_come_from_the_training_program(tmp_path):
+    from train import progress
+    from launcher.metrics import SOURCE, _from_source
+
+    r = launch("train", "--dry-run", "--channel", "train=s3://bucket-x/train", "--hp", "max_steps=5",
+               env=clean_env(tmp_path))
+    assert r.returncode == 0, r.stderr
+    plan = json.loads(r.stdout)
+    assert plan["metric_definitions"] == progress.METRIC_DEFINITIONS
+    assert plan["hyperparameters"] == {"max_steps": "5"}
+    # The lean path (no transformers installed) reads the same assignments from the same file.
+    assert _from_source(SOURCE) == progress.METRIC_DEFINITIONS
+    # And the regexes pick the numbers out of the lines the training program prints.
+    by_name = {d["Name"]: d["Regex"] for d in plan["metric_definitions"]}
+    eval_line = progress.line("eval", step=40, epoch=2.0, wer=0.8123, cer=0.4012, loss=3.0415)
+    assert float(re.search(by_name["eval:cer"], eval_line).group(1)) == pytest.approx(0.4012)
+    assert float(re.search(by_name["eval:wer"], eval_line).group(1)) == pytest.approx(0.8123)
+
+
+def _timed(*args, env):
+    t0 = time.monotonic()
+    r = launch(*args, env=env, timeout=60)
+    return r, time.monotonic() - t0
+
+
+TRAIN = ["train", "--channel", "train=s3://bucket-x/train"]
+DEPLOY = ["deploy", "--model-data", "s3://bucket-x/job/output/model.tar.gz"]
+TRANSFORM = ["transform", "--model-data", "s3://bucket-x/m.tar.gz", "--input", "s3://bucket-x/clips"]
+
+
+@pytest.mark.parametrize("args", [TRAIN, DEPLOY, TRANSFORM, ["delete", "--endpoint-name", "asr"],
+                                  ["invoke", "CLIP", "--endpoint-name", "asr"]], ids=lambda a: a[0])
+def test_missing_credentials_fail_before_any_aws_call(tmp_path, aws_listener, synthetic_data, args):
+    clip = str(next((synthetic_data / "test" / "audio").glob("*.wav")))
+    args = [clip if a == "CLIP" else a for a in args]
+    env = clean_env(tmp_path, AWS_ENDPOINT_URL=aws_listener.url)
+    r, seconds = _timed(*args, "--region", "eu-west-1", "--role", ROLE, env=env)
+    assert r.returncode == 2, (r.stdout, r.stderr)
+    assert "no AWS credentials found" in r.stderr and "nothing was created" in r.stderr
+    assert "Traceback" not in r.stderr
+    assert seconds < 15
+    assert aws_listener.count == 0
+
+
+def test_missing_region_fails_before_any_aws_call(tmp_path, aws_listener):
+    env = clean_env(tmp_path, AWS_ENDPOINT_URL=aws_listener.url, AWS_ACCESS_KEY_ID="AKIAEXAMPLE",
+                    AWS_SECRET_ACCESS_KEY="example")
+    r = launch(*TRAIN, "--role", ROLE, env=env)
+    assert r.returncode == 2
+    assert "no AWS region" in r.stderr
+    assert aws_listener.count == 0
+
+
+@pytest.mark.parametrize("args", [TRAIN, DEPLOY, TRANSFORM], ids=lambda a: a[0])
+def test_missing_role_fails_before_any_aws_call(tmp_path, aws_listener, args):
+    env = clean_env(tmp_path, AWS_ENDPOINT_URL=aws_listener.url, AWS_ACCESS_KEY_ID="AKIAEXAMPLE",
+                    AWS_SECRET_ACCESS_KEY="example", AWS_REGION="eu-west-1")
+    r = launch(*args, env=env)
+    assert r.returncode == 2, (r.stdout, r.stderr)
+    assert "no SageMaker execution role" in r.stderr and "--role" in r.stderr
+    assert aws_listener.count == 0
+
+
+def test_unknown_profile_is_named(tmp_path, aws_listener):
+    env = clean_env(tmp_path, AWS_ENDPOINT_URL=aws_listener.url)
+    r = launch(*TRAIN, "--profile", "nosuchprofile", "--region", "eu-west-1", env=env)
+    assert r.returncode == 2
+    assert "AWS profile 'nosuchprofile'" in r.stderr
+    assert aws_listener.count == 0
+
+
+def test_unreachable_aws_fails_fast_and_clearly(tmp_path):
+    # Credentials and role present: the one identity call goes to a closed loopback port and is refused.
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed = f"http://127.0.0.1:{s.getsockname()[1]}"
+    env = clean_env(tmp_path, AWS_ENDPOINT_URL=closed, AWS_ACCESS_KEY_ID="AKIAEXAMPLE",
+                    AWS_SECRET_ACCESS_KEY="example")
+    r, seconds = _timed(*TRAIN, "--region", "eu-west-1", "--role", ROLE, env=env)
+    assert r.returncode == 2, (r.stdout, r.stderr)
+    assert "cannot reach AWS STS in eu-west-1" in r.stderr and "nothing was created" in r.stderr
+    assert seconds < 20
+
+
+def test_role_from_environment_is_accepted(tmp_path, aws_listener):
+    # With the role from $SAGEMAKER_ROLE_ARN the checks get as far as the identity call (to the listener).
+    env = clean_env(tmp_path, AWS_ENDPOINT_URL=aws_listener.url, AWS_ACCESS_KEY_ID="AKIAEXAMPLE",
+                    AWS_SECRET_ACCESS_KEY="example", AWS_REGION="eu-west-1", SAGEMAKER_ROLE_ARN=ROLE)
+    r = launch(*TRAIN, env=env)
+    assert r.returncode == 2
+    assert "no SageMaker execution role" not in r.stderr
+    assert "nothing was created" in r.stderr
+    assert aws_listener.count >= 1
