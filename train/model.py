@@ -64,14 +64,3 @@ def load(source: str, hp, vocab: dict[str, int], vocab_size: int, pad_token_id: 
         log(f"[model] loaded {source}; new CTC head for {vocab_size} tokens")
     return model, True
 
-
-def uses_attention_mask(source: str) -> bool:
-    """Layer-norm feature encoders take an attention mask; group-norm ones (wav2vec2-base) want zero padding."""
-    try:
-        cfg = json.loads((Path(source) / "config.json").read_text())
-    except (OSError, ValueError):
-        try:  # a hub id
-            cfg = Wav2Vec2Config.from_pretrained(source).to_dict()
-        except (OSError, ValueError):
-            return True  # loading the model will fail with the actionable message
-    return cfg.get("feat_extract_norm", "group") == "layer"
