@@ -129,7 +129,8 @@ for t in "${targets[@]}"; do
   image=$prefix-$t
   start=$SECONDS
   run env DOCKER_BUILDKIT=1 "$docker" build --progress=plain -f "$root/docker/Dockerfile" --target "$t" \
-    "${build_args[@]}" -t "$image:latest" -t "$image:$tag" "$root"
+    "${build_args[@]}" -t "$image:latest" -t "$image:$tag" "$root" \
+    || die "building $image failed (see above); without registry access, build on a local base: docker/make-base.sh && $0 --base-image local/debian:bookworm ...; behind a TLS-intercepting proxy add --ca-bundle FILE"
   if ! $dry; then
     echo "[build] $image:$tag built in $((SECONDS - start)) s," \
       "$(("$("$docker" image inspect -f '{{.Size}}' "$image:latest")" / 1000000)) MB uncompressed"

@@ -21,11 +21,13 @@ pick_docker() {
 # Say why the docker engine cannot be used, or nothing when `docker info` works.
 docker_problem() {
   local docker=$1 out
-  if out=$("$docker" info 2>&1 >/dev/null); then return 0; fi
+  # `docker version` says why it failed on one line (`docker info` may only say "errors pretty printing").
+  if out=$("$docker" version -f '{{.Server.Version}}' 2>&1 >/dev/null); then return 0; fi
+  out=$(grep -v '^$' <<<"$out" | tail -1)
   if grep -qi 'permission denied' <<<"$out"; then
-    echo "no permission to use the Docker daemon: run as root or add yourself to the docker group"
+    echo "no permission to use the Docker daemon: run as root or add yourself to the docker group ($out)"
   else
-    echo "the Docker daemon is not running or not reachable ($docker info: ${out%%$'\n'*})"
+    echo "the Docker daemon is not running or not reachable: $out"
   fi
 }
 
