@@ -79,9 +79,12 @@ class Transcriber:
         """Drop each chunk's stride frames, concatenate on the device, CTC-collapse."""
         kept = []
         for chunk, row in zip(chunks, ids):
-            left = round(chunk.left / self.samples_per_frame)
-            right = round(chunk.right / self.samples_per_frame)
-            kept.append(row[left: len(row) - right])
+            # Frame k of a chunk starting at sample s is whole-clip frame s / samples_per_frame + k (s is
+            # frame-aligned), so cut by sample position: the frames kept from one chunk end where the next
+            # chunk's kept frames start, none lost or doubled.
+            start = chunk.left // self.samples_per_frame
+            end = (len(chunk.audio) - chunk.right) // self.samples_per_frame if chunk.right else len(row)
+            kept.append(row[start:end])
         joined = torch.cat(kept) if kept else torch.empty(0, dtype=torch.long, device=self.device)
         return ctc.collapse(joined[None, :], self.blank_id)[0]
 
