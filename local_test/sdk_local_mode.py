@@ -57,15 +57,15 @@ def sdk_containers(all_states: bool = False) -> set[str]:
     return {n for n in out.split() if SDK_CONTAINER.match(n)}
 
 
-def launch(*args: str, log_file: Path, timeout_s: float) -> str:
-    """Run the launcher; its output goes to log_file (and the tail into the error when it fails)."""
-    with log_file.open("w") as f:
-        proc = subprocess.run([str(LAUNCH), *args], stdout=f, stderr=subprocess.STDOUT, timeout=timeout_s)
-    text = log_file.read_text(errors="replace")
+def launch(*args: str, log_file: Path, timeout_s: float) -> tuple[str, str]:
+    """Run the launcher; (stdout, stdout + stderr). Both also go to log_file, and the tail into the error."""
+    proc = subprocess.run([str(LAUNCH), *args], capture_output=True, text=True, timeout=timeout_s)
+    log_file.write_text(proc.stdout + proc.stderr)
+    both = proc.stdout + proc.stderr
     if proc.returncode != 0:
         raise ProofError(f"`launch {' '.join(args[:1])}` exited {proc.returncode}; last lines of {log_file}:\n"
-                         + "\n".join(text.splitlines()[-40:]))
-    return text
+                         + "\n".join(both.splitlines()[-40:]))
+    return proc.stdout, both
 
 
 def check_prerequisites(images: list[str]) -> None:
@@ -90,7 +90,7 @@ def step_train(work: Path, data: Path, args) -> Path:
     for k, v in hps.items():
         cmd += ["--hp", f"{k}={v}"]
     t0 = time.monotonic()
-    text = launch(*cmd, log_file=work / "train.log", timeout_s=args.timeout_s)
+    stdout, text = launch(*cmd, log_file=work / "train.log", timeout_s=args.timeout_s)
     log(f"training finished in {time.monotonic() - t0:.0f} s")
     # Two hosts in one job: the compose file names both, and both containers logged the same torch job.
     hosts = sorted(set(re.findall(r"\balgo-\d+-[a-z0-9]{5}\b", text)))
@@ -103,7 +103,7 @@ def step_train(work: Path, data: Path, args) -> Path:
     if args.instance_count > 1 and ranks != [str(i) for i in range(args.instance_count)]:
         raise ProofError(f"expected torchrun --nnodes={args.instance_count} on node ranks 0..{args.instance_count - 1}, "
                          f"saw {ranks} (see {work / 'train.log'})")
-    artifact_uri = text.strip().splitlines()[-1]
+    artifact_uri = stdout.strip().splitlines()[-1]
     if not artifact_uri.startswith("file://") or not artifact_uri.endswith("model.tar.gz"):
         raise ProofError(f"the launcher did not print a model artifact URI, last line: {artifact_uri!r}")
     artifact = Path(artifact_uri[len("file://"):])
@@ -145,9 +145,12 @@ def step_deploy_invoke(work: Path, data: Path, artifact: Path, args) -> str:
         t0 = time.monotonic()
         wait_ping(port, proc, args.timeout_s)
         log(f"endpoint healthy on port {port} after {time.monotonic() - t0:.0f} s")
-        answer = launch("invoke", "--local", "--serving-port", str(port), "--json", str(clip),
-                        log_file=work / "invoke.log", timeout_s=120)
-        body = json.loads(answer)
+        answer, _ = launch("invoke", "--local", "--serving-port", str(port), "--json", str(clip),
+                           log_file=work / "invoke.log", timeout_s=120)
+        try:
+            body = json.loads(answer)
+        except json.JSONDecodeError:
+            raise ProofError(f"invoke printed no JSON: {answer[:300]!r}") from None
         if not isinstance(body, dict) or not isinstance(body.get("text"), str):
             raise ProofError(f"invoke did not return a transcript object: {answer[:300]}")
         log(f"invoke {clip.name}: {body['text']!r}")
