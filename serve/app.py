@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import logging
+import os
 import time
 import uuid
 from concurrent.futures import wait
 
+import torch
 from flask import Flask, Response, g, jsonify, request
 from werkzeug.exceptions import RequestEntityTooLarge
 
@@ -22,8 +24,11 @@ _YES = {"1", "true", "yes", "on", "words", "word"}
 _NO = {"0", "false", "no", "off", ""}
 
 
-def load_model(settings: Settings) -> Transcriber:
+def load_model(settings: Settings, workers: int = 1) -> Transcriber:
     device, dtype = choose_device_and_dtype(settings.gpu_dtype, settings.cpu_bf16)
+    if device.type == "cpu":
+        # Workers share the cores; each using all of them would only thrash.
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
     started = time.monotonic()
     model = Transcriber(
         settings.model_dir, device=device, dtype=dtype,
@@ -37,7 +42,7 @@ def load_model(settings: Settings) -> Transcriber:
 
 def create_app(settings: Settings, model: Transcriber | None = None, workers: int = 1) -> Flask:
     """The Flask app; loads the model now (eagerly) unless one is given."""
-    model = model if model is not None else load_model(settings)
+    model = model if model is not None else load_model(settings, workers)
     batcher = Batcher(model.forward, settings.max_batch_size, settings.max_batch_wait_ms / 1000).start()
     app = Flask("serve")
     app.config["MAX_CONTENT_LENGTH"] = settings.max_payload_bytes

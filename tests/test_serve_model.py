@@ -1,0 +1,83 @@
+"""serve.model in-process: chunk geometry, chunked frames against whole-clip frames, dtypes."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from common.audio import load_file
+from serve.model import Transcriber
+
+RATE = 16_000
+
+
+@pytest.fixture(scope="module")
+def speech(synthetic_data):
+    """About 25 s of speech."""
+    clips = [load_file(p) for p in sorted((synthetic_data / "test" / "audio").glob("*.wav"))]
+    out, total = [], 0
+    for c in clips:
+        out.append(c)
+        total += len(c)
+        if total > 25 * RATE:
+            break
+    return np.concatenate(out)
+
+
+@pytest.fixture(scope="module")
+def transcriber(tiny_model_dir):
+    return Transcriber(tiny_model_dir, device=torch.device("cpu"), dtype=torch.float32,
+                       chunk_length_s=8, chunk_stride_s=2)
+
+
+def _kept_ids(t: Transcriber, audio: np.ndarray) -> torch.Tensor:
+    chunks = t.chunks(audio)
+    ids = t.forward([c.audio for c in chunks])
+    rows = []
+    for c, row in zip(chunks, ids):
+        start = c.left // t.samples_per_frame
+        end = (len(c.audio) - c.right) // t.samples_per_frame if c.right else len(row)
+        rows.append(row[start:end])
+    return torch.cat(rows)
+
+
+def test_chunks_cover_the_clip_with_aligned_strides(transcriber, speech):
+    t = transcriber
+    chunks = t.chunks(speech)
+    assert len(chunks) >= 3
+    assert chunks[0].left == 0 and chunks[-1].right == 0
+    assert all(len(c.audio) <= t.chunk_samples for c in chunks)
+    assert t.chunk_samples % t.samples_per_frame == 0 and t.stride_samples % t.samples_per_frame == 0
+    # The parts kept (strides dropped) tile the clip exactly once.
+    kept = sum(len(c.audio) - c.left - c.right for c in chunks)
+    assert kept == len(speech)
+    # A clip no longer than a chunk is decoded whole.
+    assert len(t.chunks(speech[: t.chunk_samples])) == 1
+
+
+def test_chunked_frames_match_whole_clip_frames(transcriber, speech):
+    """Frame for frame, the chunked argmax ids equal the whole-clip ids nearly everywhere; shifting them by
+    one frame does not (so the agreement is not an artefact of a constant output)."""
+    t = transcriber
+    chunked = _kept_ids(t, speech)
+    whole = t.forward([t._normalized(speech)])[0]
+    assert len(chunked) == len(whole)
+    agree = (chunked == whole).float().mean().item()
+    shifted = (chunked[1:] == whole[:-1]).float().mean().item()
+    assert agree > 0.97, agree
+    assert shifted < 0.6, shifted
+    assert torch.unique(whole).numel() > 5
+
+
+def test_very_short_audio_gives_a_result(transcriber):
+    """100 samples are less than one frame's receptive field: padded, not an error."""
+    chunks = transcriber.chunks(np.full(100, 0.1, np.float32))
+    seq = transcriber.join(chunks, transcriber.forward([c.audio for c in chunks]))
+    assert isinstance(transcriber.text(seq), str)
+
+
+def test_bf16_on_cpu(tiny_model_dir, speech):
+    t = Transcriber(tiny_model_dir, device=torch.device("cpu"), dtype=torch.bfloat16)
+    assert next(t.model.parameters()).dtype == torch.bfloat16
+    ids = t.forward([t._normalized(speech[: 5 * RATE])])[0]
+    assert len(ids) == 249

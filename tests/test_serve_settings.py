@@ -1,0 +1,80 @@
+"""Serving settings from the environment, README's table of them, and GPU discovery without CUDA."""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT
+from serve.gpus import visible_gpus
+from serve.settings import Settings, SettingsError, markdown_table
+
+
+def test_defaults_follow_sagemaker():
+    s = Settings.from_env({})
+    assert s.port == 8080
+    assert s.timeout_s == 60
+    assert s.max_payload_bytes == 6 * 1024 * 1024
+    assert s.workers is None  # one per GPU, decided at start
+    assert s.model_dir == Path("/opt/ml/model")
+    assert s.gpu_dtype == "float16" and s.cpu_bf16 is False
+
+
+def test_toolkit_names_and_sagemaker_aliases():
+    s = Settings.from_env({
+        "SAGEMAKER_BIND_TO_PORT": "9000", "SAGEMAKER_MODEL_SERVER_WORKERS": "3",
+        "SAGEMAKER_MODEL_SERVER_TIMEOUT": "600", "SAGEMAKER_MAX_PAYLOAD_IN_MB": "100",
+        "SAGEMAKER_BATCH": "true", "SAGEMAKER_BATCH_STRATEGY": "MULTI_RECORD",
+        "SAGEMAKER_MAX_CONCURRENT_TRANSFORMS": "4", "SERVE_CPU_BF16": "1", "OPT_ML": "/tmp/x",
+    })
+    assert (s.port, s.workers, s.timeout_s, s.max_payload_mb) == (9000, 3, 600, 100)
+    assert s.batch_transform and s.batch_strategy == "MULTI_RECORD" and s.max_concurrent_transforms == 4
+    assert s.cpu_bf16 and s.model_dir == Path("/tmp/x/model")
+    # The short toolkit name wins over the SAGEMAKER_ one; empty values mean "unset".
+    s = Settings.from_env({"MODEL_SERVER_WORKERS": "2", "SAGEMAKER_MODEL_SERVER_WORKERS": "5",
+                           "MODEL_SERVER_TIMEOUT": ""})
+    assert s.workers == 2 and s.timeout_s == 60
+
+
+@pytest.mark.parametrize("name,value,says", [
+    ("MODEL_SERVER_WORKERS", "two", "MODEL_SERVER_WORKERS='two'"),
+    ("MODEL_SERVER_WORKERS", "0", "at least 1"),
+    ("SAGEMAKER_BIND_TO_PORT", "70000", "not a TCP port"),
+    ("SAGEMAKER_MAX_PAYLOAD_IN_MB", "nan", "SAGEMAKER_MAX_PAYLOAD_IN_MB"),
+    ("SERVE_CHUNK_STRIDE_S", "15", "third"),
+    ("SERVE_GPU_DTYPE", "int8", "float16"),
+    ("SERVE_CPU_BF16", "maybe", "SERVE_CPU_BF16"),
+    ("SAGEMAKER_BATCH_STRATEGY", "ALL", "SINGLE_RECORD"),
+])
+def test_bad_values_name_the_variable(name, value, says):
+    with pytest.raises(SettingsError, match=re.escape(says)):
+        Settings.from_env({name: value})
+
+
+def test_readme_serving_settings_table_is_generated():
+    readme = (ROOT / "README.md").read_text()
+    if "## Serving settings" not in readme:
+        pytest.skip("README has no '## Serving settings' section yet")
+    section = readme.split("## Serving settings", 1)[1]
+    section = section.split("\n## ", 1)[0]
+    table = "\n".join(line for line in section.splitlines() if line.startswith("|")) + "\n"
+    assert table == markdown_table(), "paste serve.settings.markdown_table() into README's section"
+
+
+@pytest.mark.parametrize("value,want", [
+    ("0,1", ["0", "1"]), ("", []), ("-1", []), ("2, 3", ["2", "3"]), ("1,-1,2", ["1"]),
+    ("GPU-5e8a1c2d", ["GPU-5e8a1c2d"]),
+])
+def test_visible_gpus_follow_cuda_visible_devices(value, want):
+    assert visible_gpus({"CUDA_VISIBLE_DEVICES": value}) == want
+
+
+def test_visible_gpus_without_the_variable_never_imports_torch():
+    import subprocess
+    import sys
+
+    code = ("import sys; from serve.gpus import visible_gpus; n = visible_gpus({}); "
+            "assert 'torch' not in sys.modules; print(len(n))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert int(out.stdout) >= 0
