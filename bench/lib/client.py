@@ -1,0 +1,97 @@
+"""The HTTP load client all servers share: N threads, each sends the next queued request and waits."""
+from __future__ import annotations
+
+import http.client
+import json
+import statistics
+import threading
+import time
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Request:
+    clip: str         # clip name
+    body: bytes
+    content_type: str
+    seconds: float    # audio seconds in the body
+
+
+@dataclass
+class Run:
+    concurrency: int
+    wall_s: float = 0.0
+    audio_s: float = 0.0
+    latencies_s: list[float] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    texts: dict[str, str] = field(default_factory=dict)  # clip -> transcript (last answer seen)
+    batch_sizes: list[int] = field(default_factory=list)  # X-Batch-Size where the server says it
+
+    @property
+    def rtfx(self) -> float:
+        return self.audio_s / self.wall_s if self.wall_s else 0.0
+
+    def percentile_ms(self, q: float) -> float:
+        if not self.latencies_s:
+            return float("nan")
+        xs = sorted(self.latencies_s)
+        if len(xs) == 1:
+            return xs[0] * 1000
+        return statistics.quantiles(xs, n=100, method="inclusive")[int(q) - 1] * 1000
+
+
+def _text(body: bytes) -> str:
+    value = json.loads(body)
+    if isinstance(value, str):  # the seed answers a bare JSON string
+        return value
+    return value.get("text", "")
+
+
+def send(port: int, req: Request, timeout_s: float = 600) -> tuple[int, bytes, dict]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout_s)
+    try:
+        conn.request("POST", "/invocations", body=req.body, headers={"Content-Type": req.content_type})
+        resp = conn.getresponse()
+        return resp.status, resp.read(), {k.lower(): v for k, v in resp.getheaders()}
+    finally:
+        conn.close()
+
+
+def run(port: int, requests: list[Request], concurrency: int) -> Run:
+    """Send every request with `concurrency` in flight; wall time from the first send to the last answer."""
+    result = Run(concurrency)
+    lock = threading.Lock()
+    queue = list(reversed(requests))
+
+    def worker():
+        while True:
+            with lock:
+                if not queue:
+                    return
+                req = queue.pop()
+            t0 = time.perf_counter()
+            try:
+                status, body, headers = send(port, req)
+            except OSError as exc:
+                with lock:
+                    result.errors.append(f"{req.clip}: {exc}")
+                continue
+            dt = time.perf_counter() - t0
+            with lock:
+                if status != 200:
+                    result.errors.append(f"{req.clip}: HTTP {status} {body[:200]!r}")
+                    continue
+                result.latencies_s.append(dt)
+                result.audio_s += req.seconds
+                result.texts[req.clip] = _text(body)
+                if "x-batch-size" in headers:
+                    result.batch_sizes.append(int(headers["x-batch-size"]))
+
+    threads = [threading.Thread(target=worker) for _ in range(concurrency)]
+    started = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    result.wall_s = time.perf_counter() - started
+    return result

@@ -1,0 +1,88 @@
+"""Bare model forward timing, FLOP counting and the matmul peak, all in this process.
+
+"Bare forward" is the model call alone (`model(input_values).logits`), batch 1, in inference mode, on
+already normalised audio, with the dtype and torch threads the server uses: no HTTP, no decoding.
+"""
+from __future__ import annotations
+
+import statistics
+import time
+
+import numpy as np
+
+
+def dtype_of(name: str):
+    import torch
+
+    return {"fp32": torch.float32, "bf16": torch.bfloat16}[name]
+
+
+def normalized(audio: np.ndarray) -> np.ndarray:
+    return ((audio - audio.mean()) / np.sqrt(audio.var() + 1e-7)).astype(np.float32)
+
+
+def _inputs(model, audio: np.ndarray, dtype):
+    import torch
+
+    values = torch.from_numpy(normalized(audio))[None, :].to(dtype)
+    kwargs = {}
+    if model.config.feat_extract_norm == "layer":  # as the server: mask only for layer-norm encoders
+        kwargs["attention_mask"] = torch.ones(values.shape, dtype=torch.long)
+    return values, kwargs
+
+
+def bare_forward_s(model, clips, dtype_name: str, repeats: int = 1) -> dict[str, float]:
+    """clip name -> median seconds of one batch-1 forward pass (after a warm-up pass over every clip)."""
+    import torch
+
+    dtype = dtype_of(dtype_name)
+    model = model.to(dtype)
+    out = {}
+    with torch.inference_mode():
+        for clip in clips:  # warm-up: the first passes pay one-off kernel set-up (the servers are warmed too)
+            v, kw = _inputs(model, clip.audio, dtype)
+            model(v, **kw)
+        for clip in clips:
+            v, kw = _inputs(model, clip.audio, dtype)
+            times = []
+            for _ in range(repeats):
+                t0 = time.perf_counter()
+                model(v, **kw).logits.argmax(-1)
+                times.append(time.perf_counter() - t0)
+            out[clip.name] = statistics.median(times)
+    model.to(dtype_of("fp32"))
+    return out
+
+
+def forward_flops(model, audio: np.ndarray) -> int:
+    """FLOPs of the batch-1 forward pass on this clip, counted by torch's FlopCounterMode (matmuls,
+    convolutions and attention; element-wise ops and norms are not counted). Runs the pass once, in bf16
+    when the CPU has it, since the count depends only on shapes."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from .machine import cpu_has_bf16
+
+    dtype = torch.bfloat16 if cpu_has_bf16() else torch.float32
+    model = model.to(dtype)
+    v, kw = _inputs(model, audio, dtype)
+    counter = FlopCounterMode(display=False)
+    with torch.no_grad(), counter:  # not inference_mode: the counter's module hooks need autograd tensors
+        model(v, **kw)
+    model.to(torch.float32)
+    return int(counter.get_total_flops())
+
+
+def matmul_peak_gflops(dtype_name: str, n: int = 2048, seconds: float = 3.0) -> float:
+    """Best GFLOP/s of an n x n x n matmul in this process and dtype, over about `seconds`."""
+    import torch
+
+    dtype = dtype_of(dtype_name)
+    a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
+    a @ b
+    best, end = 0.0, time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        t0 = time.perf_counter()
+        a @ b
+        best = max(best, 2 * n ** 3 / (time.perf_counter() - t0) / 1e9)
+    return best

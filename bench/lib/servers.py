@@ -1,0 +1,120 @@
+"""Start the servers under test on free loopback ports, wait for /ping, stop them with SIGTERM.
+
+All three run under gunicorn with the same options: ours through serve/serve (its own gunicorn set-up),
+the comparison apps through gunicorn's command line with the worker count, worker class, threads and
+keep-alive that serve/serve uses on this machine.
+"""
+from __future__ import annotations
+
+import http.client
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from . import ROOT
+
+TIMEOUT_S = 600  # long enough that no request of a benchmark times out in any server
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env["PYTHONPATH"] = str(ROOT) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    env.update(PYTHONUNBUFFERED="1", HF_HUB_OFFLINE="1", **extra)
+    return env
+
+
+def gunicorn_options() -> dict:
+    """serve/serve's gunicorn options on this machine (workers, threads) from its own settings."""
+    from serve.gpus import visible_gpus
+    from serve.settings import Settings
+
+    s = Settings.from_env({})
+    return {"workers": s.workers or max(1, len(visible_gpus())), "threads": s.threads}
+
+
+class Running:
+    def __init__(self, name: str, argv: list[str], env: dict[str, str], log: Path, port: int):
+        self.name, self.port, self.log_path = name, port, Path(log)
+        self._log = open(log, "wb")
+        self.started = time.monotonic()
+        self.proc = subprocess.Popen(argv, env=env, stdout=self._log, stderr=subprocess.STDOUT,
+                                     start_new_session=True, cwd=str(ROOT))
+
+    def ping(self) -> int:
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=2)
+        try:
+            conn.request("GET", "/ping")
+            return conn.getresponse().status
+        finally:
+            conn.close()
+
+    def wait_ready(self, timeout_s: float = 300) -> float:
+        """Seconds from start to the first /ping 200."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.name} exited with {self.proc.returncode}:\n{self.log()[-3000:]}")
+            try:
+                if self.ping() == 200:
+                    return time.monotonic() - self.started
+            except OSError:
+                pass
+            time.sleep(0.1)
+        raise TimeoutError(f"{self.name} not ready after {timeout_s} s:\n{self.log()[-3000:]}")
+
+    def log(self) -> str:
+        self._log.flush()
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(40)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        self._log.close()
+
+    def __enter__(self) -> "Running":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def start_ours(model_dir: Path, workdir: Path, *, bf16: bool, **env: str) -> Running:
+    """serve/serve with OPT_ML pointing at a tree whose model/ is model_dir."""
+    opt = Path(workdir) / f"opt_ml_{'bf16' if bf16 else 'fp32'}"
+    opt.mkdir(parents=True, exist_ok=True)
+    link = opt / "model"
+    if not link.exists():
+        link.symlink_to(Path(model_dir).resolve())
+    port = free_port()
+    return Running(f"ours ({'bf16' if bf16 else 'fp32'})", [str(ROOT / "serve" / "serve"), "serve"],
+                   _env(OPT_ML=str(opt), SAGEMAKER_BIND_TO_PORT=str(port), MODEL_SERVER_TIMEOUT=str(TIMEOUT_S),
+                        SERVE_CPU_BF16="true" if bf16 else "false", **env),
+                   Path(workdir) / f"server_ours_{'bf16' if bf16 else 'fp32'}.log", port)
+
+
+def start_app(kind: str, model_dir: Path, workdir: Path) -> Running:
+    """kind: seed or pipeline (bench.lib.apps), under gunicorn with serve/serve's options."""
+    opts = gunicorn_options()
+    port = free_port()
+    argv = [sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{port}",
+            "--workers", str(opts["workers"]), "--worker-class", "gthread", "--threads", str(opts["threads"]),
+            "--timeout", str(TIMEOUT_S), "--keep-alive", "5", "--log-level", "warning",
+            f"bench.lib.apps:{kind}_app()"]
+    return Running(kind, argv, _env(BENCH_MODEL_DIR=str(Path(model_dir).resolve())),
+                   Path(workdir) / f"server_{kind}.log", port)
