@@ -121,8 +121,8 @@ def create_app(settings: Settings, model: Transcriber | None = None, workers: in
             if clip.timestamps:
                 item["words"] = model.words(seq)
             results.append(item)
-        if request.accept_mimetypes.best_match(["application/json", "text/plain"]) == "text/plain" \
-                and "application/json" not in request.accept_mimetypes.values():
+        # JSON unless the client prefers text/plain (no Accept, */* and unknown types get JSON).
+        if request.accept_mimetypes.best_match(["application/json", "text/plain"]) == "text/plain":
             return Response("\n".join(r["text"] for r in results), mimetype="text/plain")
         return jsonify(results if is_batch else results[0])
 

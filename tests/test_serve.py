@@ -225,8 +225,10 @@ def test_accept_text_plain(server, clips):
     assert reply.status == 200
     assert reply.headers["content-type"].startswith("text/plain")
     assert reply.body.decode() == want
-    # Any other or wildcard Accept keeps JSON.
-    assert server.post(wav(audio, subtype="FLOAT"), "audio/wav", Accept="*/*").json["text"] == want
+    # Wildcard, unknown or JSON-preferring Accept keeps JSON.
+    for accept in ("*/*", "application/jsonlines", "text/plain;q=0.5, application/json"):
+        assert server.post(wav(audio, subtype="FLOAT"), "audio/wav", Accept=accept).json["text"] == want
+    assert server.post(wav(audio, subtype="FLOAT"), "audio/wav", Accept="text/*").body.decode() == want
     batch = server.post_json([{"speech_array": audio.tolist(), "sampling_rate": RATE}] * 2, Accept="text/plain")
     assert batch.body.decode().split("\n") == [want, want]
 
