@@ -45,6 +45,7 @@ def create_app(settings: Settings, model: Transcriber | None = None, workers: in
     model = model if model is not None else load_model(settings, workers)
     batcher = Batcher(model.forward, settings.max_batch_size, settings.max_batch_wait_ms / 1000).start()
     app = Flask("serve")
+    app.json.sort_keys = False  # "text" first, words as word, start, end
     app.config["MAX_CONTENT_LENGTH"] = settings.max_payload_bytes
     app.extensions["transcriber"] = model
     app.extensions["batcher"] = batcher
