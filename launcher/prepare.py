@@ -84,8 +84,12 @@ class PrepareOptions:
 
 
 def _load(source: Path, split: str, max_skipped_fraction: float):
-    from train.data import load_channel
-    from train.failure import TrainingError
+    try:
+        from train.data import load_channel
+        from train.failure import TrainingError
+    except ImportError as exc:
+        raise LaunchError(f"prepare reads audio with the training program's code, which needs {exc.name}: run it "
+                          "from the repository's .venv (./setup.sh) rather than a launcher-only environment") from None
 
     try:
         return load_channel(source, split, max_skipped_fraction=max_skipped_fraction,
