@@ -73,6 +73,8 @@ class TransformOptions:
         a = options.aws_options(ns)
         if ns.max_payload_mb is not None and not 1 <= ns.max_payload_mb <= MAX_PAYLOAD_MB:
             raise LaunchError(f"--max-payload-mb must be between 1 and {MAX_PAYLOAD_MB}, got {ns.max_payload_mb}")
+        if a.local and ns.instance_count != 1:
+            raise LaunchError("local mode transforms with one container: drop --instance-count")
         if ns.max_concurrent is not None:
             options.positive(ns.max_concurrent, "--max-concurrent")
         if not a.local and not options.is_s3(ns.input):

@@ -103,6 +103,8 @@ class DeployOptions:
                               f"got {ns.startup_timeout_s}")
         if ns.local_seconds is not None and not a.local:
             raise LaunchError("--local-seconds only applies with --local")
+        if a.local and ns.instance_count != 1:
+            raise LaunchError("local mode serves from one container: drop --instance-count")
         name = ns.endpoint_name or f"wav2vec2-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}"
         _check_name(name)
         return cls(aws=a, model_data=_model_data(ns.model_data, a.local), image=ns.image, endpoint_name=name,

@@ -100,6 +100,8 @@ class TrainOptions:
         options.positive(ns.instance_count, "--instance-count")
         options.positive(ns.volume_size_gb, "--volume-size-gb")
         options.positive(ns.max_run_s, "--max-run-s")
+        if aws_opts.local_gpu and ns.instance_count > 1:
+            raise LaunchError("the SDK's local mode runs several hosts on CPU only: use --local, or one --local-gpu host")
         if aws_opts.local and ns.spot:
             raise LaunchError("--spot is an AWS feature: drop it in local mode")
         if ns.spot and ns.max_wait_s is None:

@@ -131,6 +131,8 @@ def test_no_command_is_a_usage_error():
     (["invoke", "/no/such/clip.wav", "--endpoint-name", "x"], "is not a file"),
     (["delete", "--endpoint-name", "x", "--local"], "stop it with Ctrl-C"),
     (["prepare", "s3://bucket-x/out"], "give either SOURCE"),
+    (["deploy", "--local", "--model-data", "/tmp", "--instance-count", "2"], "one container"),
+    (["train", "--local-gpu", "--channel", "train=/tmp", "--instance-count", "2"], "CPU only"),
 ])
 def test_bad_arguments_fail_fast_with_a_clear_message(tmp_path, args, message):
     r = launch(*args, env=clean_env(tmp_path))
