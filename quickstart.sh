@@ -94,6 +94,8 @@ echo "[quickstart] $(wc -l <"$data/train/manifest.jsonl") training and $(wc -l <
 timed data
 
 say "5/6 training in the container (local_test/train_local.sh; a few minutes on CPU)"
+# Training stops after max_train_seconds: on a busy machine fewer steps fit, and the model learns less.
+echo "[quickstart] $(nproc) CPU cores, load average $(cut -d' ' -f1 /proc/loadavg); settings: $(tr -d '\n ' <"$opt_ml/input/config/hyperparameters.json")"
 if ! $retrain && [ -f "$opt_ml/model/config.json" ] && compgen -G "$opt_ml/model/*.safetensors" >/dev/null; then
   echo "[quickstart] reusing the model in $opt_ml/model (./quickstart.sh --retrain trains again)"
 else
