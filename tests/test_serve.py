@@ -84,6 +84,14 @@ def cer(a: str, b: str) -> float:
     return jiwer.cer(a, b) if a else float(bool(b))
 
 
+def assert_same_transcripts(got: list[str], want: list[str]) -> None:
+    """Padding inside a batch may flip an argmax near a tie in a random model, rarely: allow a character
+    here and there, while different clips (CER ~0.8) or a wrong order still fail."""
+    assert len(got) == len(want)
+    assert all(cer(w, g) <= 0.02 for g, w in zip(got, want)), list(zip(got, want))
+    assert sum(g == w for g, w in zip(got, want)) >= len(want) - 1, list(zip(got, want))
+
+
 # Health and parameters -----------------------------------------------------------------------------
 def test_ping_and_execution_parameters(server):
     assert server.get("/ping").status == 200
@@ -185,7 +193,7 @@ def test_base64_and_batch_json_keep_order(server, clips):
     assert reply.status == 200, reply.body
     out = reply.json
     assert isinstance(out, list) and len(out) == 3
-    assert [o["text"] for o in out[:2]] == singles[:2]
+    assert_same_transcripts([o["text"] for o in out[:2]], singles[:2])
     assert cer(singles[2], out[2]["text"]) < 0.1  # 24-bit FLAC quantises the float samples
     # A one-item list is still a batch: answered with a list.
     assert isinstance(server.post_json(batch[:1]).json, list)
@@ -406,7 +414,7 @@ def test_concurrent_requests_are_batched(server, clips):
     sizes = [int(r.headers["x-batch-size"]) for r in replies]
     assert max(sizes) > 1, sizes
     # Batched with padding (and an attention mask) gives the same transcripts as one at a time.
-    assert [r.json["text"] for r in replies] == sequential
+    assert_same_transcripts([r.json["text"] for r in replies], sequential)
     assert re.search(r"batch=([2-9]|\d\d)\b", server.log())
 
 
