@@ -60,8 +60,8 @@ def create_app(settings: Settings, model: Transcriber | None = None, workers: in
     @app.before_request
     def _start():
         g.started = time.monotonic()
-        g.request_id = request.headers.get("X-Amzn-RequestId") or request.headers.get("X-Request-Id") \
-            or uuid.uuid4().hex[:16]
+        g.request_id = (request.headers.get("X-Amzn-RequestId") or request.headers.get("X-Request-Id") \
+            or uuid.uuid4().hex[:16])[:64]
         g.audio_s = 0.0
         g.batch = 0
 
