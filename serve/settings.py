@@ -82,7 +82,7 @@ class Settings:
         "float16", "SERVE_GPU_DTYPE", help="Weights and activations on a GPU: float16, bfloat16 or float32."
     )
     cpu_bf16: bool = _setting(
-        False, "SERVE_CPU_BF16", help="Run in bfloat16 on CPU (faster on CPUs with AMX/AVX512-BF16); default float32."
+        False, "SERVE_CPU_BF16", help="Run in bfloat16 on CPU (may be faster on CPUs with native bfloat16 support); default float32."
     )
     log_level: str = _setting("info", "SERVE_LOG_LEVEL", help="gunicorn and application log level.")
     opt_ml: Path = _setting(
