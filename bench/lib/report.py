@@ -19,9 +19,10 @@ def table(headers: list[str], rows: list[list]) -> str:
     return "\n".join([line(headers), line(["-" * w for w in widths]), *(line(r) for r in cells)])
 
 
-def rounded(value, digits: int = 3):
+def rounded(value, digits: int = 4):
+    """Floats to `digits` significant digits (NaN becomes null), through dicts and lists."""
     if isinstance(value, float):
-        return None if math.isnan(value) else round(value, digits)
+        return None if not math.isfinite(value) else float(f"{value:.{digits}g}")
     if isinstance(value, dict):
         return {k: rounded(v, digits) for k, v in value.items()}
     if isinstance(value, list):
