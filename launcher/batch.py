@@ -127,6 +127,14 @@ def _transform(opts: TransformOptions, target: aws.Target, session, name: str, o
                               logs=opts.wait and not target.local)  # local mode has no CloudWatch
     finally:
         if opts.wait and not target.local:
-            session.delete_model(name)  # the model was only needed for this job
+            _delete_model(session, name)
     print(f"[launch] transcripts: {output_path}")
     return 0
+
+
+def _delete_model(session, name: str) -> None:
+    """The model was only needed for this job; a failure here must not hide the job's own error."""
+    try:
+        session.delete_model(name)
+    except Exception as exc:  # botocore ClientError: already gone, or never created
+        print(f"[launch] model {name} not deleted: {exc}")

@@ -10,6 +10,7 @@ import argparse
 import logging
 import os
 import sys
+import traceback
 
 from . import batch, hosting, options, prepare, training
 from .errors import LaunchError
@@ -62,3 +63,18 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"launch {ns.command}: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:
+        if not _from_aws(exc):
+            raise
+        # AWS refused a call or a job failed: its own message says why; a traceback would bury it.
+        print(f"launch {ns.command}: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+
+
+def _from_aws(exc: BaseException) -> bool:
+    """Errors of botocore (ClientError, ...) or of the SDK (a failed job; in local mode, a container that
+    exited), whose messages say what happened; the container's own log is already above them."""
+    if type(exc).__module__.split(".")[0] in ("botocore", "sagemaker"):
+        return True
+    frames = traceback.extract_tb(exc.__traceback__)
+    return bool(frames) and f"{os.sep}sagemaker{os.sep}" in frames[-1].filename

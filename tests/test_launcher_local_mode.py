@@ -1,7 +1,7 @@
 """The launcher against the real images in the SageMaker SDK's local mode (local_test/sdk_local_mode.py):
 2-instance distributed training -> one model.tar.gz -> local endpoint (/ping, invoke) -> batch transform
--> no container left running. Needs Docker, docker compose and both images; skipped, saying why, without them.
-About 3 minutes on 2 CPU cores."""
+-> no container left running. Uses the images test_images.py builds (image_fixtures.images: skipped without a
+Docker engine, failed under CI=true) and installs docker compose when missing. About 3 minutes on 2 CPU cores."""
 from __future__ import annotations
 
 import shutil
@@ -11,28 +11,25 @@ import sys
 import pytest
 
 from conftest import ROOT, program_env
+from image_fixtures import Images, images  # noqa: F401 (fixture)
 
-IMAGES = ("wav2vec2-train:latest", "wav2vec2-serve:latest")
+pytestmark = pytest.mark.slow
 
 
-def _missing() -> str | None:
-    if shutil.which("docker") is None or subprocess.run(["docker", "info"], capture_output=True).returncode:
-        return "no running Docker engine"
+def ensure_compose() -> None:
     compose = subprocess.run(["docker", "compose", "version"], capture_output=True, text=True)
-    if "v2" not in compose.stdout and shutil.which("docker-compose") is None:
-        return "docker compose missing: run local_test/ensure_compose.sh"
-    for image in IMAGES:
-        if subprocess.run(["docker", "image", "inspect", image], capture_output=True).returncode:
-            return f"image {image} not built"
-    return None
+    if "v2" in compose.stdout or shutil.which("docker-compose"):
+        return
+    r = subprocess.run([str(ROOT / "local_test" / "ensure_compose.sh")], capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.fail(f"docker compose is missing and local_test/ensure_compose.sh failed: {r.stderr[-1000:]}",
+                    pytrace=False)
 
 
-@pytest.mark.slow
-def test_sdk_local_mode_train_two_hosts_deploy_invoke_transform(tmp_path):
-    reason = _missing()
-    if reason:
-        pytest.skip(reason)
-    r = subprocess.run([sys.executable, str(ROOT / "local_test" / "sdk_local_mode.py"), "--work", str(tmp_path)],
+def test_sdk_local_mode_train_two_hosts_deploy_invoke_transform(images: Images, tmp_path):
+    ensure_compose()
+    r = subprocess.run([sys.executable, str(ROOT / "local_test" / "sdk_local_mode.py"), "--work", str(tmp_path),
+                        "--train-image", images.train, "--serve-image", images.serve],
                        capture_output=True, text=True, env=program_env(), timeout=1500)
     out = r.stdout + r.stderr
     assert r.returncode == 0, out[-4000:]
