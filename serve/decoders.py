@@ -55,6 +55,9 @@ def _json(body: bytes, timestamps: bool) -> tuple[list[Clip], bool]:
         doc = json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ServeError(f"body is not valid JSON: {exc}") from None
+    except RecursionError:
+        # The parser recurses once per nesting level; a valid request nests at most 3 deep.
+        raise ServeError("body is JSON nested too deeply; send an object or a list of objects") from None
     if isinstance(doc, list):
         if not doc:
             raise ServeError("batch is an empty list; send at least one item")

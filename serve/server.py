@@ -5,10 +5,12 @@ model, so CUDA is first touched inside the worker.
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 import threading
 
+from gunicorn import util as gunicorn_util
 from gunicorn.app.base import BaseApplication
 
 from .settings import Settings
@@ -53,6 +55,7 @@ class Server(BaseApplication):
         worker.slot = next(i for i in range(len(taken) + 1) if i not in taken)
 
     def _post_fork(self, server, worker) -> None:
+        gunicorn_util.write_error = _write_json_error
         if self.gpus:
             os.environ["CUDA_VISIBLE_DEVICES"] = self.gpus[worker.slot % len(self.gpus)]
         _heartbeat_while_loading(worker, self.settings.timeout_s)
@@ -71,6 +74,15 @@ class Server(BaseApplication):
 
 
 _loaded = threading.Event()
+
+
+def _write_json_error(sock, status_int: int, reason: str, mesg: str) -> None:
+    """gunicorn's answer to a request it cannot parse (bad Expect, header or request line), as {"error": ...}
+    like every other error, instead of its HTML page; same status, same Connection: close."""
+    body = json.dumps({"error": f"{reason}: {mesg}" if mesg else reason}).encode()
+    head = (f"HTTP/1.1 {status_int} {reason}\r\nConnection: close\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n").encode("latin-1", "replace")
+    gunicorn_util.write_nonblock(sock, head + body)
 
 
 def _heartbeat_while_loading(worker, timeout_s: int) -> None:
