@@ -3,12 +3,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import tarfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import aws, options
-from .errors import LaunchError
+from .errors import JobFailed, LaunchError
 from .metrics import metric_definitions
 
 TRAIN_REPOSITORY = "wav2vec2-train"
@@ -180,10 +181,34 @@ def run(opts: TrainOptions) -> int:
     )
     print(f"[launch] training job {name}: {opts.instance_count} x {opts.instance_type}, image {estimator.image_uri}",
           flush=True)
-    estimator.fit(inputs, job_name=name, wait=opts.wait, logs="All" if opts.wait else "None")
+    started = time.time()
+    try:
+        estimator.fit(inputs, job_name=name, wait=opts.wait, logs="All" if opts.wait else "None")
+    except Exception:
+        reason = local_failure_reason(output_path, since=started) if target.local else None
+        if reason is None:
+            raise
+        raise JobFailed(f"training job {name} failed: {reason}") from None
     if not opts.wait:
         print(f"[launch] started {name}; follow it with: aws sagemaker describe-training-job --training-job-name {name}")
         return 0
     print(f"[launch] model artifact: {estimator.model_data}", flush=True)
     print(estimator.model_data)
     return 0
+
+
+def local_failure_reason(output_path: str, since: float) -> str | None:
+    """Local mode: the first line of /opt/ml/output/failure, which the SDK packs into output.tar.gz (on
+    SageMaker the same text becomes the job's FailureReason). An archive older than this job is ignored."""
+    archive = Path(output_path[len("file://"):]) / "output.tar.gz"
+    try:
+        if archive.stat().st_mtime < since - 1:
+            return None
+        with tarfile.open(archive) as tar:
+            member = next((m for m in tar.getmembers() if m.name.lstrip("./") == "failure"), None)
+            if member is None:
+                return None
+            text = tar.extractfile(member).read().decode(errors="replace").strip()
+    except (OSError, tarfile.TarError):
+        return None
+    return text.splitlines()[0] if text else None

@@ -37,3 +37,16 @@ def test_sdk_local_mode_train_two_hosts_deploy_invoke_transform(images: Images, 
     assert "one model artifact" in out
     assert "transform: 4 transcripts for 4 clips" in out
     assert "no local-mode container left running" in out
+
+
+def test_local_training_failure_reports_the_failure_reason(images: Images, tmp_path):
+    ensure_compose()
+    channel = tmp_path / "train"
+    channel.mkdir()
+    (channel / "notes.txt").write_text("no audio here")
+    r = subprocess.run([str(ROOT / "launcher" / "launch"), "train", "--local", "--image", images.train,
+                        "--channel", f"train={channel}", "--output-path", str(tmp_path / "out")],
+                       capture_output=True, text=True, env=program_env(), timeout=600)
+    assert r.returncode == 1, r.stderr[-3000:]
+    last = r.stderr.strip().splitlines()[-1]
+    assert last.startswith("launch train: error: training job") and "holds no recognised data" in last, last
