@@ -9,7 +9,8 @@
   4. nothing the run started is left running
 
 Needs: a running Docker engine, docker compose (local_test/ensure_compose.sh installs it), the images
-wav2vec2-train:latest and wav2vec2-serve:latest (local_test/quickstart or build_and_push.sh --local).
+wav2vec2-train:latest and wav2vec2-serve:latest (./quickstart.sh or ./build_and_push.sh --local builds them;
+--train-image/--serve-image pick others).
 No AWS account: the launcher's local mode uses placeholder credentials and blocks every AWS endpoint.
 Usage: local_test/sdk_local_mode.py [--work DIR] [--max-steps N] [--instance-count N]
 Exits non-zero, saying which step failed, if any check fails.

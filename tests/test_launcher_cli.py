@@ -242,3 +242,20 @@ def test_role_from_environment_is_accepted(tmp_path, aws_listener):
     assert "no SageMaker execution role" not in r.stderr
     assert "nothing was created" in r.stderr
     assert aws_listener.count >= 1
+
+
+def test_region_credentials_and_role_from_aws_and_sdk_config_files(tmp_path, aws_listener):
+    """No flags: the profile's region and keys (~/.aws) and the role from the SDK's config.yaml are used;
+    the checks then get as far as the identity call, which lands on the loopback listener."""
+    (tmp_path / "config").write_text("[profile speech]\nregion = eu-central-1\n")
+    (tmp_path / "credentials").write_text("[speech]\naws_access_key_id = AKIAEXAMPLE\n"
+                                          "aws_secret_access_key = example\n")
+    sdk_config = tmp_path / ".config" / "sagemaker" / "config.yaml"
+    sdk_config.parent.mkdir(parents=True)
+    sdk_config.write_text(f"SchemaVersion: '1.0'\nSageMaker:\n  TrainingJob:\n    RoleArn: {ROLE}\n")
+    env = clean_env(tmp_path, AWS_ENDPOINT_URL=aws_listener.url, AWS_PROFILE="speech",
+                    AWS_CONFIG_FILE=str(tmp_path / "config"), AWS_SHARED_CREDENTIALS_FILE=str(tmp_path / "credentials"))
+    r = launch(*TRAIN, env=env)
+    assert r.returncode == 2, (r.stdout, r.stderr)
+    assert "cannot reach AWS STS in eu-central-1" in r.stderr
+    assert aws_listener.count >= 1
