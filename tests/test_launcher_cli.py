@@ -7,7 +7,6 @@ reachable, so the AWS checks are exercised for real: a loopback listener stands 
 from __future__ import annotations
 
 import json
-import os
 import re
 import socket
 import subprocess
