@@ -40,6 +40,20 @@ class Run:
         return statistics.quantiles(xs, n=100, method="inclusive")[int(q) - 1] * 1000
 
 
+def merge(runs: list[Run]) -> Run:
+    """Runs of the same requests pooled: walls and audio summed, latencies joined, first transcripts kept."""
+    out = Run(runs[0].concurrency)
+    for r in runs:
+        out.wall_s += r.wall_s
+        out.audio_s += r.audio_s
+        out.latencies_s += r.latencies_s
+        out.errors += r.errors
+        out.batch_sizes += r.batch_sizes
+        for k, v in r.texts.items():
+            out.texts.setdefault(k, v)
+    return out
+
+
 def _text(body: bytes) -> str:
     value = json.loads(body)
     if isinstance(value, str):  # the seed answers a bare JSON string
