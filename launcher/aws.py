@@ -165,6 +165,11 @@ def local_target(opts: AwsOptions) -> Target:
                   bucket=opts.bucket, instance_type_local="local_gpu" if opts.local_gpu else "local")
 
 
+def bucket(target: Target, session) -> str:
+    """--bucket as given (no check, no creation), else the SDK's default bucket, which the SDK creates if needed."""
+    return target.bucket or session.default_bucket()
+
+
 def sdk_session(target: Target, *, container_root: str | None = None, serving_port: int | None = None):
     """A sagemaker.Session (AWS) or LocalSession (local mode) with telemetry off."""
     if target.local:

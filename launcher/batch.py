@@ -105,7 +105,7 @@ def run(opts: TransformOptions) -> int:
         output_path = opts.output_path or f"file://{Path('sagemaker-local/transform').resolve()}"
         Path(output_path[len("file://"):]).mkdir(parents=True, exist_ok=True)
     else:
-        output_path = opts.output_path or f"s3://{session.default_bucket()}/wav2vec2/transform/{name}"
+        output_path = opts.output_path or f"s3://{aws.bucket(target, session)}/wav2vec2/transform/{name}"
     if target.local:
         with tempfile.TemporaryDirectory(prefix="wav2vec2-model-") as work:
             return _transform(opts, target, session, name, output_path,
@@ -121,13 +121,11 @@ def _transform(opts: TransformOptions, target: aws.Target, session, name: str, o
         output_path=output_path, accept=opts.accept, max_concurrent_transforms=opts.max_concurrent,
         max_payload=opts.max_payload_mb, env=opts.env or None)
     print(f"[launch] transform job {name}: {opts.input} -> {output_path}", flush=True)
-    try:
-        transformer.transform(opts.input, data_type="S3Prefix", content_type=opts.content_type, split_type=None,
-                              job_name=name, wait=opts.wait,
-                              logs=opts.wait and not target.local)  # local mode has no CloudWatch
-    finally:
-        if opts.wait and not target.local:
-            _delete_model(session, name)
+    transformer.transform(opts.input, data_type="S3Prefix", content_type=opts.content_type, split_type=None,
+                          job_name=name, wait=opts.wait,
+                          logs=opts.wait and not target.local)  # local mode has no CloudWatch
+    if opts.wait and not target.local:
+        _delete_model(session, name)  # only needed by this job (a failed job keeps it, for inspection; models are free)
     print(f"[launch] transcripts: {output_path}")
     return 0
 

@@ -56,6 +56,7 @@ def add_deploy_parser(sub, parents) -> None:
     p.add_argument("--env", action="append", metavar="NAME=VALUE",
                    help="serving setting, e.g. MODEL_SERVER_WORKERS=2 (README lists them); repeatable")
     p.add_argument("--tag", action="append", metavar="KEY=VALUE", help="tag the model and endpoint; repeatable")
+    p.add_argument("--no-wait", action="store_true", help="return once the endpoint is being created (AWS only)")
     p.add_argument("--serving-port", type=int, default=8080, help="local mode: host port of the endpoint (default 8080)")
     p.add_argument("--local-seconds", type=float,
                    help="local mode: keep the endpoint up this long, then remove it (default: until Ctrl-C)")
@@ -93,6 +94,7 @@ class DeployOptions:
     tags: dict[str, str] = field(default_factory=dict)
     serving_port: int = 8080
     local_seconds: float | None = None
+    wait: bool = True
 
     @classmethod
     def from_args(cls, ns: argparse.Namespace) -> "DeployOptions":
@@ -105,6 +107,8 @@ class DeployOptions:
             raise LaunchError("--local-seconds only applies with --local")
         if a.local and ns.instance_count != 1:
             raise LaunchError("local mode serves from one container: drop --instance-count")
+        if a.local and ns.no_wait:
+            raise LaunchError("--no-wait does not apply to local endpoints (they live while `deploy` runs)")
         name = ns.endpoint_name or f"wav2vec2-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}"
         _check_name(name)
         return cls(aws=a, model_data=_model_data(ns.model_data, a.local), image=ns.image, endpoint_name=name,
@@ -113,7 +117,7 @@ class DeployOptions:
                    instance_count=options.positive(ns.instance_count, "--instance-count"),
                    startup_timeout_s=ns.startup_timeout_s, env=options.pairs(ns.env, "--env", env_names=True),
                    tags=options.pairs(ns.tag, "--tag"), serving_port=ns.serving_port,
-                   local_seconds=ns.local_seconds)
+                   local_seconds=ns.local_seconds, wait=not ns.no_wait)
 
 
 def _check_name(name: str) -> None:
@@ -168,8 +172,8 @@ def _deploy(opts: DeployOptions, target: aws.Target, session, model_data: str) -
     if not target.local:
         model.deploy(initial_instance_count=opts.instance_count, instance_type=opts.instance_type,
                      endpoint_name=opts.endpoint_name, container_startup_health_check_timeout=opts.startup_timeout_s,
-                     tags=[{"Key": k, "Value": v} for k, v in opts.tags.items()] or None, wait=True)
-        print(f"[launch] endpoint {opts.endpoint_name} is InService", flush=True)
+                     tags=[{"Key": k, "Value": v} for k, v in opts.tags.items()] or None, wait=opts.wait)
+        print(f"[launch] endpoint {opts.endpoint_name} is {'InService' if opts.wait else 'being created'}", flush=True)
         print(f"[launch] try: launcher/launch invoke CLIP.wav --endpoint-name {opts.endpoint_name}")
         print(f"[launch] remove: launcher/launch delete --endpoint-name {opts.endpoint_name}")
         print(opts.endpoint_name)

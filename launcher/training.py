@@ -162,13 +162,13 @@ def run(opts: TrainOptions) -> int:
         output_path = opts.output_path or f"file://{Path('sagemaker-local/output').resolve()}"
         Path(output_path[len("file://"):]).mkdir(parents=True, exist_ok=True)
     else:
-        output_path = opts.output_path or f"s3://{session.default_bucket()}/wav2vec2/output"
+        output_path = opts.output_path or f"s3://{aws.bucket(target, session)}/wav2vec2/output"
     checkpoint = opts.checkpoint_s3_uri or (f"{output_path}/{name}/checkpoints" if opts.spot else None)
     inputs = {}
     for channel, loc in opts.channels.items():
         if not target.local and not options.is_s3(loc):
             print(f"[launch] uploading channel {channel} from {loc}", flush=True)
-            loc = session.upload_data(loc, bucket=session.default_bucket(), key_prefix=f"wav2vec2/channels/{name}/{channel}")
+            loc = session.upload_data(loc, bucket=aws.bucket(target, session), key_prefix=f"wav2vec2/channels/{name}/{channel}")
         inputs[channel] = TrainingInput(loc, distribution="FullyReplicated")
     estimator = Estimator(
         image_uri=opts.image or target.ecr_image(TRAIN_REPOSITORY), role=target.role_arn,
