@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import io
+import os
 from pathlib import Path
 
 import numpy as np
@@ -75,15 +76,21 @@ def _read(source) -> tuple[np.ndarray, int]:
     return data, rate
 
 
-def _check_wav_length(payload: bytes) -> None:
-    """libsndfile silently shortens a WAV whose data chunk is cut off; a truncated upload must be an error."""
+# How much of a file is read to find the WAV data chunk's header (it follows fmt and any LIST/fact chunks).
+_WAV_HEAD_BYTES = 1 << 20
+
+
+def _check_wav_length(payload: bytes, total: int | None = None) -> None:
+    """libsndfile silently shortens a WAV whose data chunk is cut off; a truncated upload or file must be an
+    error. `payload` is the whole file, or its first bytes when `total` gives the file's full size."""
+    total = len(payload) if total is None else total
     if len(payload) < 12 or payload[:4] != b"RIFF" or payload[8:12] != b"WAVE":
         return
     pos = 12
     while pos + 8 <= len(payload):
         chunk, size = payload[pos:pos + 4], int.from_bytes(payload[pos + 4:pos + 8], "little")
         if chunk == b"data":
-            have = len(payload) - pos - 8
+            have = total - pos - 8
             # 0 and 0xFFFFFFFF mark streamed WAVs whose writer did not know the length.
             if size not in (0, 0xFFFFFFFF) and size > have:
                 raise AudioError(f"WAV is truncated: its header declares {size} bytes of samples, the body has {have}")
@@ -101,6 +108,13 @@ def decode_bytes(payload: bytes) -> np.ndarray:
 
 
 def load_file(path: str | Path) -> np.ndarray:
-    """Read an audio file from disk to 16 kHz mono float32."""
+    """Read an audio file from disk to 16 kHz mono float32 (a truncated WAV is an error, as in decode_bytes)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(_WAV_HEAD_BYTES)
+            total = os.fstat(f.fileno()).st_size
+    except OSError as exc:
+        raise AudioError(f"cannot read {path}: {exc.strerror or exc}") from None
+    _check_wav_length(head, total)
     data, rate = _read(str(path))
     return to_model_input(data, rate)

@@ -67,6 +67,19 @@ def test_load_file(tmp_path):
     assert abs(len(load_file(path)) - TARGET_RATE) <= 1
 
 
+def test_load_file_refuses_a_truncated_wav_as_decode_bytes_does(tmp_path):
+    """libsndfile reads a WAV file cut short as a shorter clip; training must skip it as corrupt instead."""
+    whole = encode(tone(TARGET_RATE), TARGET_RATE, "WAV", "PCM_16")
+    path = tmp_path / "cut.wav"
+    path.write_bytes(whole[:2000])
+    with pytest.raises(AudioError, match="truncated"):
+        load_file(path)
+    path.write_bytes(whole)
+    assert len(load_file(path)) == TARGET_RATE
+    with pytest.raises(AudioError, match="cannot read"):
+        load_file(tmp_path / "missing.wav")
+
+
 @pytest.mark.parametrize("rate,says", [
     (0, "outside"), (999, "outside"), (10**7, "outside"), (-8000, "outside"), (16000.5, "whole number"),
     ("abc", "number"), (None, "number"), (float("nan"), "whole number"), (float("inf"), "whole number"),
