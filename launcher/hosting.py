@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import aws, options
-from .errors import LaunchError
+from .errors import JobFailed, LaunchError
 
 SERVE_REPOSITORY = "wav2vec2-serve"
 DEFAULT_INSTANCE = "ml.g5.xlarge"
@@ -189,12 +189,23 @@ def _deploy(opts: DeployOptions, target: aws.Target, session, model_data: str) -
         deadline = None if opts.local_seconds is None else time.monotonic() + opts.local_seconds
         while deadline is None or time.monotonic() < deadline:
             time.sleep(0.5)
+            if not _local_container_alive(opts.endpoint_name):
+                raise JobFailed(f"the local serving container of {opts.endpoint_name} exited; its log is above")
     except (_Stop, KeyboardInterrupt):
         print("[launch] stopping the local endpoint", flush=True)
     finally:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)  # clean-up must not be interrupted in turn
         _delete_local(session, opts.endpoint_name)
     return 0
+
+
+def _local_container_alive(name: str) -> bool:
+    """The SDK runs `docker compose up` for a local endpoint in a thread that ends when the container does."""
+    from sagemaker.local.local_session import LocalSagemakerClient
+
+    endpoint = LocalSagemakerClient._endpoints.get(name)
+    compose = getattr(getattr(endpoint, "container", None), "container", None)
+    return compose is None or compose.is_alive()
 
 
 def _delete_local(session, name: str) -> None:
