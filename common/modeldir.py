@@ -61,6 +61,11 @@ def save(model_dir: str | Path, model: Wav2Vec2ForCTC, processor: Wav2Vec2Proces
     model_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(model_dir, safe_serialization=True)
     processor.save_pretrained(model_dir)
+    # transformers writes the weights 0600; SageMaker keeps file modes when it unpacks model.tar.gz, so a
+    # serving process that is not root could not read them.
+    for f in model_dir.iterdir():
+        if f.is_file():
+            f.chmod(0o644)
 
 
 def load(model_dir: str | Path, **model_kwargs) -> tuple[Wav2Vec2ForCTC, Wav2Vec2Processor]:
