@@ -47,6 +47,7 @@ def test_serving_compares_three_servers(bench_dir):
         assert f["errors"][system] == {"1": 0, "3": 0}
         for c in ("1", "3"):
             assert positive(f["rtfx"][system][c]) and positive(f["overhead"][system][c])
+            assert positive(f["cpu_s_per_audio_s"][system][c]) and positive(f["overhead_cpu"][system][c])
             assert f["p50_ms"][system][c] <= f["p99_ms"][system][c]
     for c in ("1", "3"):
         assert positive(f["ratio_vs_seed"]["fp32"][c]) and positive(f["ratio_vs_pipeline"]["fp32"][c])
@@ -72,6 +73,7 @@ def test_training_compares_with_the_seed_style_script(tmp_path):
     assert positive(f["audio_seconds_per_second"]["ours"]) and positive(f["audio_seconds_per_second"]["seed"])
     assert f["ratio"] == pytest.approx(f["audio_seconds_per_second"]["ours"] / f["audio_seconds_per_second"]["seed"],
                                        rel=0.01)
+    assert positive(f["cpu_seconds"]["ours"]) and positive(f["cpu_seconds"]["seed"])
     assert f["cer"] is None  # --accuracy not given: said not measured, not invented
 
 

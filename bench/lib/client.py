@@ -26,6 +26,7 @@ class Run:
     errors: list[str] = field(default_factory=list)
     texts: dict[str, str] = field(default_factory=dict)  # clip -> transcript (last answer seen)
     batch_sizes: list[int] = field(default_factory=list)  # X-Batch-Size where the server says it
+    cpu_s: float = 0.0  # CPU seconds the server used meanwhile (filled in by the caller)
 
     @property
     def rtfx(self) -> float:
@@ -49,6 +50,7 @@ def merge(runs: list[Run]) -> Run:
         out.latencies_s += r.latencies_s
         out.errors += r.errors
         out.batch_sizes += r.batch_sizes
+        out.cpu_s += r.cpu_s
         for k, v in r.texts.items():
             out.texts.setdefault(k, v)
     return out

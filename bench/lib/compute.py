@@ -1,7 +1,7 @@
 """Bare model forward timing, FLOP counting and the matmul peak, all in this process.
 
 "Bare forward" is the model call alone (`model(input_values).logits`), batch 1, in inference mode, on
-already normalised audio, with the dtype and torch threads the server uses: no HTTP, no decoding.
+already normalised audio, with the device, dtype and torch threads the server uses: no HTTP, no decoding.
 """
 from __future__ import annotations
 
@@ -14,7 +14,21 @@ import numpy as np
 def dtype_of(name: str):
     import torch
 
-    return {"fp32": torch.float32, "bf16": torch.bfloat16}[name]
+    return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[name]
+
+
+def device():
+    """The GPU when there is one (as the server picks), else the CPU."""
+    import torch
+
+    return torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
+
+
+def _sync() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
 
 
 def normalized(audio: np.ndarray) -> np.ndarray:
@@ -24,19 +38,19 @@ def normalized(audio: np.ndarray) -> np.ndarray:
 def _inputs(model, audio: np.ndarray, dtype):
     import torch
 
-    values = torch.from_numpy(normalized(audio))[None, :].to(dtype)
+    values = torch.from_numpy(normalized(audio))[None, :].to(device()).to(dtype)
     kwargs = {}
     if model.config.feat_extract_norm == "layer":  # as the server: mask only for layer-norm encoders
-        kwargs["attention_mask"] = torch.ones(values.shape, dtype=torch.long)
+        kwargs["attention_mask"] = torch.ones(values.shape, dtype=torch.long, device=values.device)
     return values, kwargs
 
 
-def bare_forward_s(model, clips, dtype_name: str, repeats: int = 1) -> dict[str, float]:
+def bare_forward_s(model, clips, dtype_name: str, repeats: int = 1, cpu_out: dict | None = None) -> dict[str, float]:
     """clip name -> median seconds of one batch-1 forward pass (after a warm-up pass over every clip)."""
     import torch
 
     dtype = dtype_of(dtype_name)
-    model = model.to(dtype)
+    model = model.to(device=device(), dtype=dtype)
     out = {}
     with torch.inference_mode():
         for clip in clips:  # warm-up: the first passes pay one-off kernel set-up (the servers are warmed too)
@@ -44,13 +58,18 @@ def bare_forward_s(model, clips, dtype_name: str, repeats: int = 1) -> dict[str,
             model(v, **kw)
         for clip in clips:
             v, kw = _inputs(model, clip.audio, dtype)
-            times = []
+            times, cpu = [], []
             for _ in range(repeats):
-                t0 = time.perf_counter()
+                _sync()
+                t0, c0 = time.perf_counter(), time.process_time()
                 model(v, **kw).logits.argmax(-1)
+                _sync()
                 times.append(time.perf_counter() - t0)
+                cpu.append(time.process_time() - c0)
             out[clip.name] = statistics.median(times)
-    model.to(dtype_of("fp32"))
+            if cpu_out is not None:  # CPU seconds of this process (all its threads): cpu_out[name]
+                cpu_out[clip.name] = statistics.median(cpu)
+    model.to(device="cpu", dtype=dtype_of("fp32"))
     return out
 
 
@@ -63,13 +82,13 @@ def forward_flops(model, audio: np.ndarray) -> int:
 
     from .machine import cpu_has_bf16
 
-    dtype = torch.bfloat16 if cpu_has_bf16() else torch.float32
-    model = model.to(dtype)
+    dtype = torch.bfloat16 if cpu_has_bf16() or torch.cuda.is_available() else torch.float32
+    model = model.to(device=device(), dtype=dtype)
     v, kw = _inputs(model, audio, dtype)
     counter = FlopCounterMode(display=False)
     with torch.no_grad(), counter:  # not inference_mode: the counter's module hooks need autograd tensors
         model(v, **kw)
-    model.to(torch.float32)
+    model.to(device="cpu", dtype=torch.float32)
     return int(counter.get_total_flops())
 
 
@@ -78,11 +97,13 @@ def matmul_peak_gflops(dtype_name: str, n: int = 2048, seconds: float = 3.0) -> 
     import torch
 
     dtype = dtype_of(dtype_name)
-    a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
+    a, b = (torch.randn(n, n).to(device()).to(dtype) for _ in range(2))
     a @ b
     best, end = 0.0, time.perf_counter() + seconds
     while time.perf_counter() < end:
+        _sync()
         t0 = time.perf_counter()
         a @ b
+        _sync()
         best = max(best, 2 * n ** 3 / (time.perf_counter() - t0) / 1e9)
     return best

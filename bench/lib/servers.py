@@ -73,6 +73,20 @@ class Running:
             time.sleep(0.1)
         raise TimeoutError(f"{self.name} not ready after {timeout_s} s:\n{self.log()[-3000:]}")
 
+    def cpu_seconds(self) -> float:
+        """CPU time (user + system) used so far by the live processes of this server (its process group:
+        gunicorn's master and workers). Less sensitive than wall time to other jobs on a shared machine."""
+        tick = os.sysconf("SC_CLK_TCK")
+        total = 0
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[2]) == self.proc.pid:  # pgrp; the server leads its own session
+                total += int(fields[11]) + int(fields[12])
+        return total / tick
+
     def log(self) -> str:
         self._log.flush()
         return self.log_path.read_text(errors="replace")
@@ -94,18 +108,23 @@ class Running:
         self.stop()
 
 
-def start_ours(model_dir: Path, workdir: Path, *, bf16: bool, **env: str) -> Running:
-    """serve/serve with OPT_ML pointing at a tree whose model/ is model_dir."""
-    opt = Path(workdir) / f"opt_ml_{'bf16' if bf16 else 'fp32'}"
+GPU_DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+
+
+def start_ours(model_dir: Path, workdir: Path, *, dtype: str = "fp32", **env: str) -> Running:
+    """serve/serve with OPT_ML pointing at a tree whose model/ is model_dir; dtype fp32, bf16 (CPU or GPU) or
+    fp16 (GPU only), set through SERVE_CPU_BF16 and SERVE_GPU_DTYPE."""
+    opt = Path(workdir) / f"opt_ml_{dtype}"
     opt.mkdir(parents=True, exist_ok=True)
     link = opt / "model"
     if not link.exists():
         link.symlink_to(Path(model_dir).resolve())
     port = free_port()
-    return Running(f"ours ({'bf16' if bf16 else 'fp32'})", [str(ROOT / "serve" / "serve"), "serve"],
+    return Running(f"ours ({dtype})", [str(ROOT / "serve" / "serve"), "serve"],
                    _env(OPT_ML=str(opt), SAGEMAKER_BIND_TO_PORT=str(port), MODEL_SERVER_TIMEOUT=str(TIMEOUT_S),
-                        SERVE_CPU_BF16="true" if bf16 else "false", **env),
-                   Path(workdir) / f"server_ours_{'bf16' if bf16 else 'fp32'}.log", port)
+                        SERVE_CPU_BF16="true" if dtype == "bf16" else "false", SERVE_GPU_DTYPE=GPU_DTYPES[dtype],
+                        **env),
+                   Path(workdir) / f"server_ours_{dtype}.log", port)
 
 
 def start_app(kind: str, model_dir: Path, workdir: Path) -> Running:
