@@ -33,7 +33,7 @@ class Server(BaseApplication):
         options = {
             "bind": f"0.0.0.0:{s.port}",
             "workers": self.workers,
-            "worker_class": "gthread",
+            "worker_class": "serve.worker.Worker",  # gthread with /ping on its own threads
             "threads": s.threads,
             "timeout": s.timeout_s,
             "graceful_timeout": GRACEFUL_TIMEOUT_S,
