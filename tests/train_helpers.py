@@ -21,7 +21,9 @@ FAST = {"max_steps": "2", "train_batch_size": "4", "eval_batch_size": "8", "logg
 def program_env(**extra: str) -> dict[str, str]:
     from conftest import program_env as env  # the lead's: venv first on PATH, hub offline
 
-    return env(**extra)
+    # One torch thread per run: on two cores shared with other test processes, two spinning OpenMP
+    # threads per process made steps up to 6x slower.
+    return env(**{"OMP_NUM_THREADS": "1", **extra})
 
 
 def micro_model_dir(dest: Path) -> Path:

@@ -231,6 +231,7 @@ def run(paths: OptML, hp) -> int:
         save_on_each_node=multi_host,  # each host keeps its own /opt/ml/checkpoints
         seed=hp.seed, bf16=precision == "bf16", fp16=precision == "fp16",
         dataloader_pin_memory=torch.cuda.is_available(),
+        use_cpu=not torch.cuda.is_available(),  # also what makes accelerate run several CPU processes (gloo)
         optim="adamw_torch_fused",  # one kernel for all parameters: the optimizer step was ~20% of a CPU step
         train_sampling_strategy="group_by_length" if hp.group_by_length else "random",
         remove_unused_columns=False, label_names=["labels"], report_to="none", disable_tqdm=True,
@@ -284,7 +285,7 @@ def run(paths: OptML, hp) -> int:
         say(f"[train] max_train_seconds={hp.max_train_seconds:g} reached at step {step}")
 
     # 10. Final evaluation, then model/ and output/data/ (first process only).
-    if has_eval and (not progress.eval_history or progress.eval_history[-1]["step"] != step):
+    if has_eval and progress.last_eval_step != step:
         trainer.evaluate()
     final = progress.eval_history[-1] if progress.eval_history else {}
     if not leader:

@@ -11,6 +11,8 @@ import math
 
 from transformers import TrainerCallback
 
+from .distributed import is_leader
+
 _NUM = r"([0-9.eE+-]+)"
 
 METRIC_DEFINITIONS = [
@@ -40,14 +42,15 @@ def say(text: str) -> None:
 
 
 class ProgressCallback(TrainerCallback):
-    """Prints [metrics]/[eval] lines on the main process and keeps their history for metrics.json."""
+    """Prints [metrics]/[eval] lines on global rank 0 only and keeps their history for metrics.json."""
 
     def __init__(self):
         self.train_history: list[dict] = []
         self.eval_history: list[dict] = []
+        self.last_eval_step: int | None = None  # on every rank: all ranks must agree on a final evaluation
 
     def on_log(self, args, state, control, logs=None, **kwargs):
-        if not state.is_world_process_zero or not logs:
+        if not is_leader() or not logs:
             return
         step, epoch = state.global_step, round(float(state.epoch or 0.0), 2)
         if "loss" in logs:
@@ -59,7 +62,8 @@ class ProgressCallback(TrainerCallback):
             say(line("metrics", **row))
 
     def on_evaluate(self, args, state, control, metrics=None, **kwargs):
-        if not state.is_world_process_zero or not metrics:
+        self.last_eval_step = state.global_step
+        if not is_leader() or not metrics:
             return
         row = {"step": state.global_step, "epoch": round(float(state.epoch or 0.0), 2),
                "wer": metrics.get("eval_wer"), "cer": metrics.get("eval_cer"), "loss": metrics.get("eval_loss")}
