@@ -62,13 +62,34 @@ def to_model_input(samples, rate) -> np.ndarray:
     return np.ascontiguousarray(x)
 
 
-def _read(source) -> tuple[np.ndarray, int]:
+class AudioTooLong(AudioError):
+    """The audio decodes to more than the allowed length; caught while decoding, before it is all in memory."""
+
+
+# Decoded in blocks of at most this many samples (frames x channels): a header may declare billions of frames
+# or thousands of channels, so never allocate what it declares.
+_BLOCK_SAMPLES = 1 << 20
+
+
+def _read(source, max_seconds: float | None = None) -> tuple[np.ndarray, int]:
     try:
         with sf.SoundFile(source) as f:
-            declared = f.frames
-            data = f.read(dtype="float32", always_2d=True)
-            rate = f.samplerate
-    except (sf.LibsndfileError, RuntimeError, TypeError, ValueError, EOFError) as exc:
+            declared, rate, channels = f.frames, f.samplerate, f.channels
+            limit = None if max_seconds is None else int(max_seconds * max(rate, 1)) + 1
+            block = max(1, _BLOCK_SAMPLES // max(channels, 1))
+            parts, total = [], 0
+            while True:
+                part = f.read(block, dtype="float32", always_2d=True)
+                if not len(part):
+                    break
+                parts.append(part)
+                total += len(part)
+                if limit is not None and total > limit:
+                    raise AudioTooLong(f"audio is longer than {max_seconds:g} s")
+            data = np.concatenate(parts) if parts else np.zeros((0, max(channels, 1)), np.float32)
+    except AudioError:
+        raise
+    except (sf.LibsndfileError, RuntimeError, TypeError, ValueError, EOFError, MemoryError) as exc:
         raise AudioError(f"cannot decode audio (WAV, FLAC, OGG or MP3 that libsndfile reads): {exc}") from None
     # Compressed streams whose header promises more frames than decode were cut short.
     if 0 < declared < (1 << 62) and len(data) < declared:
@@ -98,12 +119,15 @@ def _check_wav_length(payload: bytes, total: int | None = None) -> None:
         pos += 8 + size + (size & 1)
 
 
-def decode_bytes(payload: bytes) -> np.ndarray:
-    """Decode an encoded file (WAV, FLAC, OGG, MP3, ...; format sniffed) to 16 kHz mono float32."""
+def decode_bytes(payload: bytes, max_seconds: float | None = None) -> np.ndarray:
+    """Decode an encoded file (WAV, FLAC, OGG, MP3, ...; format sniffed) to 16 kHz mono float32.
+
+    With `max_seconds`, longer audio raises AudioTooLong as soon as decoding passes it (a few MB of FLAC
+    can hold hours of silence)."""
     if not payload:
         raise AudioError("audio body is empty")
     _check_wav_length(payload)
-    data, rate = _read(io.BytesIO(payload))
+    data, rate = _read(io.BytesIO(payload), max_seconds)
     return to_model_input(data, rate)
 
 

@@ -95,7 +95,7 @@ def create_app(settings: Settings, model: Transcriber | None = None, workers: in
     def invocations():
         body = _read_body(settings.max_payload_bytes)
         timestamps = _flag(request.args.get("timestamps", ""), "timestamps")
-        clips, is_batch = decoders.decode(request.content_type, body, timestamps)
+        clips, is_batch = decoders.decode(request.content_type, body, timestamps, settings.max_audio_s)
         del body
         g.audio_s = sum(len(c.audio) for c in clips) / TARGET_RATE
         for i, clip in enumerate(clips):

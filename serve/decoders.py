@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from common.audio import AudioError, decode_bytes, to_model_input
+from common.audio import AudioError, AudioTooLong, decode_bytes, to_model_input
 
 from .errors import ServeError
 
@@ -31,8 +31,10 @@ def media_type(content_type: str | None) -> str:
     return (content_type or "").split(";", 1)[0].strip().lower()
 
 
-def decode(content_type: str | None, body: bytes, timestamps: bool) -> tuple[list[Clip], bool]:
-    """Clips in request order, and whether the request was a batch (a JSON list)."""
+def decode(content_type: str | None, body: bytes, timestamps: bool,
+           max_audio_s: float | None = None) -> tuple[list[Clip], bool]:
+    """Clips in request order, and whether the request was a batch (a JSON list). Encoded audio longer than
+    max_audio_s is refused (413) while it is decoded."""
     kind = media_type(content_type)
     decoder = DECODERS.get(kind)
     if decoder is None:
@@ -43,14 +45,14 @@ def decode(content_type: str | None, body: bytes, timestamps: bool) -> tuple[lis
         )
     if not body:
         raise ServeError("request body is empty")
-    return decoder(body, timestamps)
+    return decoder(body, timestamps, max_audio_s)
 
 
-def _audio(body: bytes, timestamps: bool) -> tuple[list[Clip], bool]:
-    return [Clip(_clip(decode_bytes, body), timestamps)], False
+def _audio(body: bytes, timestamps: bool, max_audio_s: float | None) -> tuple[list[Clip], bool]:
+    return [Clip(_clip(decode_bytes, body, max_audio_s), timestamps)], False
 
 
-def _json(body: bytes, timestamps: bool) -> tuple[list[Clip], bool]:
+def _json(body: bytes, timestamps: bool, max_audio_s: float | None = None) -> tuple[list[Clip], bool]:
     try:
         doc = json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -61,11 +63,11 @@ def _json(body: bytes, timestamps: bool) -> tuple[list[Clip], bool]:
     if isinstance(doc, list):
         if not doc:
             raise ServeError("batch is an empty list; send at least one item")
-        return [_json_item(item, timestamps, f"item {i}: ") for i, item in enumerate(doc)], True
-    return [_json_item(doc, timestamps, "")], False
+        return [_json_item(item, timestamps, f"item {i}: ", max_audio_s) for i, item in enumerate(doc)], True
+    return [_json_item(doc, timestamps, "", max_audio_s)], False
 
 
-def _json_item(item, timestamps: bool, where: str) -> Clip:
+def _json_item(item, timestamps: bool, where: str, max_audio_s: float | None = None) -> Clip:
     if not isinstance(item, dict):
         raise ServeError(f'{where}expected an object with "speech_array" and "sampling_rate", or "audio" (base64)')
     want = item.get("timestamps", timestamps)
@@ -84,7 +86,7 @@ def _json_item(item, timestamps: bool, where: str) -> Clip:
             payload = base64.b64decode(encoded, validate=True)
         except (binascii.Error, ValueError) as exc:
             raise ServeError(f'{where}"audio" is not valid base64: {exc}') from None
-        return Clip(_clip(decode_bytes, payload, where=where), want)
+        return Clip(_clip(decode_bytes, payload, max_audio_s, where=where), want)
     if "sampling_rate" not in item:
         raise ServeError(f'{where}missing "sampling_rate" (Hz) next to "speech_array"')
     samples = item["speech_array"]
@@ -107,6 +109,8 @@ def _clip(fn, *args, where: str = "") -> np.ndarray:
     try:
         with np.errstate(over="ignore", invalid="ignore"):
             return fn(*args)
+    except AudioTooLong as exc:
+        raise ServeError(f"{where}{exc} (SERVE_MAX_AUDIO_S)", 413) from None
     except AudioError as exc:
         raise ServeError(f"{where}{exc}") from None
 

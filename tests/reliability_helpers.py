@@ -454,7 +454,8 @@ class FuzzReport:
     problems: list[str] = field(default_factory=list)
 
 
-def fuzz(port: int, max_examples: int, max_s: float, seed: int = 0) -> FuzzReport:
+def fuzz(port: int, max_examples: int, max_s: float, seed: int = 0,
+         stop: threading.Event | None = None) -> FuzzReport:
     """Send hypothesis-drawn hostile requests until max_examples or max_s; record every broken answer.
 
     Failures are collected rather than raised, so one run reports all of them (and how many inputs it tried).
@@ -469,8 +470,8 @@ def fuzz(port: int, max_examples: int, max_s: float, seed: int = 0) -> FuzzRepor
               suppress_health_check=list(HealthCheck))
     @given(strategies())
     def one(req):
-        if time.monotonic() > stop_at:
-            return
+        if time.monotonic() > stop_at or (stop is not None and stop.is_set()):
+            raise _TimeUp  # ends the run; with only the generate phase hypothesis does not shrink it
         ctype, headers, query, body, label = req
         h = dict(headers)
         if ctype:
@@ -484,8 +485,15 @@ def fuzz(port: int, max_examples: int, max_s: float, seed: int = 0) -> FuzzRepor
             report.problems.append(f"{label} ctype={ctype!r} query={query!r} headers={headers!r} "
                                    f"body[:80]={body[:80]!r} ({len(body)} bytes): {why}")
 
-    one()
+    try:
+        one()
+    except _TimeUp:
+        pass
     return report
+
+
+class _TimeUp(Exception):
+    pass
 
 
 def model_load_seconds(log: str) -> float:
@@ -535,8 +543,10 @@ def kill_worker_under_load(srv: Observed, bodies, total: int, concurrency: int, 
         down_since = None
         deadline = killed + 180
         while time.monotonic() < deadline:
+            sent = time.monotonic()
             a = send(srv.port, b"", {}, path="/ping", method="GET", timeout_s=2)
             fig["ping_statuses"].append(a.status)
+            fig.setdefault("pings", []).append((round(sent - killed, 2), a.status, a.error[:60], round(a.seconds, 2)))
             if a.status != 200 and down_since is None:
                 down_since = time.monotonic()
             if a.status == 200 and down_since is not None and "ping_back_s" not in fig:

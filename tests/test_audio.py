@@ -122,3 +122,21 @@ def test_undecodable_and_truncated_bytes():
 def test_too_short_to_resample():
     with pytest.raises(AudioError, match="too short"):
         to_model_input([0.1], 44100 * 8)
+
+
+def test_a_header_declaring_billions_of_frames_is_not_allocated():
+    """A FLAC whose STREAMINFO claims 2^36 - 1 samples (275 GB as float32): an AudioError, not a MemoryError."""
+    flac = bytearray(encode(tone(TARGET_RATE), TARGET_RATE, "FLAC"))
+    field = int.from_bytes(flac[18:26], "big")  # rate (20 bits), channels, bits, total samples (36 bits)
+    flac[18:26] = (field | ((1 << 36) - 1)).to_bytes(8, "big")
+    with pytest.raises(AudioError):
+        decode_bytes(bytes(flac))
+
+
+def test_decoding_stops_at_max_seconds():
+    from common.audio import AudioTooLong
+
+    long_flac = encode(np.zeros(TARGET_RATE * 20, np.float32), TARGET_RATE, "FLAC")
+    with pytest.raises(AudioTooLong, match="longer than 5 s"):
+        decode_bytes(long_flac, max_seconds=5)
+    assert len(decode_bytes(long_flac, max_seconds=20)) == TARGET_RATE * 20

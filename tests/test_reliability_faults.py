@@ -31,7 +31,7 @@ def test_kill_9_worker_under_load(tmp_path, model_dir):
     srv = start(tmp_path, model_dir)
     try:
         bodies = rh.mixed_bodies(srv.port, LENGTHS_S)
-        fig = rh.kill_worker_under_load(srv, bodies, total=240, concurrency=32, kill_after=40)
+        fig = rh.kill_worker_under_load(srv, bodies, total=160, concurrency=32, kill_after=30)
         result = fig["result"]
         print(f"kill -9: {len(result.failures)} of {result.sent} failed, replacement loaded in "
               f"{fig.get('replaced_s', float('nan')):.1f} s (model load at start "
@@ -47,8 +47,8 @@ def test_kill_9_worker_under_load(tmp_path, model_dir):
         assert all(t - killed < 2.0 and "no HTTP" not in what and ":" in what for t, what in result.failures), \
             result.failures
         assert not [what for _, what in result.failures if what[:3].isdigit()], "an HTTP error status, not a cut-off"
-        assert len([t for t in result.ok_after if t > killed + 2.0]) > 50, "too few requests after the kill"
-        assert result.sent == 240
+        assert len([t for t in result.ok_after if t > killed + 2.0]) > 40, "too few requests after the kill"
+        assert result.sent == 160
         assert fig["victim"] not in srv.worker_pids() and len(srv.worker_pids()) == 2
     finally:
         srv.stop()
