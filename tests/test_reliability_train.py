@@ -123,4 +123,5 @@ def test_full_disk_for_the_model_fails_with_a_clear_message(tmp_path, synthetic_
     assert proc.returncode != 0, proc.stdout[-2000:]
     line = failure_first_line(opt)
     print(line)
+    assert line.startswith(f"cannot write the model to {opt / 'model'}"), line
     assert "No space left on device" in line, line

@@ -6,6 +6,8 @@ import math
 import shutil
 from pathlib import Path
 
+from safetensors import SafetensorError
+
 from common import modeldir
 
 from .failure import TrainingError
@@ -29,10 +31,15 @@ def check_writable(*dirs: Path) -> None:
 
 def save_model(model_dir: Path, model, processor) -> None:
     """model/ holds exactly modeldir.save's files: no checkpoints, no optimizer state, nothing left over."""
-    model_dir.mkdir(parents=True, exist_ok=True)
-    for old in model_dir.iterdir():
-        shutil.rmtree(old) if old.is_dir() and not old.is_symlink() else old.unlink()
-    modeldir.save(model_dir, model, processor)
+    try:
+        model_dir.mkdir(parents=True, exist_ok=True)
+        for old in model_dir.iterdir():
+            shutil.rmtree(old) if old.is_dir() and not old.is_symlink() else old.unlink()
+        modeldir.save(model_dir, model, processor)
+    except (OSError, SafetensorError) as exc:  # safetensors reports a full disk as a SafetensorError
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise TrainingError(f"cannot write the model to {model_dir}: {reason}; free space there or give the "
+                            f"job a larger volume (VolumeSizeInGB)") from None
 
 
 def _clean(value):
