@@ -64,8 +64,12 @@ def launch(*args: str, log_file: Path, timeout_s: float) -> tuple[str, str]:
     log_file.write_text(proc.stdout + proc.stderr)
     both = proc.stdout + proc.stderr
     if proc.returncode != 0:
-        raise ProofError(f"`launch {' '.join(args[:1])}` exited {proc.returncode}; last lines of {log_file}:\n"
-                         + "\n".join(both.splitlines()[-40:]))
+        # The containers' output goes to stdout, the SDK's own log (mostly the compose file) to stderr:
+        # show the end of both, or the reason a container failed is buried under the compose file.
+        raise ProofError(f"`launch {' '.join(args[:1])}` exited {proc.returncode}; see {log_file}\n"
+                         f"--- last lines of its stdout (container output):\n"
+                         + "\n".join(proc.stdout.splitlines()[-60:])
+                         + "\n--- last lines of its stderr:\n" + "\n".join(proc.stderr.splitlines()[-8:]))
     return proc.stdout, both
 
 

@@ -26,13 +26,18 @@ def ensure_compose() -> None:
                     pytrace=False)
 
 
+def _containers() -> set[str]:
+    out = subprocess.run(["docker", "ps", "-a", "--format", "{{.Names}}"], capture_output=True, text=True).stdout
+    return set(out.split())
+
+
 def test_sdk_local_mode_train_two_hosts_deploy_invoke_transform(images: Images, tmp_path):
     ensure_compose()
     r = subprocess.run([sys.executable, str(ROOT / "local_test" / "sdk_local_mode.py"), "--work", str(tmp_path),
                         "--train-image", images.train, "--serve-image", images.serve],
                        capture_output=True, text=True, env=program_env(), timeout=1500)
     out = r.stdout + r.stderr
-    assert r.returncode == 0, out[-4000:]
+    assert r.returncode == 0, out[-8000:]
     assert "torchrun node ranks started: ['0', '1']" in out
     assert "one model artifact" in out
     assert "transform: 4 transcripts for 4 clips" in out
@@ -44,9 +49,15 @@ def test_local_training_failure_reports_the_failure_reason(images: Images, tmp_p
     channel = tmp_path / "train"
     channel.mkdir()
     (channel / "notes.txt").write_text("no audio here")
-    r = subprocess.run([str(ROOT / "launcher" / "launch"), "train", "--local", "--image", images.train,
-                        "--channel", f"train={channel}", "--output-path", str(tmp_path / "out")],
-                       capture_output=True, text=True, env=program_env(), timeout=600)
+    before = _containers()
+    try:
+        r = subprocess.run([str(ROOT / "launcher" / "launch"), "train", "--local", "--image", images.train,
+                            "--channel", f"train={channel}", "--output-path", str(tmp_path / "out")],
+                           capture_output=True, text=True, env=program_env(), timeout=600)
+    finally:  # the SDK leaves the exited training container behind
+        stale = _containers() - before
+        if stale:
+            subprocess.run(["docker", "rm", "-f", *sorted(stale)], capture_output=True)
     assert r.returncode == 1, r.stderr[-3000:]
     last = r.stderr.strip().splitlines()[-1]
     assert last.startswith("launch train: error: training job") and "holds no recognised data" in last, last
