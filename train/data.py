@@ -222,6 +222,15 @@ def normalize_audio(x: np.ndarray) -> np.ndarray:
     return ((x - x.mean()) / np.sqrt(x.var() + 1e-7)).astype(np.float32, copy=False)
 
 
+def speed_perturb(x: np.ndarray, factor: float) -> np.ndarray:
+    """`x` played `factor` times faster: read as if recorded at factor x 16 kHz, resampled to 16 kHz."""
+    import soxr
+
+    if abs(factor - 1.0) < 1e-3:
+        return x
+    return soxr.resample(x, TARGET_RATE * factor, TARGET_RATE, quality="HQ").astype(np.float32, copy=False)
+
+
 def split(utterances: list[Utterance], fraction: float, seed: int) -> tuple[list[Utterance], list[Utterance]]:
     """Seeded hold-out: (train, test)."""
     if fraction <= 0 or len(utterances) < 2:
@@ -234,17 +243,29 @@ def split(utterances: list[Utterance], fraction: float, seed: int) -> tuple[list
 
 
 class SpeechDataset:
-    """Map-style dataset of (normalised audio, label ids), with lengths for length-grouped batches."""
+    """Map-style dataset of (normalised audio, label ids), with lengths for length-grouped batches.
 
-    def __init__(self, inputs: list[np.ndarray], labels: list[list[int]]):
+    With `speed_perturbation` = s > 0 every item is resampled by a random factor in [1 - s, 1 + s] each
+    time it is drawn (Ko et al. 2015): tempo and pitch both change, so a few voices stand for many. The
+    factor comes from torch's generator, which the Trainer seeds (and gives each dataloader worker its own).
+    """
+
+    def __init__(self, inputs: list[np.ndarray], labels: list[list[int]], speed_perturbation: float = 0.0):
         self.inputs, self.labels = inputs, labels
         self.lengths = [len(x) for x in inputs]
+        self.speed_perturbation = speed_perturbation
 
     def __len__(self) -> int:
         return len(self.inputs)
 
     def __getitem__(self, i: int) -> dict:
-        return {"input_values": self.inputs[i], "labels": self.labels[i]}
+        x = self.inputs[i]
+        if self.speed_perturbation > 0:
+            import torch
+
+            x = speed_perturb(x, float(torch.empty(()).uniform_(1 - self.speed_perturbation,
+                                                                 1 + self.speed_perturbation)))
+        return {"input_values": x, "labels": self.labels[i]}
 
     @property
     def seconds(self) -> float:

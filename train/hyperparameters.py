@@ -37,7 +37,15 @@ class Hyperparameters:
     ctc_zero_infinity: bool = _hp(True, "Zero infinite CTC losses (audio too short for its transcript) instead of "
                                   "letting them break training.")
     mask_time_prob: float = _hp(0.05, "SpecAugment: fraction of time steps masked during training.", min=0.0, max=1.0)
+    mask_feature_prob: float = _hp(0.0, "SpecAugment: fraction of feature channels masked during training.",
+                                   min=0.0, max=1.0)
     layerdrop: float = _hp(0.0, "Probability of skipping each transformer layer during training.", min=0.0, max=1.0)
+    hidden_dropout: float = _hp(0.0, "Dropout in the transformer's fully connected layers and embeddings.",
+                                min=0.0, lt=1.0)
+    attention_dropout: float = _hp(0.0, "Dropout on the attention probabilities.", min=0.0, lt=1.0)
+    activation_dropout: float = _hp(0.0, "Dropout after the feed-forward activation.", min=0.0, lt=1.0)
+    feat_proj_dropout: float = _hp(0.0, "Dropout after the feature projection.", min=0.0, lt=1.0)
+    final_dropout: float = _hp(0.0, "Dropout before the CTC head.", min=0.0, lt=1.0)
     # Schedule
     epochs: float = _hp(10.0, "Passes over the training set (ignored when `max_steps` > 0).", gt=0.0)
     max_steps: int = _hp(-1, "Optimizer steps to run; overrides `epochs` when > 0.")
@@ -64,6 +72,9 @@ class Hyperparameters:
                             "(seeded); 0 = no evaluation.", min=0.0, lt=1.0)
     max_skipped_fraction: float = _hp(0.05, "Fail the job when more than this fraction of a channel's files cannot "
                                       "be read (fewer are skipped, named in the log and counted).", min=0.0, max=1.0)
+    speed_perturbation: float = _hp(0.0, "Augmentation: play each training utterance at a random speed in "
+                                    "[1 - x, 1 + x] every time it is drawn (tempo and pitch change); 0 = off.",
+                                    min=0.0, lt=0.5)
     group_by_length: bool = _hp(True, "Batch utterances of similar length together (less padding).")
     # Cadence
     logging_steps: int = _hp(25, "Print a `[metrics]` line every this many steps.", min=1)

@@ -169,6 +169,7 @@ def prepare_data(paths: OptML, hp, checkpoint: Path | None) -> Prepared:
             eval_ds = data.SpeechDataset([p[0] for i, p in enumerate(pairs) if i in test_idx],
                                          [p[1] for i, p in enumerate(pairs) if i in test_idx])
             say(f"[data] no test channel: held out {n_test} training utterances (test_split={hp.test_split})")
+    train_ds.speed_perturbation = hp.speed_perturbation
     say(f"[data] training on {len(train_ds)} utterances ({train_ds.seconds / 60:.1f} min of audio), "
         f"evaluating on {len(eval_ds) if eval_ds else 0}")
     return Prepared(processor, vocab, train_ds, eval_ds, counts)
@@ -181,6 +182,8 @@ def run(paths: OptML, hp) -> int:
     from transformers import Trainer, TrainingArguments, set_seed
     from transformers.trainer_callback import PrinterCallback
     from transformers.trainer_pt_utils import LengthGroupedSampler
+
+    from common.convs import convs_as_matmuls
 
     from . import distributed, model as model_source, outputs
     from .collator import CTCCollator
@@ -209,6 +212,9 @@ def run(paths: OptML, hp) -> int:
         model.freeze_feature_encoder()
     if hp.gradient_checkpointing:
         model.gradient_checkpointing_enable()
+    if not torch.cuda.is_available():
+        # Same parameters and saved weights; CPU steps about twice as fast (common/convs.py).
+        convs_as_matmuls(model)
     precision = choose_precision(hp.precision)
     say(f"[model] {sum(p.numel() for p in model.parameters()) / 1e6:.1f} M parameters, feature encoder "
         f"{'frozen' if freeze else 'trained'}, precision {precision}")

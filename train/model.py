@@ -19,7 +19,11 @@ from .failure import TrainingError
 
 def _overrides(hp, vocab_size: int, pad_token_id: int) -> dict:
     return dict(vocab_size=vocab_size, pad_token_id=pad_token_id, ctc_loss_reduction="mean",
-                ctc_zero_infinity=hp.ctc_zero_infinity, mask_time_prob=hp.mask_time_prob, layerdrop=hp.layerdrop)
+                ctc_zero_infinity=hp.ctc_zero_infinity, mask_time_prob=hp.mask_time_prob,
+                mask_feature_prob=hp.mask_feature_prob, layerdrop=hp.layerdrop,
+                hidden_dropout=hp.hidden_dropout, attention_dropout=hp.attention_dropout,
+                activation_dropout=hp.activation_dropout, feat_proj_dropout=hp.feat_proj_dropout,
+                final_dropout=hp.final_dropout)
 
 
 def _same_vocab(source: Path, vocab: dict[str, int]) -> bool:

@@ -1,0 +1,42 @@
+"""Wav2Vec2's strided feature-encoder convolutions as matrix products, for CPUs.
+
+oneDNN runs these convolutions far below the matmul rate on CPUs: the first one (1 input channel, kernel
+10, stride 5) ~3x slower than a matmul in float32 and ~40x in bfloat16, and the backward passes of all of
+them about doubled a CPU training step of the tiny model. A convolution with no padding, dilation or groups
+is the product of its unfolded input windows with its reshaped weight: the same sums in another order.
+MatmulConv1d keeps the Conv1d's parameters (same names, same state dict), so saved models are unchanged.
+"""
+from __future__ import annotations
+
+import torch
+
+
+class MatmulConv1d(torch.nn.Conv1d):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (batch, in, time) -> (batch, out, frames)
+        out_ch, in_ch, k = self.weight.shape
+        weight = self.weight.permute(2, 1, 0).reshape(k * in_ch, out_ch)  # rows ordered (k, in)
+        windows = x.transpose(1, 2).unfold(1, k, self.stride[0])  # (batch, frames, in, k)
+        y = windows.transpose(2, 3).reshape(x.shape[0], -1, k * in_ch) @ weight
+        if self.bias is not None:
+            y = y + self.bias.to(y.dtype)
+        return y.transpose(1, 2)
+
+
+def _plain(conv) -> bool:
+    return (type(conv) is torch.nn.Conv1d and conv.padding == (0,) and conv.dilation == (1,)
+            and conv.groups == 1 and conv.padding_mode == "zeros")
+
+
+def convs_as_matmuls(model, *, all_layers: bool = True) -> int:
+    """Swap the feature encoder's plain convolutions (the first only, or all) for MatmulConv1d, sharing
+    their parameters; returns how many were swapped."""
+    swapped = 0
+    for i, layer in enumerate(model.wav2vec2.feature_extractor.conv_layers):
+        conv = getattr(layer, "conv", None)
+        if _plain(conv) and (i == 0 or all_layers):
+            new = MatmulConv1d(conv.in_channels, conv.out_channels, conv.kernel_size, stride=conv.stride,
+                               bias=conv.bias is not None, device="meta")
+            new.weight, new.bias = conv.weight, conv.bias
+            layer.conv = new
+            swapped += 1
+    return swapped

@@ -1,0 +1,69 @@
+"""Training-time augmentation and regularisation settings reach the data and the model."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import ROOT
+from train import hyperparameters as H
+from train import model as model_source
+from train.data import SpeechDataset, speed_perturb
+
+RATE = 16_000
+
+
+def _tone(seconds: float, hz: float = 440.0) -> np.ndarray:
+    t = np.arange(int(seconds * RATE)) / RATE
+    return np.sin(2 * np.pi * hz * t).astype(np.float32)
+
+
+def _peak_hz(x: np.ndarray) -> float:
+    spectrum = np.abs(np.fft.rfft(x))
+    return float(np.fft.rfftfreq(len(x), 1 / RATE)[spectrum.argmax()])
+
+
+def test_speed_perturb_changes_tempo_and_pitch_together():
+    x = _tone(2.0)
+    fast = speed_perturb(x, 1.1)
+    assert abs(len(fast) - len(x) / 1.1) <= 2
+    assert fast.dtype == np.float32
+    assert _peak_hz(fast) == pytest.approx(440 * 1.1, abs=2)
+    assert speed_perturb(x, 1.0) is x
+
+
+def test_dataset_draws_a_new_factor_each_time_within_range_and_seeded():
+    x = _tone(1.0)
+    ds = SpeechDataset([x], [[1, 2]], speed_perturbation=0.2)
+    torch.manual_seed(0)
+    first = [len(ds[0]["input_values"]) for _ in range(20)]
+    torch.manual_seed(0)
+    again = [len(ds[0]["input_values"]) for _ in range(20)]
+    assert first == again
+    assert len(set(first)) > 10
+    assert all(len(x) / 1.2 - 2 <= n <= len(x) / 0.8 + 2 for n in first)
+    assert ds[0]["labels"] == [1, 2]
+    plain = SpeechDataset([x], [[1, 2]])
+    assert plain[0]["input_values"] is x
+    assert ds.lengths == plain.lengths  # batches are grouped by the unperturbed length
+
+
+def test_regularisation_hyperparameters_reach_the_model_config():
+    hp = H.parse({"hidden_dropout": "0.1", "attention_dropout": "\"0.05\"", "activation_dropout": "0.02",
+                  "feat_proj_dropout": "0.03", "final_dropout": "0.04", "mask_feature_prob": "0.1",
+                  "mask_time_prob": "0.2", "layerdrop": "0.1"})
+    vocab = {c: i for i, c in enumerate("abc|")} | {"[UNK]": 4, "[PAD]": 5}
+    model, pretrained = model_source.load(str(ROOT / "local_test" / "tiny_model"), hp, vocab, len(vocab), 5, log=lambda *_: None)
+    c = model.config
+    assert (c.hidden_dropout, c.attention_dropout, c.activation_dropout, c.feat_proj_dropout, c.final_dropout) == \
+        (0.1, 0.05, 0.02, 0.03, 0.04)
+    assert (c.mask_feature_prob, c.mask_time_prob, c.layerdrop) == (0.1, 0.2, 0.1)
+    assert not pretrained
+
+
+@pytest.mark.parametrize("name,value", [("speed_perturbation", "0.5"), ("hidden_dropout", "1.0"),
+                                        ("mask_feature_prob", "-0.1")])
+def test_out_of_range_values_fail_naming_the_hyperparameter(name, value):
+    with pytest.raises(Exception) as e:
+        H.parse({name: value})
+    assert name in str(e.value).splitlines()[0]
