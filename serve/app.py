@@ -43,7 +43,8 @@ def load_model(settings: Settings, workers: int = 1) -> Transcriber:
 def create_app(settings: Settings, model: Transcriber | None = None, workers: int = 1) -> Flask:
     """The Flask app; loads the model now (eagerly) unless one is given."""
     model = model if model is not None else load_model(settings, workers)
-    batcher = Batcher(model.forward, settings.max_batch_size, settings.max_batch_wait_ms / 1000).start()
+    batcher = Batcher(model.forward, settings.batch_size_on(model.device.type),
+                      settings.max_batch_wait_ms / 1000).start()
     app = Flask("serve")
     app.json.sort_keys = False  # "text" first, words as word, start, end
     app.config["MAX_CONTENT_LENGTH"] = settings.max_payload_bytes

@@ -71,8 +71,10 @@ class Settings:
     max_audio_s: float = _setting(
         3600.0, "SERVE_MAX_AUDIO_S", help="Longest audio accepted per request, in seconds (after decoding)."
     )
-    max_batch_size: int = _setting(
-        8, "SERVE_MAX_BATCH_SIZE", help="Most clips or chunks in one forward pass."
+    max_batch_size: int | None = _setting(
+        None, "SERVE_MAX_BATCH_SIZE", shown="8 on a GPU, 1 on a CPU",
+        help="Most clips or chunks in one forward pass. A CPU is busy with one clip already, so batching there "
+             "only adds padding and waiting.",
     )
     max_batch_wait_ms: float = _setting(
         5.0, "SERVE_MAX_BATCH_WAIT_MS",
@@ -92,6 +94,11 @@ class Settings:
     @property
     def model_dir(self) -> Path:
         return OptML(self.opt_ml).model_dir
+
+    def batch_size_on(self, device_type: str) -> int:
+        if self.max_batch_size is not None:
+            return self.max_batch_size
+        return 8 if device_type == "cuda" else 1
 
     @property
     def max_payload_bytes(self) -> int:
@@ -129,7 +136,7 @@ class Settings:
         need(0 <= self.chunk_stride_s < self.chunk_length_s / 3,
              "SERVE_CHUNK_STRIDE_S must be at least 0 and under a third of SERVE_CHUNK_LENGTH_S")
         need(self.max_audio_s > 0, "SERVE_MAX_AUDIO_S must be positive")
-        need(self.max_batch_size >= 1, "SERVE_MAX_BATCH_SIZE must be at least 1")
+        need(self.max_batch_size is None or self.max_batch_size >= 1, "SERVE_MAX_BATCH_SIZE must be at least 1")
         need(self.max_batch_wait_ms >= 0, "SERVE_MAX_BATCH_WAIT_MS must be at least 0")
         need(self.gpu_dtype in ("float16", "bfloat16", "float32"),
              "SERVE_GPU_DTYPE must be float16, bfloat16 or float32")

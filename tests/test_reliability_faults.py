@@ -56,7 +56,7 @@ def test_kill_9_worker_under_load(tmp_path, model_dir):
 
 def test_sigterm_under_load_completes_in_flight_requests_and_exits_in_time(tmp_path, model_dir):
     # A 1.5 s batching window keeps requests in flight long enough to signal during them.
-    srv = start(tmp_path, model_dir, SERVE_MAX_BATCH_WAIT_MS="1500")
+    srv = start(tmp_path, model_dir, SERVE_MAX_BATCH_SIZE="8", SERVE_MAX_BATCH_WAIT_MS="1500")
     try:
         bodies = rh.mixed_bodies(srv.port, LENGTHS_S)
         fig = rh.sigterm_under_load(srv, bodies, clients=24)
@@ -72,7 +72,7 @@ def test_sigterm_under_load_completes_in_flight_requests_and_exits_in_time(tmp_p
 
 def test_ping_answers_at_once_with_more_requests_in_flight_than_threads(tmp_path, model_dir):
     """Two request threads, sixteen transcriptions in flight: /ping still answers well inside SageMaker's 2 s."""
-    srv = start(tmp_path, model_dir, workers=1, SERVE_THREADS="2", SERVE_MAX_BATCH_WAIT_MS="1000")
+    srv = start(tmp_path, model_dir, workers=1, SERVE_THREADS="2", SERVE_MAX_BATCH_SIZE="8", SERVE_MAX_BATCH_WAIT_MS="1000")
     try:
         bodies = rh.mixed_bodies(srv.port, [2.0])
         pings = []

@@ -37,7 +37,7 @@ def server(tmp_path_factory, tiny_model_dir):
         SERVE_CHUNK_LENGTH_S=str(CHUNK_S), SERVE_CHUNK_STRIDE_S=str(STRIDE_S),
         SAGEMAKER_MAX_PAYLOAD_IN_MB=str(MAX_MB), SERVE_MAX_AUDIO_S="60",
         # Long enough that concurrent requests reliably meet in one batch; short enough for the suite.
-        SERVE_MAX_BATCH_WAIT_MS="50",
+        SERVE_MAX_BATCH_SIZE="8", SERVE_MAX_BATCH_WAIT_MS="50",
     ).wait_ready()
     yield srv
     srv.stop()

@@ -27,7 +27,8 @@ def _wav(seconds: float = 1.0) -> bytes:
 
 def test_transcript_that_misses_the_timeout_is_503(transcriber):
     # The batching window (3 s) outlasts the request timeout (1 s): the request gives up and says why.
-    settings = Settings.from_env({"MODEL_SERVER_TIMEOUT": "1", "SERVE_MAX_BATCH_WAIT_MS": "3000"})
+    settings = Settings.from_env({"MODEL_SERVER_TIMEOUT": "1", "SERVE_MAX_BATCH_SIZE": "8",
+                                  "SERVE_MAX_BATCH_WAIT_MS": "3000"})
     client = create_app(settings, model=transcriber).test_client()
     reply = client.post("/invocations", data=_wav(), content_type="audio/wav")
     assert reply.status_code == 503

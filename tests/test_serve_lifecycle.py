@@ -62,7 +62,8 @@ def two_workers(tmp_path_factory, tiny_model_dir):
     batching window so a request stays in flight long enough to send SIGTERM during it."""
     root = tmp_path_factory.mktemp("lifecycle")
     opt_ml = make_opt_ml(root / "opt_ml", tiny_model_dir)
-    srv = Server(opt_ml, root / "server.log", CUDA_VISIBLE_DEVICES="7,9", SERVE_MAX_BATCH_WAIT_MS="2500",
+    srv = Server(opt_ml, root / "server.log", CUDA_VISIBLE_DEVICES="7,9", SERVE_MAX_BATCH_SIZE="8",
+                 SERVE_MAX_BATCH_WAIT_MS="2500",
                  SERVE_THREADS="4").wait_ready()
     # Both workers must be up (the first one answers /ping before the second has loaded).
     deadline = time.monotonic() + 60

@@ -81,3 +81,28 @@ def test_bf16_on_cpu(tiny_model_dir, speech):
     assert next(t.model.parameters()).dtype == torch.bfloat16
     ids = t.forward([t._normalized(speech[: 5 * RATE])])[0]
     assert len(ids) == 249
+
+
+@pytest.mark.parametrize("norm", ["group", "layer"])
+def test_matmul_convolutions_equal_the_model_s_own_in_float32(norm):
+    from common import modeldir
+    from common.convs import MatmulConv1d, convs_as_matmuls
+    from transformers import Wav2Vec2ForCTC
+
+    torch.manual_seed(0)
+    cfg = modeldir.tiny_config(12, 11, feat_extract_norm=norm, do_stable_layer_norm=norm == "layer", conv_bias=True)
+    plain = Wav2Vec2ForCTC(cfg).eval()
+    swapped = Wav2Vec2ForCTC(cfg).eval()
+    swapped.load_state_dict(plain.state_dict())
+    convs_as_matmuls(swapped, all_layers=True)
+    layers = swapped.wav2vec2.feature_extractor.conv_layers
+    assert all(isinstance(layer.conv, MatmulConv1d) for layer in layers)
+    x = torch.randn(2, 2 * RATE)
+    x[1, RATE:] = 0.0  # a padded row
+    with torch.inference_mode():
+        a, b = plain(x).logits, swapped(x).logits
+    torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5)
+    first_only = Wav2Vec2ForCTC(cfg).eval()
+    convs_as_matmuls(first_only, all_layers=False)
+    kinds = [type(layer.conv).__name__ for layer in first_only.wav2vec2.feature_extractor.conv_layers]
+    assert kinds == ["MatmulConv1d"] + ["Conv1d"] * (len(kinds) - 1)

@@ -19,6 +19,9 @@ def test_defaults_follow_sagemaker():
     assert s.workers is None  # one per GPU, decided at start
     assert s.model_dir == Path("/opt/ml/model")
     assert s.gpu_dtype == "float16" and s.cpu_bf16 is False
+    # Batching pays on a GPU; a CPU is busy with one clip already.
+    assert (s.batch_size_on("cuda"), s.batch_size_on("cpu")) == (8, 1)
+    assert Settings.from_env({"SERVE_MAX_BATCH_SIZE": "4"}).batch_size_on("cpu") == 4
 
 
 def test_toolkit_names_and_sagemaker_aliases():

@@ -1,7 +1,8 @@
 """Bare model forward timing, FLOP counting and the matmul peak, all in this process.
 
 "Bare forward" is the model call alone (`model(input_values).logits`), batch 1, in inference mode, on
-already normalised audio, with the device, dtype and torch threads the server uses: no HTTP, no decoding.
+already normalised audio, with the device, dtype and torch threads the server uses, and the model prepared
+as the server prepares it (serve.model.prepare): no HTTP, no decoding.
 """
 from __future__ import annotations
 
@@ -49,8 +50,12 @@ def bare_forward_s(model, clips, dtype_name: str, repeats: int = 1, cpu_out: dic
     """clip name -> median seconds of one batch-1 forward pass (after a warm-up pass over every clip)."""
     import torch
 
+    import copy
+
+    from serve.model import prepare
+
     dtype = dtype_of(dtype_name)
-    model = model.to(device=device(), dtype=dtype)
+    model = prepare(copy.deepcopy(model), device(), dtype)  # exactly what the server runs
     out = {}
     with torch.inference_mode():
         for clip in clips:  # warm-up: the first passes pay one-off kernel set-up (the servers are warmed too)
@@ -69,7 +74,6 @@ def bare_forward_s(model, clips, dtype_name: str, repeats: int = 1, cpu_out: dic
             out[clip.name] = statistics.median(times)
             if cpu_out is not None:  # CPU seconds of this process (all its threads): cpu_out[name]
                 cpu_out[clip.name] = statistics.median(cpu)
-    model.to(device="cpu", dtype=dtype_of("fp32"))
     return out
 
 
