@@ -27,10 +27,24 @@ class Chunk:
     right: int  # samples at the end that overlap the next chunk
 
 
-def choose_device_and_dtype(gpu_dtype: str, cpu_bf16: bool) -> tuple[torch.device, torch.dtype]:
+def cpu_has_native_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool:
+    """AVX512-BF16 or AMX-BF16: where oneDNN runs bfloat16 matmuls natively (elsewhere it is emulated)."""
+    try:
+        with open(cpuinfo) as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return bool({"avx512_bf16", "amx_bf16"} & set(line.split(":", 1)[1].split()))
+    except OSError:
+        pass
+    return False
+
+
+def choose_device_and_dtype(gpu_dtype: str, cpu_bf16: str) -> tuple[torch.device, torch.dtype]:
+    """cpu_bf16: "auto" (bfloat16 on CPUs with native support), "true" or "false"."""
     if torch.cuda.is_available():
         return torch.device("cuda", 0), getattr(torch, gpu_dtype)
-    return torch.device("cpu"), torch.bfloat16 if cpu_bf16 else torch.float32
+    bf16 = cpu_bf16 == "true" or (cpu_bf16 == "auto" and cpu_has_native_bf16())
+    return torch.device("cpu"), torch.bfloat16 if bf16 else torch.float32
 
 
 def prepare(model, device: torch.device, dtype: torch.dtype):

@@ -83,8 +83,11 @@ class Settings:
     gpu_dtype: str = _setting(
         "float16", "SERVE_GPU_DTYPE", help="Weights and activations on a GPU: float16, bfloat16 or float32."
     )
-    cpu_bf16: bool = _setting(
-        False, "SERVE_CPU_BF16", help="Run in bfloat16 on CPU (may be faster on CPUs with native bfloat16 support); default float32."
+    cpu_bf16: str = _setting(
+        "auto", "SERVE_CPU_BF16",
+        help="On a CPU: `auto` runs in bfloat16 where the CPU has it natively (AVX512-BF16 or AMX: 2.2-2.5x "
+             "faster here, same CER, a few characters differ), else float32; `true` or `false` force it "
+             "(`false`: transcripts exactly as float32).",
     )
     log_level: str = _setting("info", "SERVE_LOG_LEVEL", help="gunicorn and application log level.")
     opt_ml: Path = _setting(
@@ -138,6 +141,7 @@ class Settings:
         need(self.max_audio_s > 0, "SERVE_MAX_AUDIO_S must be positive")
         need(self.max_batch_size is None or self.max_batch_size >= 1, "SERVE_MAX_BATCH_SIZE must be at least 1")
         need(self.max_batch_wait_ms >= 0, "SERVE_MAX_BATCH_WAIT_MS must be at least 0")
+        need(self.cpu_bf16 in ("auto", "true", "false"), "SERVE_CPU_BF16 must be auto, true or false")
         need(self.gpu_dtype in ("float16", "bfloat16", "float32"),
              "SERVE_GPU_DTYPE must be float16, bfloat16 or float32")
         need(self.log_level in ("debug", "info", "warning", "error", "critical"),
@@ -162,6 +166,9 @@ def _parse(f: dataclasses.Field, name: str, raw: str):
             raise ValueError
         if kind == "Path":
             return Path(raw)
+        if f.name == "cpu_bf16":  # true/false spelled as for the boolean settings, or auto
+            low = raw.lower()
+            return "true" if low in _TRUE else "false" if low in _FALSE else low
         return raw.lower() if f.name == "log_level" else raw
     except ValueError:
         raise SettingsError(f"{name}={raw!r} is not a valid {kind}") from None

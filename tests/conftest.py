@@ -28,6 +28,9 @@ def program_env(**extra: str) -> dict[str, str]:
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     env["PYTHONUNBUFFERED"] = "1"
     env["HF_HUB_OFFLINE"] = "1"
+    # Transcripts are compared with transformers' float32 path; bfloat16 (the default on CPUs with native
+    # support) is tested where a test asks for it.
+    env.setdefault("SERVE_CPU_BF16", "false")
     env.update(extra)
     return env
 

@@ -106,3 +106,18 @@ def test_matmul_convolutions_equal_the_model_s_own_in_float32(norm):
     convs_as_matmuls(first_only, all_layers=False)
     kinds = [type(layer.conv).__name__ for layer in first_only.wav2vec2.feature_extractor.conv_layers]
     assert kinds == ["MatmulConv1d"] + ["Conv1d"] * (len(kinds) - 1)
+
+
+def test_cpu_bf16_auto_follows_the_cpu_flags(tmp_path):
+    from serve.model import choose_device_and_dtype, cpu_has_native_bf16
+
+    amx, plain = tmp_path / "amx", tmp_path / "plain"
+    amx.write_text("processor\t: 0\nflags\t\t: fpu sse avx512f amx_bf16 amx_tile\n")
+    plain.write_text("processor\t: 0\nflags\t\t: fpu sse avx2 avx512f\n")
+    assert cpu_has_native_bf16(str(amx)) and not cpu_has_native_bf16(str(plain))
+    assert not cpu_has_native_bf16(str(tmp_path / "missing"))
+    if not torch.cuda.is_available():
+        assert choose_device_and_dtype("float16", "true")[1] == torch.bfloat16
+        assert choose_device_and_dtype("float16", "false")[1] == torch.float32
+        want = torch.bfloat16 if cpu_has_native_bf16() else torch.float32
+        assert choose_device_and_dtype("float16", "auto")[1] == want

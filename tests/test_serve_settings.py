@@ -18,7 +18,7 @@ def test_defaults_follow_sagemaker():
     assert s.max_payload_bytes == 6 * 1024 * 1024
     assert s.workers is None  # one per GPU, decided at start
     assert s.model_dir == Path("/opt/ml/model")
-    assert s.gpu_dtype == "float16" and s.cpu_bf16 is False
+    assert s.gpu_dtype == "float16" and s.cpu_bf16 == "auto"
     # Batching pays on a GPU; a CPU is busy with one clip already.
     assert (s.batch_size_on("cuda"), s.batch_size_on("cpu")) == (8, 1)
     assert Settings.from_env({"SERVE_MAX_BATCH_SIZE": "4"}).batch_size_on("cpu") == 4
@@ -33,7 +33,7 @@ def test_toolkit_names_and_sagemaker_aliases():
     })
     assert (s.port, s.workers, s.timeout_s, s.max_payload_mb) == (9000, 3, 600, 100)
     assert s.batch_transform and s.batch_strategy == "MULTI_RECORD" and s.max_concurrent_transforms == 4
-    assert s.cpu_bf16 and s.model_dir == Path("/tmp/x/model")
+    assert s.cpu_bf16 == "true" and s.model_dir == Path("/tmp/x/model")
     # The short toolkit name wins over the SAGEMAKER_ one; empty values mean "unset".
     s = Settings.from_env({"MODEL_SERVER_WORKERS": "2", "SAGEMAKER_MODEL_SERVER_WORKERS": "5",
                            "MODEL_SERVER_TIMEOUT": ""})

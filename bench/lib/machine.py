@@ -18,19 +18,11 @@ def cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
-def cpu_flags() -> set[str]:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("flags"):
-                return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
-
-
 def cpu_has_bf16() -> bool:
-    """AVX512-BF16 or AMX-BF16: where oneDNN runs bfloat16 matmuls natively."""
-    return bool({"avx512_bf16", "amx_bf16"} & cpu_flags())
+    """AVX512-BF16 or AMX-BF16: where oneDNN runs bfloat16 matmuls natively (as the server decides)."""
+    from serve.model import cpu_has_native_bf16
+
+    return cpu_has_native_bf16()
 
 
 def load() -> float:

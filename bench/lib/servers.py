@@ -28,6 +28,8 @@ def free_port() -> int:
 
 def _env(**extra: str) -> dict[str, str]:
     env = dict(os.environ)
+    for name in env.pop("BENCH_ALLOCATOR_SET", "").split():  # set for this process only (lib.ensure_venv)
+        env.pop(name, None)
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     env["PYTHONPATH"] = str(ROOT) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     env.update(PYTHONUNBUFFERED="1", HF_HUB_OFFLINE="1", **extra)
