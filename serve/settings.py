@@ -85,7 +85,7 @@ class Settings:
     )
     cpu_bf16: str = _setting(
         "auto", "SERVE_CPU_BF16",
-        help="On a CPU: `auto` runs in bfloat16 where the CPU has it natively (AVX512-BF16 or AMX: 2.2-2.5x "
+        help="On a CPU: `auto` runs in bfloat16 where the CPU has it natively (AVX512-BF16 or AMX: ~2.8x "
              "faster here, same CER, a few characters differ), else float32; `true` or `false` force it "
              "(`false`: transcripts exactly as float32).",
     )
