@@ -31,9 +31,12 @@ def test_kill_9_worker_under_load(tmp_path, model_dir):
     srv = start(tmp_path, model_dir)
     try:
         bodies = rh.mixed_bodies(srv.port, LENGTHS_S)
-        fig = rh.kill_worker_under_load(srv, bodies, total=160, concurrency=32, kill_after=30)
+        # Enough requests that the load outlasts the kill by several seconds (the survivor answers ~50/s here).
+        fig = rh.kill_worker_under_load(srv, bodies, total=480, concurrency=32, kill_after=30)
         result = fig["result"]
-        print(f"kill -9: {len(result.failures)} of {result.sent} failed, replacement loaded in "
+        after = len([t for t in result.ok_after if t > fig.get("killed_at", 0) + 2.0])
+        print(f"kill -9: {len(result.failures)} of {result.sent} failed, {after} answered 2 s or more after the kill, "
+              f"replacement loaded in "
               f"{fig.get('replaced_s', float('nan')):.1f} s (model load at start "
               f"{rh.model_load_seconds(srv.log()):.1f} s), /ping statuses {set(fig['ping_statuses'])}")
         assert "replaced_s" in fig, srv.log()[-3000:]
@@ -47,8 +50,8 @@ def test_kill_9_worker_under_load(tmp_path, model_dir):
         assert all(t - killed < 2.0 and "no HTTP" not in what and ":" in what for t, what in result.failures), \
             result.failures
         assert not [what for _, what in result.failures if what[:3].isdigit()], "an HTTP error status, not a cut-off"
-        assert len([t for t in result.ok_after if t > killed + 2.0]) > 40, "too few requests after the kill"
-        assert result.sent == 160
+        assert after > 40, "too few requests after the kill"
+        assert result.sent == 480
         assert fig["victim"] not in srv.worker_pids() and len(srv.worker_pids()) == 2
     finally:
         srv.stop()
