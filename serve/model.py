@@ -48,8 +48,9 @@ def choose_device_and_dtype(gpu_dtype: str, cpu_bf16: str) -> tuple[torch.device
 
 
 def prepare(model, device: torch.device, dtype: torch.dtype):
-    """The model as the server runs it: on `device` in `dtype`, eval mode. On a CPU the first feature-encoder
-    convolution runs as a matmul (exact in float32, several times faster), in bfloat16 all of them."""
+    """The model as the server runs it: on `device` in `dtype`, eval mode. On a CPU, in float32 the first
+    feature-encoder convolution runs as a matmul unless a per-channel GroupNorm follows it (results stay
+    exact); in bfloat16 all of them, with that GroupNorm reading their layout (common/convs.py)."""
     model = model.to(device=device, dtype=dtype).eval()
     if device.type == "cpu":
         convs_as_matmuls(model, all_layers=dtype == torch.bfloat16)

@@ -6,6 +6,7 @@ as the server prepares it (serve.model.prepare): no HTTP, no decoding.
 """
 from __future__ import annotations
 
+import copy
 import statistics
 import time
 
@@ -49,8 +50,6 @@ def _inputs(model, audio: np.ndarray, dtype):
 def bare_forward_s(model, clips, dtype_name: str, repeats: int = 1, cpu_out: dict | None = None) -> dict[str, float]:
     """clip name -> median seconds of one batch-1 forward pass (after a warm-up pass over every clip)."""
     import torch
-
-    import copy
 
     from serve.model import prepare
 
