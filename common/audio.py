@@ -62,6 +62,14 @@ def to_model_input(samples, rate) -> np.ndarray:
     return np.ascontiguousarray(x)
 
 
+def normalize(x: np.ndarray) -> np.ndarray:
+    """Zero mean, unit variance over one clip's own samples (float32, same shape), exactly as
+    Wav2Vec2FeatureExtractor(do_normalize=True) computes it. Training and serving both call this, so a model
+    sees the same input scale in both."""
+    x = np.asarray(x, dtype=np.float32)
+    return ((x - x.mean()) / np.sqrt(x.var() + 1e-7)).astype(np.float32, copy=False)
+
+
 class AudioTooLong(AudioError):
     """The audio decodes to more than the allowed length; caught while decoding, before it is all in memory."""
 

@@ -15,7 +15,7 @@ import torch
 
 from common import ctc, modeldir
 from common.convs import convs_as_matmuls
-from common.audio import TARGET_RATE
+from common.audio import TARGET_RATE, normalize
 
 log = logging.getLogger("serve")
 
@@ -146,7 +146,7 @@ class Transcriber:
             audio = np.pad(audio, (0, self.min_samples - len(audio)))
         if not self.normalize:
             return audio
-        return ((audio - audio.mean()) / np.sqrt(audio.var() + 1e-7)).astype(np.float32)
+        return normalize(audio)
 
     def warm_up(self) -> None:
         """One tiny forward pass, so the first request does not pay for lazy kernel setup."""

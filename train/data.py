@@ -217,11 +217,6 @@ def load_channel(channel_dir: Path, channel_name: str, *, max_skipped_fraction: 
     return Channel(channel_name, fmt, utterances, len(entries), skipped)
 
 
-def normalize_audio(x: np.ndarray) -> np.ndarray:
-    """Zero mean, unit variance per utterance, as Wav2Vec2FeatureExtractor(do_normalize=True) does."""
-    return ((x - x.mean()) / np.sqrt(x.var() + 1e-7)).astype(np.float32, copy=False)
-
-
 def speed_perturb(x: np.ndarray, factor: float) -> np.ndarray:
     """`x` played `factor` times faster: read as if recorded at factor x 16 kHz, resampled to 16 kHz."""
     import soxr

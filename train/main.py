@@ -85,7 +85,7 @@ def choose_precision(setting: str) -> str:
 
 def prepare_data(paths: OptML, hp, checkpoint: Path | None) -> Prepared:
     """Steps 4-6: channels, vocabulary, label ids, duration filter, hold-out split."""
-    from common import modeldir, text
+    from common import audio, modeldir, text
 
     from . import data
 
@@ -133,7 +133,7 @@ def prepare_data(paths: OptML, hp, checkpoint: Path | None) -> Prepared:
                     continue
                 for c, n in text.unknown_chars([t], vocab).items():
                     unknown[c] = unknown.get(c, 0) + n
-                ids, x = tok(t).input_ids, data.normalize_audio(u.input_values)
+                ids, x = tok(t).input_ids, audio.normalize(u.input_values)
             inputs.append(x)
             labels.append(ids)
         if unknown:
