@@ -21,7 +21,8 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 BASE_IMAGE = "local/debian:bookworm"
 PREFIX = "wav2vec2-test"  # not the user's wav2vec2-*:latest images, which may be CUDA builds about to be pushed
-TAG = "ci"
+# IMAGE_TEST_TAG: several checkouts testing images on one engine at once each give their own.
+TAG = os.environ.get("IMAGE_TEST_TAG", "ci")
 SYSTEM_CA = Path("/etc/ssl/certs/ca-certificates.crt")
 
 
