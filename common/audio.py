@@ -139,6 +139,19 @@ def decode_bytes(payload: bytes, max_seconds: float | None = None) -> np.ndarray
     return to_model_input(data, rate)
 
 
+def probe_seconds(path: str | Path) -> float:
+    """Duration of an audio file in seconds from its header, without decoding the samples (for indexing
+    large datasets). An estimate where the container has no exact length (MP3 without a Xing/Info frame).
+    Raises AudioError when the file cannot be opened as audio."""
+    try:
+        info = sf.info(str(path))
+    except (sf.LibsndfileError, RuntimeError, TypeError, ValueError, EOFError, OSError) as exc:
+        raise AudioError(f"cannot read the header of {path}: {exc}") from None
+    if info.samplerate <= 0:
+        raise AudioError(f"{path}: header declares a sampling rate of {info.samplerate} Hz")
+    return float(info.frames) / float(info.samplerate)
+
+
 def load_file(path: str | Path) -> np.ndarray:
     """Read an audio file from disk to 16 kHz mono float32 (a truncated WAV is an error, as in decode_bytes)."""
     try:
