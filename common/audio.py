@@ -215,18 +215,25 @@ class _WavData(NamedTuple):
     declared: int  # bytes of samples its header declares
     present: int  # bytes of samples the file holds after it
     block_align: int  # bytes per sample frame (or per compressed block)
+    rate: int  # Hz, from the fmt chunk
+    plain: bool  # uncompressed (PCM, float, A-law, mu-law): one frame per block_align bytes
 
 
 def _wav_data(head, total: int) -> _WavData | None:
     """The data chunk of a RIFF/WAVE file whose first bytes are `head` and whose size is `total`; None when the
     chunk is not within `head` (libsndfile then decides alone)."""
-    pos, block_align = 12, 1
+    pos, block_align, rate, plain = 12, 1, 0, False
     while pos + 8 <= len(head):
         chunk, size = bytes(head[pos:pos + 4]), int.from_bytes(head[pos + 4:pos + 8], "little")
-        if chunk == b"fmt " and pos + 22 <= len(head):
+        if chunk == b"fmt " and pos + 24 <= len(head):
+            tag = int.from_bytes(head[pos + 8:pos + 10], "little")
+            if tag == 0xFFFE and size >= 40 and pos + 34 <= len(head):  # WAVE_FORMAT_EXTENSIBLE: its sub-format
+                tag = int.from_bytes(head[pos + 32:pos + 34], "little")
+            rate = int.from_bytes(head[pos + 12:pos + 16], "little")
             block_align = max(1, int.from_bytes(head[pos + 20:pos + 22], "little"))
+            plain = tag in (1, 3, 6, 7)
         if chunk == b"data":
-            return _WavData(pos, size, max(0, total - pos - 8), block_align)
+            return _WavData(pos, size, max(0, total - pos - 8), block_align, rate, plain)
         pos += 8 + size + (size & 1)
     return None
 
@@ -590,9 +597,9 @@ def load_file(path: str | Path) -> np.ndarray:
 # ---------------------------------------------------------------------------------------------------------------
 # Durations without decoding
 
-# How much of a file is read to find a WAV data chunk (it follows fmt and any LIST/fact chunks) or FLAC's
-# STREAMINFO, and an MP3's first frame after its ID3v2 tags.
-_HEAD_BYTES = 1 << 20
+# How much of a file probe_seconds reads first: a WAV's chunks up to its data chunk (fmt, LIST, fact, ...), FLAC's
+# STREAMINFO, an MP3's ID3v2 tags and first frame (more is read when the tags are larger).
+_HEAD_BYTES = 1 << 16
 
 
 def probe_seconds(path: str | Path) -> float:
@@ -604,10 +611,11 @@ def probe_seconds(path: str | Path) -> float:
     - OGG Vorbis/Opus: exact (the last page's granule position, read by libsndfile).
     - MP3 with a Xing/Info frame count: exact to the sample with a LAME tag (gapless delay and padding), else
       within two frames. Without one: its frame headers are walked (the file is read, not decoded): exact in
-      frames, i.e. encoder delay + padding (about two frames) longer than the audio that was encoded.
+      frames, i.e. what load_file decodes, encoder delay + padding (1-3 frames) longer than the encoded audio.
     - Other libsndfile formats: their header's frame count.
-    The file's integrity is not checked (a truncated file may probe fine and still be refused by load_file).
-    Raises AudioError when the file cannot be read as audio."""
+    A WAV whose header declares more samples than the file holds raises AudioError, as load_file does; other
+    truncated files may probe fine and still be refused by load_file. Raises AudioError when the file cannot
+    be read as audio."""
     try:
         size = os.path.getsize(path)
         with open(path, "rb") as f:
@@ -617,12 +625,16 @@ def probe_seconds(path: str | Path) -> float:
                 head += f.read(min(size, first + 4096) - len(head))
             kind = _sniff(head)
             if kind == "mp3":
-                return _probe_mp3(head, f)
+                return _probe_mp3(head, f, size)
             found = _flac_total(head) if kind == "flac" else None
             if found is not None and found[1] == 0:  # streamed FLAC: no sample count to read
                 data, rate = _decode(head + f.read(), None)
                 return len(data) / rate
-            patches = _wav_patches(_wav_data(head, size)) if kind == "wav" else {}
+            wav = _wav_data(head, size) if kind == "wav" else None
+            patches = _wav_patches(wav)
+            if wav is not None and wav.plain and wav.rate > 0:
+                whole = min(wav.declared, wav.present) if not patches else wav.present
+                return (whole // wav.block_align) / wav.rate
             with sf.SoundFile(_Spliced(_patched(head, patches) if patches else b"", f, size)) as info:
                 frames, rate, fmt, subtype = info.frames, info.samplerate, info.format, info.subtype
             if fmt == "MPEG" and subtype == "MPEG_LAYER_III":
@@ -641,12 +653,11 @@ def probe_seconds(path: str | Path) -> float:
     return float(frames) / float(rate)
 
 
-def _probe_mp3(head: bytes, f) -> float:
+def _probe_mp3(head: bytes, f, size: int) -> float:
     info = _mp3_head(head)
     if info.counted is not None:
         return (info.counted * info.samples - info.trim) / info.rate
-    f.seek(0)
-    buf = f.read()
+    buf = head if len(head) == size else head + f.read()
     end = len(buf) - _tags_at_end(buf)
     frames, stop = _walk_frames(buf, info.audio, end)
     if stop < end - 3:  # bytes that are no frame inside the stream: count as the decoder will read it
