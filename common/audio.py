@@ -380,6 +380,7 @@ class _Mp3(NamedTuple):
     samples: int  # per frame
     audio: int  # offset of the first audio frame (after a Xing/Info frame)
     counted: int | None  # audio frames a Xing/Info frame counts (None without one)
+    stream_bytes: int | None  # bytes of the stream (Xing/Info frame included) the Xing/Info frame counts
     trim: int  # encoder delay + padding from a LAME tag: samples a gapless decoder drops
 
 
@@ -390,18 +391,21 @@ def _mp3_head(buf) -> _Mp3 | None:
     if frame is None:
         return None
     tag = first + 4 + frame.side_info
-    counted, trim, audio = None, 0, first
+    counted, stream_bytes, trim, audio = None, None, 0, first
     if bytes(buf[tag:tag + 4]) in (b"Xing", b"Info") and len(buf) >= tag + 8:
         flags, at = int.from_bytes(buf[tag + 4:tag + 8], "big"), tag + 8
         if flags & 1:
             counted = int.from_bytes(buf[at:at + 4], "big") or None  # 0: a writer that could not seek back
             at += 4
-        at += (4 if flags & 2 else 0) + (100 if flags & 4 else 0) + (4 if flags & 8 else 0)
+        if flags & 2:
+            stream_bytes = int.from_bytes(buf[at:at + 4], "big") or None
+            at += 4
+        at += (100 if flags & 4 else 0) + (4 if flags & 8 else 0)
         if bytes(buf[at:at + 4]) in (b"LAME", b"Lavc", b"Lavf") and len(buf) >= at + 24:
             packed = int.from_bytes(buf[at + 21:at + 24], "big")
             trim = (packed >> 12) + (packed & 0xFFF)
         audio = first + frame.length
-    return _Mp3(frame.rate, frame.samples, audio, counted, trim)
+    return _Mp3(frame.rate, frame.samples, audio, counted, stream_bytes, trim)
 
 
 def _dr_mp3_count(view) -> int:
@@ -484,9 +488,9 @@ def _dr_mp3_read(view, max_seconds: float | None) -> tuple[np.ndarray, int]:
 
 def _sndfile_read(source, max_seconds: float | None) -> tuple[np.ndarray, int, int, str | None]:
     """(frames x channels float32, rate, frames the header declares, the error that stopped decoding early or
-    None). Reads with sf_readf_float directly: soundfile 0.14's SoundFile.read seeks
-    after every block (private `_snd`, `_ffi` and `SoundFile._file` used here), and that seek fails on a FLAC of
-    unknown length."""
+    None). Reads with sf_readf_float directly, through soundfile 0.14's private `_snd`, `_ffi` and
+    `SoundFile._file`: its SoundFile.read seeks after every block, and that seek fails on a FLAC of unknown
+    length."""
     error = None
     try:
         with sf.SoundFile(source) as f:
@@ -570,11 +574,12 @@ def _decode(buf, max_seconds: float | None) -> tuple[np.ndarray, int]:
 
 
 def decode_bytes(payload: bytes, max_seconds: float | None = None) -> np.ndarray:
-    """Decode an encoded file (WAV, FLAC, OGG Vorbis/Opus, MP3, ...; format sniffed) to 16 kHz mono float32.
+    """Decode an encoded file (WAV, FLAC, OGG Vorbis/Opus, MP3, ...; format sniffed from the bytes) to 1-D
+    float32 samples at 16 kHz (channels averaged).
 
     With `max_seconds`, longer audio raises AudioTooLong as soon as decoding passes it (a few MB of FLAC
-    can hold hours of silence). Truncated or inconsistent files raise AudioError (module docstring: what
-    decodes per format)."""
+    can hold hours of silence). Undecodable, truncated or inconsistent files raise AudioError (the module
+    docstring says what decodes, per format)."""
     if not payload:
         raise AudioError("audio body is empty")
     data, rate = _decode(payload, max_seconds)
@@ -582,7 +587,8 @@ def decode_bytes(payload: bytes, max_seconds: float | None = None) -> np.ndarray
 
 
 def load_file(path: str | Path) -> np.ndarray:
-    """Read an audio file from disk to 16 kHz mono float32, decoded exactly as decode_bytes decodes its bytes."""
+    """Read an audio file from disk to 1-D float32 samples at 16 kHz, decoded exactly as decode_bytes decodes
+    its bytes (AudioError also when the file cannot be read)."""
     try:
         with open(path, "rb") as f:
             payload = f.read()
@@ -655,7 +661,10 @@ def probe_seconds(path: str | Path) -> float:
 
 def _probe_mp3(head: bytes, f, size: int) -> float:
     info = _mp3_head(head)
-    if info.counted is not None:
+    # The Xing/Info count, unless the stream's size disagrees with the one it records (appended files, a cut):
+    # beyond an ID3v1 tag and a small APE tag, walk the frames instead.
+    extra = None if info.stream_bytes is None else size - _id3v2_end(head) - info.stream_bytes
+    if info.counted is not None and (extra is None or 0 <= extra <= 128 + 4096):
         return (info.counted * info.samples - info.trim) / info.rate
     buf = head if len(head) == size else head + f.read()
     end = len(buf) - _tags_at_end(buf)

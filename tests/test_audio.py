@@ -403,3 +403,11 @@ def test_probe_benchmark_runs(tmp_path):
     for variant in ("mp3_info", "mp3_no_info", "mp3_no_info_and_cover", "wav_streamed"):
         assert figures[variant]["probe_files_per_s"] > 0
         assert figures[variant]["probe_vs_decoded_max_ms"] < 0.1  # probe says what load_file decodes
+
+
+def test_probe_of_mp3_whose_size_disagrees_with_its_info_frame(mp3_of, tmp_path):
+    """Two MP3s concatenated: the Info frame counts the first one's frames and bytes only; probe_seconds then
+    walks the frames and agrees with load_file."""
+    _, made = mp3_of(44100, 1, "CONSTANT")
+    path = saved(tmp_path, "two.mp3", made + made)
+    assert probe_seconds(path) == pytest.approx(len(load_file(path)) / TARGET_RATE, abs=2 / TARGET_RATE)
