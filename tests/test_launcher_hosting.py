@@ -370,3 +370,21 @@ def test_mode_settings_are_the_serving_programs_own():
             assert settings.max_payload_bytes == limits.SERVERLESS_MAX_BYTES
             assert settings.timeout_s == 60 and settings.workers == 1
     assert scaling.resource_id("e") == "endpoint/e/variant/AllTraffic"
+
+
+def test_serverless_memory_bench_runs(tmp_path):
+    """bench/serverless_memory, whose figures are the memory check's constants, kept from rotting: tiny model,
+    a 0.5 MB request."""
+    import subprocess
+    import sys
+
+    from conftest import ROOT, program_env
+
+    r = subprocess.run([sys.executable, str(ROOT / "bench" / "serverless_memory"), "--models", "tiny",
+                        "--payload-mb", "0.5", "--workdir", str(tmp_path)], capture_output=True, text=True,
+                       env=program_env(), timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    figures = json.loads(r.stdout.strip().splitlines()[-1])
+    (row,) = figures["rows"]
+    assert row["model"] == "tiny" and 0 < row["idle_rss_mb"] <= row["peak_rss_mb"]
+    assert row["audio_s"] == pytest.approx(16.4, abs=0.1)
