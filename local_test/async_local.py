@@ -252,14 +252,18 @@ def start_container(docker: str, aws: AwsStandIn, name: str, work: Path, image: 
     raise RuntimeError(f"the serving container did not pass /ping within 180 s:\n{logs}")
 
 
-def make_recording(work: Path, minutes: float) -> Path:
-    """Synthetic speech (local_test/make_dataset.py) joined to `minutes` of 16 kHz 16-bit WAV with sox."""
-    data = work / "speech"
+def make_recording(work: Path, minutes: float, clips_dir: Path | None = None) -> Path:
+    """Speech clips (clips_dir, else 24 made with local_test/make_dataset.py) joined to `minutes` of 16 kHz 16-bit
+    WAV with sox."""
     import soundfile as sf
 
-    subprocess.run([sys.executable, str(ROOT / "local_test" / "make_dataset.py"), str(data), "--train", "24",
-                    "--test", "1"], check=True, capture_output=True)
-    clips = sorted((data / "train").rglob("*.wav"))
+    if clips_dir is None:
+        clips_dir = work / "speech"
+        subprocess.run([sys.executable, str(ROOT / "local_test" / "make_dataset.py"), str(clips_dir), "--train", "24",
+                        "--test", "1"], check=True, capture_output=True)
+    clips = sorted(Path(clips_dir).rglob("*.wav"))
+    if not clips:
+        raise SystemExit(f"no .wav clips under {clips_dir}")
     total, parts = 0.0, []
     while total < minutes * 60:
         for clip in clips:
@@ -277,6 +281,8 @@ def main(argv=None) -> int:
     p.add_argument("--serve-image", default="wav2vec2-serve:latest", help="the serving image (default %(default)s)")
     p.add_argument("--model-dir", type=Path, required=True, help="a model directory (save_pretrained, safetensors)")
     p.add_argument("--minutes", type=float, default=4.0, help="length of the recording (default 4: about 7.7 MB)")
+    p.add_argument("--clips", type=Path, default=None,
+                   help="a folder of .wav speech clips to join (default: synthesise 24 with make_dataset.py)")
     p.add_argument("--work", type=Path, default=None, help="keep files here (default: a temporary folder)")
     p.add_argument("--docker", default=shutil.which("docker") or "docker")
     args = p.parse_args(argv)
@@ -300,7 +306,8 @@ def main(argv=None) -> int:
         if r.returncode != 0:
             raise SystemExit("deploy --async failed")
         sm = aws.client("sagemaker")
-        config = sm.describe_endpoint(EndpointName=ENDPOINT)["AsyncInferenceConfig"]
+        config_name = sm.describe_endpoint(EndpointName=ENDPOINT)["EndpointConfigName"]
+        config = sm.describe_endpoint_config(EndpointConfigName=config_name)["AsyncInferenceConfig"]
         cid, url = start_container(args.docker, aws, ENDPOINT, work, args.serve_image)
         print(f"[async_local] serving container {cid[:12]} on {url}, environment from the endpoint's model", flush=True)
         runtime = AsyncRuntime(s3, {ENDPOINT: AsyncEndpoint(
@@ -308,7 +315,7 @@ def main(argv=None) -> int:
             config.get("ClientConfig", {}).get("MaxConcurrentInvocationsPerInstance", 1))})
         env = aws.env(runtime.url, home=str(work))
 
-        recording = make_recording(work, args.minutes)
+        recording = make_recording(work, args.minutes, args.clips)
         size_mb = recording.stat().st_size / 2**20
         audio_s = __import__("soundfile").info(str(recording)).duration
         print(f"[async_local] recording {recording}: {audio_s:.0f} s, {size_mb:.1f} MB", flush=True)

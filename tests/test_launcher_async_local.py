@@ -18,10 +18,11 @@ from image_fixtures import Images, images  # noqa: F401 (fixture)
 pytestmark = pytest.mark.slow
 
 
-def test_async_endpoint_transcribes_minutes_of_audio_through_s3(images: Images, tiny_model_dir, tmp_path):
+def test_async_endpoint_transcribes_minutes_of_audio_through_s3(images: Images, tiny_model_dir, synthetic_data,
+                                                               tmp_path):
     r = subprocess.run([sys.executable, str(ROOT / "local_test" / "async_local.py"), "--serve-image", images.serve,
                         "--model-dir", str(tiny_model_dir), "--work", str(tmp_path), "--minutes", "4",
-                        "--docker", images.docker],
+                        "--clips", str(synthetic_data / "train" / "audio"), "--docker", images.docker],
                        capture_output=True, text=True, env=program_env(), timeout=900)
     out = r.stdout + r.stderr
     assert r.returncode == 0, out[-6000:]
