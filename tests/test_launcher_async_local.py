@@ -3,7 +3,9 @@
 queue), sends a four-minute recording (over real-time's 6 MB) through `invoke --async` with the one-hour
 invocation timeout, compares the transcript with the container's direct answer, checks that a file that is not
 audio comes back as the failure object, and that `delete` (twice) leaves nothing. Uses the images
-test_images.py builds (image_fixtures.images); about a minute once they exist."""
+test_images.py builds (image_fixtures.images) and the session's synthetic speech and tiny model; 4.6 minutes
+once they exist on this project's shared 2-core machine at load 12 (most of it transcribing the 4 minutes twice:
+through the queue and directly, for the comparison)."""
 from __future__ import annotations
 
 import re
