@@ -1,7 +1,8 @@
 """What the launcher asks SageMaker for: the real launcher, SDK and botocore send their requests over HTTP to a
 loopback recorder standing in for the AWS endpoints (AWS_ENDPOINT_URL), since AWS itself is out of reach here.
 The recorder answers STS GetCallerIdentity and the few calls whose answers the SDK needs to go on, and refuses
-the rest, so each test checks the request bodies the launcher builds (not AWS's behaviour)."""
+the rest, so each test checks the request bodies the launcher builds (not AWS's behaviour). Endpoints (deploy,
+invoke, delete, autoscaling) are tested against moto's stateful stand-in in test_launcher_hosting.py."""
 from __future__ import annotations
 
 import json
@@ -22,13 +23,6 @@ STS_REPLY = (f'<GetCallerIdentityResponse xmlns="https://sts.amazonaws.com/doc/2
 # Minimal answers that let the SDK proceed to its next call.
 REPLIES = {
     "CreateModel": {"ModelArn": "arn:aws:sagemaker:eu-west-1:123456789012:model/m"},
-    "CreateEndpointConfig": {"EndpointConfigArn": "arn:aws:sagemaker:eu-west-1:123456789012:endpoint-config/c"},
-    "CreateEndpoint": {"EndpointArn": "arn:aws:sagemaker:eu-west-1:123456789012:endpoint/e"},
-    "DescribeEndpoint": {"EndpointName": "asr-demo", "EndpointArn": "a", "EndpointConfigName": "asr-demo-config",
-                         "EndpointStatus": "InService", "CreationTime": 0, "LastModifiedTime": 0},
-    "DescribeEndpointConfig": {"EndpointConfigName": "asr-demo-config", "EndpointConfigArn": "a", "CreationTime": 0,
-                               "ProductionVariants": [{"VariantName": "AllTraffic", "ModelName": "asr-demo-model"}]},
-    "DeleteEndpoint": {}, "DeleteEndpointConfig": {}, "DeleteModel": {},
     "CreateTransformJob": {"TransformJobArn": "a"},
 }
 
@@ -107,34 +101,6 @@ def test_training_job_request(recorder, tmp_path):
     channels = {c["ChannelName"]: c["DataSource"]["S3DataSource"] for c in job["InputDataConfig"]}
     assert channels["train"]["S3Uri"] == "s3://my-bucket/speech/train"
     assert channels["test"]["S3DataDistributionType"] == "FullyReplicated"
-
-
-def test_deploy_then_delete_requests(recorder, tmp_path):
-    r = launch(recorder, tmp_path, "deploy", "--model-data", "s3://my-bucket/out/asr-job/output/model.tar.gz",
-               "--endpoint-name", "asr-demo", "--startup-timeout-s", "900", "--instance-count", "2",
-               "--env", "MODEL_SERVER_WORKERS=2", "--no-wait")  # the SDK polls every 30 s when waiting
-    assert r.returncode == 0, r.stderr
-    assert r.stdout.strip().splitlines()[-1] == "asr-demo"
-    (model,) = recorder.bodies("CreateModel")
-    assert model["PrimaryContainer"]["Image"] == f"{ACCOUNT}.dkr.ecr.eu-west-1.amazonaws.com/wav2vec2-serve:latest"
-    assert model["PrimaryContainer"]["ModelDataUrl"] == "s3://my-bucket/out/asr-job/output/model.tar.gz"
-    assert model["PrimaryContainer"]["Environment"] == {"MODEL_SERVER_WORKERS": "2"}
-    (config,) = recorder.bodies("CreateEndpointConfig")
-    (variant,) = config["ProductionVariants"]
-    assert variant["ContainerStartupHealthCheckTimeoutInSeconds"] == 900
-    assert variant["InitialInstanceCount"] == 2
-    (endpoint,) = recorder.bodies("CreateEndpoint")
-    assert endpoint["EndpointName"] == "asr-demo"
-
-    recorder.calls.clear()
-    r = launch(recorder, tmp_path, "delete", "--endpoint-name", "asr-demo")
-    assert r.returncode == 0, r.stderr
-    # Whatever the endpoint's config and model are called, delete finds and removes them.
-    assert [(a, b) for a, b in recorder.calls if a.startswith("Delete")] == [
-        ("DeleteEndpoint", {"EndpointName": "asr-demo"}),
-        ("DeleteEndpointConfig", {"EndpointConfigName": "asr-demo-config"}),
-        ("DeleteModel", {"ModelName": "asr-demo-model"}),
-    ]
 
 
 def test_transform_request_leaves_limits_to_execution_parameters(recorder, tmp_path):
