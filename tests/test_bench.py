@@ -130,7 +130,7 @@ def test_gpu_check_rehearsal_runs_every_stage(tmp_path, gpu_check_assets):
     code, f, out = run_gpu_check(
         "--rehearse", "--assets", str(gpu_check_assets), "--workdir", str(tmp_path), "--clips", "2",
         "--models", "tiny_trained", "--cells", "fp32:2", "--concurrency", "1,2", "--window-s", "0.5",
-        "--anchor-batch", "2", "--train-steps", "2", "--torchrun-steps", "2")
+        "--anchor-batch", "2", "--train-runs", "torchrun_bf16", "--torchrun-steps", "2")
     assert code == 0, out[-5000:]
     assert f["mode"] == "rehearsal" and f["device"]["cuda_available"] is False
     s1 = f["stages"]["1_precision"]["tiny_trained"]
@@ -142,10 +142,10 @@ def test_gpu_check_rehearsal_runs_every_stage(tmp_path, gpu_check_assets):
         r = cell["by_concurrency"][c]
         assert r["errors"] == 0 and positive(r["rtfx"]) and positive(r["ratio_to_bare"]), r
     assert cell["memory"]["method"] == "host RSS" and positive(cell["memory"]["peak_mib"])
-    assert {(b["dtype"], b["batch"]) for b in f["stages"]["2_throughput"]["bare"]} == {("fp32", 2), ("bf16", 2)}
-    s3 = f["stages"]["3_training"]
-    assert [s3[k]["exit"] for k in ("bf16", "fp16", "torchrun_bf16")] == [0, 0, 0], out[-5000:]
-    assert s3["fp16"]["precision_used"] == "fp32" and s3["torchrun_bf16"]["processes"] == 1
-    assert all(s3[k]["steps"] == 2 and s3[k]["loss_first"] is not None for k in s3)
+    assert {(b["dtype"], b["batch"]) for b in f["stages"]["2_throughput"]["bare"]} == {("fp32", 1), ("fp32", 2), ("bf16", 2)}
+    # One training run keeps the test short: the torchrun path, which runs train/train inside it.
+    t = f["stages"]["3_training"]["torchrun_bf16"]
+    assert t["exit"] == 0 and t["processes"] == 1 and t["steps"] == 2 and t["loss_first"] is not None, out[-5000:]
+    assert f["stages"]["1_precision"]["tiny_trained"]["model"]["source"] == "carried (--prepare)"
     assert f["stages"]["4_future"]["lm_decoding"]["status"].startswith("not present")
     assert not [k for k, v in f["checks"].items() if v["result"] == "FAIL"]

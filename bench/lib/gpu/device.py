@@ -70,6 +70,24 @@ def gpu_processes() -> list[dict] | None:
     return [{"pid": int(r[0]), "gpu_uuid": r[1], "mib": float(r[2])} for r in rows if r[0].isdigit()]
 
 
+def gpu_device_files(pid: int) -> set[str]:
+    """The GPU device nodes (/dev/nvidia0, /dev/nvidia1, ...) a process holds open: a CUDA context on GPU N
+    holds /dev/nvidiaN. Read from /proc, so it works where nvidia-smi cannot see other processes."""
+    found = set()
+    try:
+        for fd in Path(f"/proc/{pid}/fd").iterdir():
+            try:
+                target = os.readlink(fd)
+            except OSError:
+                continue
+            name = target.rsplit("/", 1)[-1]
+            if target.startswith("/dev/nvidia") and name[len("nvidia"):].isdigit():
+                found.add(target)
+    except OSError:
+        pass
+    return found
+
+
 def device_used_mib() -> float | None:
     rows = _smi("--query-gpu=memory.used")
     return sum(float(r[0]) for r in rows) if rows else None
@@ -97,6 +115,7 @@ class MemorySampler:
     peak_mib: float = 0.0
     per_process_peak_mib: dict[int, float] = field(default_factory=dict)
     gpus_by_pid: dict[int, str] = field(default_factory=dict)
+    device_files_by_pid: dict[int, list[str]] = field(default_factory=dict)
     _baseline: float | None = None
     _stop: threading.Event = field(default_factory=threading.Event)
 
@@ -109,6 +128,10 @@ class MemorySampler:
             self.method = "host RSS"
             self.peak_mib = max(self.peak_mib, rss_mib(pids))
             return
+        for pid in pids:
+            files = gpu_device_files(pid)
+            if files:
+                self.device_files_by_pid[pid] = sorted(files)
         procs = gpu_processes() or []
         mine = [p for p in procs if p["pid"] in pids]
         if mine:
@@ -143,7 +166,15 @@ class MemorySampler:
     def figures(self) -> dict:
         return {"peak_mib": round(self.peak_mib, 1) if self.method else None, "method": self.method or "not measured",
                 "per_process_peak_mib": {str(k): round(v, 1) for k, v in self.per_process_peak_mib.items()},
-                "gpu_of_process": {str(k): v for k, v in self.gpus_by_pid.items()}}
+                "gpu_of_process": {str(k): v for k, v in self.gpus_by_pid.items()},
+                "gpu_device_files": {str(k): v for k, v in self.device_files_by_pid.items()}}
+
+    def gpus_of_processes(self) -> tuple[dict[int, str], str]:
+        """pid -> the GPU it uses, and how that was read: nvidia-smi's process list, else the device files
+        each process holds open (a process holding several is counted on all of them, joined)."""
+        if self.gpus_by_pid:
+            return dict(self.gpus_by_pid), "nvidia-smi"
+        return {pid: "+".join(files) for pid, files in self.device_files_by_pid.items()}, "/proc/PID/fd"
 
 
 def wait_for(predicate, timeout_s: float, every_s: float = 0.2) -> bool:

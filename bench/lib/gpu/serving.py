@@ -174,23 +174,29 @@ def throughput_cell(model_dir: Path, clips, dtype: str, batch: int, concurrency:
                     f"p99 {r.percentile_ms(99):7.1f} ms  requests {len(r.latencies_s)}  errors {len(r.errors)}")
             mem.sample()
         cell["memory"] = mem.figures()
-        # One worker per visible GPU, each on its own GPU: the server's processes that hold GPU memory.
-        gpu_of = mem.gpus_by_pid
-        cell["workers_on_gpus"] = {"processes_with_gpu_memory": len(gpu_of), "distinct_gpus": len(set(gpu_of.values())),
-                                   "visible_gpus": visible_gpus} if on_gpu else None
+        # One worker per visible GPU, each on its own GPU: the server's processes that use a GPU. The
+        # gunicorn master (the process serve/serve became) must not: CUDA starts only in the workers.
+        gpu_of, how = mem.gpus_of_processes()
+        master = srv.proc.pid
+        cell["workers_on_gpus"] = {
+            "processes_on_gpus": len([p for p in gpu_of if p != master]),
+            "distinct_gpus": len({g for p, g in gpu_of.items() if p != master}),
+            "master_uses_gpu": master in gpu_of, "visible_gpus": visible_gpus, "read_from": how,
+        } if on_gpu else None
     return cell
 
 
 def bare_rtfx(model_dir: Path, clips, dtype: str, batch: int, on_gpu: bool, min_s: float = 2.0) -> dict:
     """RTFx of the model call alone (transformers, inference mode, logits + argmax, inputs already on the
-    device) over batches of `batch` clips drawn from the clip set in length order and padded by the
-    processor, as a batching server groups similar lengths. Audio seconds count the real clip lengths."""
+    device) over batches of `batch` clips of similar length (each clip of the set `batch` times, sorted),
+    padded by the processor, as a batching server groups them. Audio seconds count the real clip lengths."""
     import torch
 
     processor, model, dt, device = _load(model_dir, dtype, on_gpu)
-    pool = sorted((c for _ in range(max(1, -(-batch // len(clips)))) for c in clips), key=lambda c: c.seconds)
+    # Every clip `batch` times, in length order: len(clips) batches of similar lengths covering the whole set.
+    pool = sorted((c for _ in range(batch) for c in clips), key=lambda c: c.seconds)
     batches = []
-    for i in range(0, len(pool) - batch + 1, batch):
+    for i in range(0, len(pool), batch):
         group = pool[i:i + batch]
         inputs = processor([c.audio for c in group], sampling_rate=16_000, padding=True, return_tensors="pt")
         kwargs = {}

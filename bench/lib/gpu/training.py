@@ -3,7 +3,8 @@
 Each run is `train/train` under the SageMaker contract in its own $OPT_ML tree (channels: the carried
 training and held-out utterances, and local_test/tiny_model, a config without weights: a random start),
 or the same program under `torchrun --nproc_per_node=1 --no-python train/train` (the per-GPU launcher path,
-one process, NCCL on a GPU). Figures come from what the program writes (metrics.json: steps, training
+one process, NCCL on a GPU). The first bf16 run also makes the tiny model stage 1 serves: time-boxed
+(max_train_seconds), it learns enough on a GPU for confident logits. Figures come from what the program writes (metrics.json: steps, training
 seconds, the logged losses) and from outside it (peak memory of its processes).
 """
 from __future__ import annotations
@@ -33,10 +34,13 @@ def opt_ml(tree: Path, assets: Path, hp: dict) -> Path:
 
 
 def run(name: str, precision: str, steps: int, assets: Path, work: Path, on_gpu: bool, torchrun: bool,
-        timeout_s: float, log) -> dict:
+        timeout_s: float, log, max_train_seconds: float = 0.0) -> dict:
+    """One training run; steps is max_steps, max_train_seconds (when > 0) may stop it sooner. The model it
+    writes is at result["model_dir"]."""
     tree = work / f"train_{name}"
     hp = {"max_steps": steps, "precision": precision, "train_batch_size": 8, "learning_rate": "5e-4",
-          "warmup_steps": "0.1", "logging_steps": max(1, steps // 10), "save_steps": 100000, "seed": 42}
+          "warmup_steps": "0.1", "logging_steps": max(1, min(50, steps // 10)), "save_steps": 100000, "seed": 42,
+          "max_train_seconds": max_train_seconds}
     opt_ml(tree, assets, hp)
     env = dict(os.environ, OPT_ML=str(tree), MPLBACKEND="Agg")
     if torchrun:
@@ -77,7 +81,7 @@ def run(name: str, precision: str, steps: int, assets: Path, work: Path, on_gpu:
         "audio_seconds_per_second": m.get("audio_seconds_per_second"), "precision_used": m.get("precision"),
         "processes": m.get("processes"), "losses": losses,
         "loss_first": losses[0] if losses else None, "loss_last": losses[-1] if losses else None,
-        "eval_cer": m.get("cer"),
+        "eval_cer": m.get("cer"), "stopped_by": m.get("stopped_by"), "model_dir": str(tree / "model"),
     })
     if torchrun:
         result["nccl_log_lines"] = sum("NCCL INFO" in line for line in text.splitlines())
