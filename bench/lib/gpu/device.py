@@ -49,17 +49,23 @@ def describe() -> dict:
     return info
 
 
-def group_pids(pgid: int) -> set[int]:
-    """Live processes of a process group (a server's gunicorn master and workers, torchrun and its worker)."""
-    pids = set()
+def tree_pids(root: int) -> set[int]:
+    """A process and all its live descendants (a server's gunicorn master and workers; torchrun and the
+    workers it starts, which it puts in sessions of their own, so a process group would miss them)."""
+    children: dict[int, list[int]] = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
             fields = stat.read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        if int(fields[2]) == pgid:
-            pids.add(int(stat.parent.name))
-    return pids
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    out, todo = set(), [root]
+    while todo:
+        pid = todo.pop()
+        if pid not in out:
+            out.add(pid)
+            todo.extend(children.get(pid, []))
+    return {p for p in out if Path(f"/proc/{p}").exists()}
 
 
 def gpu_processes() -> list[dict] | None:
@@ -107,8 +113,8 @@ def rss_mib(pids: set[int]) -> float:
 
 @dataclass
 class MemorySampler:
-    """Peak memory of one process group, sampled every `every_s` in a thread (`with` block)."""
-    pgid: int
+    """Peak memory of a process and its descendants, sampled every `every_s` in a thread (`with` block)."""
+    pid: int
     gpu: bool
     every_s: float = 0.5
     method: str = ""
@@ -123,7 +129,7 @@ class MemorySampler:
         self._baseline = device_used_mib() if self.gpu else None
 
     def sample(self) -> None:
-        pids = group_pids(self.pgid)
+        pids = tree_pids(self.pid)
         if not self.gpu:
             self.method = "host RSS"
             self.peak_mib = max(self.peak_mib, rss_mib(pids))
