@@ -212,7 +212,7 @@ def tokenizer_labels(model_dir: str | Path) -> list[str] | None:
     vocab_file = model_dir / "vocab.json"
     if not vocab_file.is_file():
         return None
-    vocab = json.loads(vocab_file.read_text(encoding="utf-8"))
+    vocab = _read_json(vocab_file)
     if not vocab or not all(isinstance(k, str) and isinstance(v, int) for k, v in vocab.items()):
         return None  # e.g. a multilingual {"lang": {...}} vocab: only alphabet.json can say
     config = _read_json(model_dir / "tokenizer_config.json")
@@ -230,13 +230,19 @@ def tokenizer_labels(model_dir: str | Path) -> list[str] | None:
     labels = [" " if by_id[i] == delimiter else by_id[i] for i in range(len(by_id))]
     from pyctcdecode.alphabet import Alphabet
 
-    return Alphabet.build_alphabet(labels).labels
+    try:
+        return Alphabet.build_alphabet(labels).labels
+    except ValueError as exc:  # e.g. duplicate labels
+        raise LMError(f"the tokenizer in {model_dir} cannot be a CTC alphabet: {exc}") from None
 
 
 def _read_json(path: Path) -> dict:
     if not path.is_file():
         return {}
-    value = json.loads(path.read_text(encoding="utf-8"))
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, OSError) as exc:
+        raise LMError(f"cannot read {path}: {exc}") from None
     return value if isinstance(value, dict) else {}
 
 
@@ -257,7 +263,8 @@ class BeamDecoder:
     def __init__(self, decoder, files: LMFiles | None):
         self._decoder = decoder
         self.files = files
-        self.labels: list[str] = decoder._alphabet.labels  # pyctcdecode 0.5.0 keeps no public accessor
+        # pyctcdecode 0.5.0 has no public accessors for these two; Wav2Vec2ProcessorWithLM reads them too.
+        self.labels: list[str] = decoder._alphabet.labels
         lm = decoder._language_model
         self.has_lm = lm is not None
         self.alpha: float | None = lm.alpha if lm is not None else None
@@ -268,6 +275,15 @@ class BeamDecoder:
     @property
     def vocab_size(self) -> int:
         return len(self.labels)
+
+    def close(self) -> None:
+        """Free the LM: pyctcdecode keeps every decoder's LM in a class-level dict until cleaned up."""
+        decoder, self._decoder = getattr(self, "_decoder", None), None
+        if decoder is not None:
+            decoder.cleanup()
+
+    def __del__(self):
+        self.close()
 
     def check(self, options: DecodeOptions) -> None:
         """OptionError when options cannot apply to this model (LM weights without an LM, unknown letters)."""
