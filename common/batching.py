@@ -313,20 +313,22 @@ def _plan(model) -> tuple[dict, list[str]]:
     else:
         # Positional convolution(s) over feature frames: one, or Data2VecAudio's stack; the conformer's is
         # built but unused in 5.23 (hooked all the same), its depthwise convolutions are in every layer.
+        # HuBERT's conv_pos_batch_norm and the conformer's convolution module have batch norms over frames.
         pos = encoder.pos_conv_embed
         for layer in getattr(pos, "layers", [pos]):
             plan["convs"].append((layer.conv, "features"))
+        batch_norms = [getattr(pos, "batch_norm", None)]
         for layer in encoder.layers:
             if hasattr(layer, "conv_module"):
                 plan["convs"].append((layer.conv_module.depthwise_conv, "features"))
+                batch_norms.append(layer.conv_module.batch_norm)
+        plan["batch_norms"] = [bn for bn in batch_norms if type(bn) is nn.BatchNorm1d]
     adapter = getattr(base, "adapter", None)
     if adapter is not None:
         for k, layer in enumerate(adapter.layers):
-            plan["convs"].append((layer.conv, ("adapter", k)))
-    for m in base.modules():
-        if type(m) is nn.BatchNorm1d:
-            plan["batch_norms"].append(m)
-            covered.add(id(m))
+            if layer.conv.padding == (1,) and layer.conv.dilation == (1,):  # the geometry _adapter_frames assumes
+                plan["convs"].append((layer.conv, ("adapter", k)))
+    covered.update(id(m) for m in plan["batch_norms"])
     covered.update(id(m) for m, _ in plan["convs"])
     uncovered = []
     for name, m in model.named_modules():
