@@ -66,6 +66,20 @@ def test_efficiency_reports_fractions_of_the_measured_peak(bench_dir):
     assert f["bare_fraction"]["fp32"] == pytest.approx(f["bare_gflops"]["fp32"] / f["peak_gflops"]["fp32"], rel=0.01)
 
 
+def test_batching_compares_one_clip_exact_and_plain_batches(bench_dir):
+    f = run_bench("batching", "--models", "tiny", "--dtypes", "fp32", "--batch-sizes", "1,2", "--clips", "3",
+                  "--shortest-s", "0.5", "--longest-s", "1.5", "--repeats", "1", "--workdir", str(bench_dir))
+    speeds = f["audio_s_per_s"]["tiny"]["fp32"]
+    assert positive(speeds["one_clip"])
+    for way in ("exact", "plain"):
+        assert all(positive(speeds[way][b]) for b in ("1", "2")), way
+        # Exact batches give one-clip logits; the tiny model's layer-norm encoder is exact with the mask too.
+        assert f["clips_argmax_differ"]["tiny"]["fp32"][way] == {"1": 0, "2": 0}
+        assert f["max_diff_vs_one_clip"]["tiny"]["fp32"][way]["2"] < 1e-4
+    assert f["padding_fraction"]["tiny"]["fp32"]["1"] == 0 and f["padding_fraction"]["tiny"]["fp32"]["2"] > 0
+    assert f["clips_s"] == [0.5, 1.0, 1.5]
+
+
 def test_training_compares_with_the_seed_style_script(tmp_path):
     f = run_bench("training", "--utterances", "8", "--epochs", "1", "--batch", "8", "--warmup", "0",
                   "--workdir", str(tmp_path))
