@@ -26,7 +26,7 @@ from typing import Hashable, Iterator, Sequence
 import numpy as np
 import torch
 
-from common import ctc, modeldir
+from common import batching, ctc, modeldir
 from common.audio import TARGET_RATE, normalize
 from common.convs import convs_as_matmuls
 
@@ -74,32 +74,15 @@ def choose_device_and_dtype(gpu_dtype: str, cpu_bf16: str) -> tuple[torch.device
 
 
 def prepare(model, device: torch.device, dtype: torch.dtype):
-    """The model as the server runs it: on `device` in `dtype`, eval mode. On a CPU, in float32 the first
-    feature-encoder convolution runs as a matmul unless a per-channel GroupNorm follows it (results stay
-    exact); in bfloat16 all of them, with that GroupNorm reading their layout (common/convs.py)."""
+    """The model as the server runs it: on `device` in `dtype`, eval mode, patched for exact batching
+    (common/batching.py) by the caller. On a CPU, in float32 the first feature-encoder convolution runs as
+    a matmul unless a per-channel GroupNorm follows it; in bfloat16 all of them, with that GroupNorm reading
+    their layout (common/convs.py). Same products summed in another order: logits equal to float rounding,
+    transcripts equal."""
     model = model.to(device=device, dtype=dtype).eval()
-    # common.convs reaches the encoder as model.wav2vec2; other architectures keep their convolutions.
-    if device.type == "cpu" and hasattr(model, "wav2vec2"):
+    if device.type == "cpu":
         convs_as_matmuls(model, all_layers=dtype == torch.bfloat16)
     return model
-
-
-def receptive_field(config) -> int:
-    """Input samples one output frame of the convolutional feature encoder sees (400 for wav2vec2)."""
-    field, jump = 1, 1
-    for kernel, stride in zip(config.conv_kernel, config.conv_stride):
-        field += (kernel - 1) * jump
-        jump *= stride
-    return field
-
-
-def frame_count(config, samples: int) -> int:
-    """Output frames of the feature encoder for `samples` input samples (transformers'
-    _get_feat_extract_output_lengths, computed here from the config)."""
-    n = samples
-    for kernel, stride in zip(config.conv_kernel, config.conv_stride):
-        n = (n - kernel) // stride + 1
-    return max(0, n)
 
 
 class ServingModel:
@@ -118,13 +101,9 @@ class ServingModel:
         self.model = prepare(checkpoint.model, device, dtype)
         self.config = self.model.config
         self.normalize = bool(fe.do_normalize)
-        self.padding_value = float(fe.padding_value)
-        # Layer-norm encoders take an attention mask; group-norm ones were trained on zero-padded batches
-        # without one. The feature extractor saved with the model records which.
-        self.use_mask = bool(fe.return_attention_mask)
-        self.samples_per_frame = math.prod(self.config.conv_stride)
-        self.seconds_per_frame = ctc.frame_seconds(self.config)
-        self.min_samples = receptive_field(self.config)
+        self.samples_per_frame = batching.frame_samples(self.config)
+        self.seconds_per_frame = self.samples_per_frame / TARGET_RATE
+        self.min_samples = batching.min_samples(self.config)
         # Chunk edges on frame boundaries, so that chunk frames line up with whole-clip frames.
         align = self.samples_per_frame
         self.chunk_samples = max(align, round(chunk_length_s * TARGET_RATE / align) * align,
@@ -261,29 +240,17 @@ class ServingModel:
     # The forward pass ---------------------------------------------------------------------------------
     @torch.inference_mode()
     def _logits(self, clips: list[np.ndarray]) -> tuple[torch.Tensor, list[int]]:
-        """Frame logits (batch x frames x vocabulary, on the device) of already normalised clips, zero-padded
-        to the longest (with an attention mask when the model takes one), and each clip's frame count."""
-        lengths = [len(c) for c in clips]
-        longest = max(lengths)
-        batch = np.full((len(clips), longest), self.padding_value, dtype=np.float32)
-        mask = np.zeros((len(clips), longest), dtype=np.int64)
-        for i, c in enumerate(clips):
-            batch[i, : len(c)] = c
-            mask[i, : len(c)] = 1
-        values = torch.from_numpy(batch).to(self.device, non_blocking=True).to(self.dtype)
-        kwargs = {}
-        if self.use_mask:
-            kwargs["attention_mask"] = torch.from_numpy(mask).to(self.device, non_blocking=True)
-        logits = self.model(values, **kwargs).logits
-        return logits, [frame_count(self.config, n) for n in lengths]
+        """Frame logits (batch x frames x vocabulary, on the device) of already normalised clips in one
+        zero-padded pass, and each clip's frame count (common/batching.py: with an exact model each clip's
+        logits are those it gets alone; otherwise the batcher only groups clips of equal length)."""
+        return batching.padded_forward(self.model, clips, device=self.device, dtype=self.dtype)
 
     def _make_exact(self) -> bool:
-        """Whether clips of different lengths may share a forward pass without changing any result. Here:
-        only encoders whose every layer is per-frame or masked (layer-norm feature encoder, attention mask,
-        padded frames zeroed before a single positional convolution); the others batch equal lengths only.
-        (Data2VecAudio's stacked positional convolutions carry padding into real frames: not exact.)"""
-        return (self.use_mask and modeldir.feature_encoder_norm(self.config) == "layer"
-                and self.config.model_type in ("wav2vec2", "hubert", "wavlm", "unispeech", "unispeech-sat"))
+        """Whether clips of different lengths may share a forward pass without changing any result:
+        common.batching patches every architecture it proves exact (each clip's group-norm statistics over its
+        own frames, padded frames kept out of attention and of every convolution over time); any other model
+        batches clips of equal length only."""
+        return batching.make_exact(self.model)
 
     def _run_batch(self, key: Hashable, clips: list[np.ndarray]) -> list[torch.Tensor]:
         """The batcher thread: the key's adapter, then one forward pass."""

@@ -11,7 +11,8 @@ import torch
 from common import modeldir
 from common.audio import load_file
 from serve import contract
-from serve.model import ServingModel, frame_count
+from common.batching import output_frames as frame_count
+from serve.model import ServingModel
 from serve.options import Options
 
 RATE = 16_000
