@@ -18,7 +18,7 @@ import threading
 import time
 from pathlib import Path
 
-from .. import client, servers
+from .. import client, models, servers
 from . import device as dev
 
 DTYPES = ("fp32", "fp16", "bf16")
@@ -65,7 +65,9 @@ def reference_texts(model_dir: Path, clips, dtype: str, on_gpu: bool) -> dict[st
             if "attention_mask" in inputs and processor.feature_extractor.return_attention_mask:
                 kwargs["attention_mask"] = inputs["attention_mask"].to(device)
             logits = model(inputs.input_values.to(device=device, dtype=dt), **kwargs).logits
-            out[name] = processor.batch_decode(logits.float().cpu().argmax(dim=-1))[0]
+            text = processor.batch_decode(logits.float().cpu().argmax(dim=-1))[0]
+            # batch_decode keeps <s>, </s> and [UNK], which the server drops (issue 11).
+            out[name] = models.without_special_tokens(text, processor.tokenizer, logits.shape[-1])
     del model
     if on_gpu:
         torch.cuda.empty_cache()
