@@ -227,16 +227,21 @@ class BeamSearch:
 
     def submit_logits(self, logits: np.ndarray, options: lm.DecodeOptions, deadline: float | None) -> Pending:
         """Decode one clip's logits (frames x vocabulary, float32 on the host); Hypothesis in frames."""
-        pool = self._current()
         wall = None if deadline is None else time.time() + (deadline - time.monotonic())
-        try:
-            future = pool.submit(lm.pool_decode, [logits], options, 1.0, wall)
-        except BrokenProcessPool:
-            self._replace(pool)
-            raise contract.Unavailable("a beam-search process stopped; the decoder is being restarted: "
-                                       "retry the request") from None
-        except RuntimeError:  # submit after shutdown
-            raise contract.Unavailable("the server is shutting down") from None
+        for attempt in range(2):
+            pool = self._current()
+            try:
+                future = pool.submit(lm.pool_decode, [logits], options, 1.0, wall)
+                break
+            except BrokenProcessPool:
+                # A process died while no request of ours was in it (idle, say): nothing was lost, so this
+                # request goes to the new pool.
+                self._replace(pool)
+                if attempt:
+                    raise contract.Unavailable("the beam-search processes cannot start (see the server log): "
+                                               "retry the request") from None
+            except RuntimeError:  # submit after shutdown
+                raise contract.Unavailable("the server is shutting down") from None
         return Pending(lambda: self._result(pool, future, deadline), future.cancel)
 
     def _result(self, pool, future: Future, deadline: float | None) -> Hypothesis:

@@ -490,8 +490,9 @@ def beam_search(checkpoint: modeldir.Checkpoint, processes: int) -> tuple[decodi
     if not has_lm:
         try:
             bare = lm.load(path)  # no LM file: cheap; checks the alphabet against the tokenizer and the head
-        except lm.LMError as exc:
-            why = f"this model's vocabulary cannot be a beam-search alphabet ({exc})"
+        except (lm.LMError, ImportError) as exc:  # ImportError: an environment without requirements/lm.txt
+            why = f"this model's vocabulary cannot be a beam-search alphabet ({exc})" \
+                if isinstance(exc, lm.LMError) else f"beam search is not installed ({exc})"
             log.info("decoder: greedy; %s", why)
             return None, why
         labels = bare.labels

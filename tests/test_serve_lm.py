@@ -293,6 +293,10 @@ def test_a_killed_decoding_process_is_a_503_then_a_new_pool_and_deadlines_hold(l
         audio, _ = heard(model, FARMER, reference.labels, {"c": "k", "b": "p"})
         assert post(client, audio) == (200, {"text": FARMER, "audio_seconds": round(len(audio) / 16000, 3)})
         assert model.beam.restarts == 1
+        # A process that dies while idle costs no request: the next one goes to a new pool.
+        os.kill(model.beam._current().submit(lm.pool_info).result(timeout=60)["pid"], signal.SIGKILL)
+        time.sleep(1)  # concurrent.futures notices the death from its own thread
+        assert post(client, audio)[0] == 200 and model.beam.restarts == 2
         # A decoding longer than the request's deadline: 503 at the deadline, never a stuck request.
         short = client_for(model, MODEL_SERVER_TIMEOUT="2")
         started = time.monotonic()
