@@ -246,6 +246,26 @@ def _read_json(path: Path) -> dict:
     return value if isinstance(value, dict) else {}
 
 
+def check_options(options: DecodeOptions, labels: Sequence[str], has_lm: bool) -> None:
+    """OptionError when options cannot apply to a model with these alphabet labels (pyctcdecode form) and
+    with or without an LM: alpha/beta without an LM, hotwords with characters the model cannot write.
+
+    What `BeamDecoder.check` runs; a server whose decoders live in other processes calls it with the labels
+    `pool_info` reports, so that a request is refused before its forward pass.
+    """
+    if not has_lm and (options.alpha is not None or options.beta is not None):
+        raise OptionError("alpha and beta weight a language model, and this model has none")
+    letters = {c for label in labels for c in label if label not in ("", " ")}
+    for i, word in enumerate(options.hotwords):
+        outside = sorted({c for c in word.replace(" ", "")} - letters)
+        if outside:
+            hint = ""
+            if any(c.swapcase() in letters for c in outside):
+                hint = " (the model writes " + ("upper" if word.islower() else "lower") + "-case)"
+            raise OptionError(f"hotwords[{i}] {word!r} has characters the model cannot write: "
+                              f"{''.join(outside)!r}{hint}")
+
+
 # ------------------------------------------------------------------------------------------- the decoder
 
 @dataclass
@@ -270,7 +290,6 @@ class BeamDecoder:
         self.alpha: float | None = lm.alpha if lm is not None else None
         self.beta: float | None = lm.beta if lm is not None else None
         self.order: int | None = lm.order if lm is not None else None
-        self._letters = {c for label in self.labels for c in label if label not in ("", " ")}
 
     @property
     def vocab_size(self) -> int:
@@ -287,16 +306,7 @@ class BeamDecoder:
 
     def check(self, options: DecodeOptions) -> None:
         """OptionError when options cannot apply to this model (LM weights without an LM, unknown letters)."""
-        if not self.has_lm and (options.alpha is not None or options.beta is not None):
-            raise OptionError("alpha and beta weight a language model, and this model has none")
-        for i, word in enumerate(options.hotwords):
-            outside = sorted({c for c in word.replace(" ", "")} - self._letters)
-            if outside:
-                hint = ""
-                if any(c.swapcase() in self._letters for c in outside):
-                    hint = " (the model writes " + ("upper" if word.islower() else "lower") + "-case)"
-                raise OptionError(f"hotwords[{i}] {word!r} has characters the model cannot write: "
-                                  f"{''.join(outside)!r}{hint}")
+        check_options(options, self.labels, self.has_lm)
 
     def decode(self, logits: np.ndarray, options: DecodeOptions = DecodeOptions(),
                seconds_per_frame: float = 0.02) -> Transcript:
@@ -385,30 +395,86 @@ def load(model_dir: str | Path, labels: Sequence[str] | None = None) -> BeamDeco
 # ----------------------------------------------------------------------------------------- process pools
 
 _WORKER: BeamDecoder | None = None
+_LOAD_ERROR: str | None = None
 _LOADS = 0
+PARENT_POLL_S = 0.5  # how often a pool process checks that the process that started it still lives
+
+
+class DeadlinePassed(TimeoutError):
+    """pool_decode was handed a job whose caller had stopped waiting before it started."""
 
 
 def pool_initializer(model_dir: str, labels: Sequence[str] | None = None) -> None:
-    """Runs once in each pool process: loads the decoder (and its LM) into this process."""
-    global _WORKER, _LOADS
-    _WORKER = load(model_dir, labels)
+    """Runs once in each pool process: loads the decoder (and its LM) into this process.
+
+    A load failure (LMError) is kept and raised by every call, so the caller gets its message rather than
+    a broken pool. The process ignores SIGINT (Ctrl-C in a terminal reaches the whole process group; the
+    process that started the pool decides when it ends) and exits by itself once that process is gone
+    (killed with SIGKILL, say), instead of waiting for work forever.
+    """
+    global _WORKER, _LOAD_ERROR, _LOADS
+    import signal
+    import threading
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    parent = os.getppid()
+
+    def watch_parent():
+        import time
+
+        while os.getppid() == parent:
+            time.sleep(PARENT_POLL_S)
+        os._exit(0)
+
+    threading.Thread(target=watch_parent, name="parent-watch", daemon=True).start()
+    try:
+        _WORKER = load(model_dir, labels)
+    except LMError as exc:
+        _LOAD_ERROR = str(exc)
     _LOADS += 1
 
 
-def pool_decode(logits_list: Sequence[np.ndarray], options: DecodeOptions,
-                seconds_per_frame: float) -> list[Transcript]:
-    """`BeamDecoder.decode_batch` in a pool process made by `make_pool`."""
+def _worker() -> BeamDecoder:
+    if _LOAD_ERROR is not None:
+        raise LMError(_LOAD_ERROR)
     if _WORKER is None:
-        raise RuntimeError("pool_decode runs in a process started by common.lm.make_pool")
-    return _WORKER.decode_batch(logits_list, options, seconds_per_frame)
+        raise RuntimeError("this runs in a process started by common.lm.make_pool")
+    return _WORKER
+
+
+def pool_decode(logits_list: Sequence[np.ndarray], options: DecodeOptions, seconds_per_frame: float,
+                deadline: float | None = None) -> list[Transcript]:
+    """`BeamDecoder.decode_batch` in a pool process made by `make_pool`.
+
+    deadline: a time.time() value; a job taken up after it raises DeadlinePassed without decoding (its
+    caller has given up: a request that timed out while its job waited in the queue).
+    """
+    decoder = _worker()
+    if deadline is not None:
+        import time
+
+        if time.time() > deadline:
+            raise DeadlinePassed("the caller's deadline passed before decoding started")
+    return decoder.decode_batch(logits_list, options, seconds_per_frame)
 
 
 def pool_info() -> dict:
-    """What a pool process loaded (a cheap call that also proves the process started)."""
-    if _WORKER is None:
-        raise RuntimeError("pool_info runs in a process started by common.lm.make_pool")
-    return {"has_lm": _WORKER.has_lm, "alpha": _WORKER.alpha, "beta": _WORKER.beta, "order": _WORKER.order,
-            "vocab_size": _WORKER.vocab_size, "pid": os.getpid(), "loads": _LOADS}
+    """What a pool process loaded (a cheap call that also proves the process started); LMError if it
+    could not load. `labels` is the alphabet (for `check_options`); `torch_imported` should stay False:
+    pool processes never import torch (nor initialise CUDA)."""
+    import sys
+
+    decoder = _worker()
+    files = decoder.files
+    kenlm = files.kenlm if files is not None else None
+    unigrams = None
+    if files is not None and files.unigrams is not None:
+        with open(files.unigrams, "rb") as f:
+            unigrams = sum(1 for line in f if line.strip())
+    return {"has_lm": decoder.has_lm, "alpha": decoder.alpha, "beta": decoder.beta, "order": decoder.order,
+            "vocab_size": decoder.vocab_size, "labels": list(decoder.labels),
+            "kenlm": str(kenlm) if kenlm else None, "kenlm_bytes": kenlm.stat().st_size if kenlm else None,
+            "unigrams": unigrams, "pid": os.getpid(), "loads": _LOADS, "torch_imported": "torch" in sys.modules}
 
 
 def make_pool(model_dir: str | Path, processes: int, labels: Sequence[str] | None = None,
@@ -416,9 +482,9 @@ def make_pool(model_dir: str | Path, processes: int, labels: Sequence[str] | Non
     """A process pool whose processes each load the model directory's decoder once.
 
     `spawn` by default: a child forked from a process that has started torch's (or CUDA's) threads can
-    deadlock. Submit `pool_decode`; the first call in each process waits for its LM to load. A decoder that
-    fails to load breaks the pool (BrokenProcessPool), so load errors show on the first submit:
-    `pool.submit(lm.pool_info).result()` right after creating it surfaces them early.
+    deadlock, and a spawned child imports only this module (no torch, no CUDA). Submit `pool_decode`; the
+    first call in each process waits for its LM to load. A decoder that fails to load raises its LMError
+    from every call: `pool.submit(lm.pool_info).result()` right after creating it surfaces it early.
     """
     if processes < 1:
         raise ValueError(f"processes must be >= 1, got {processes}")

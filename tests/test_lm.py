@@ -142,7 +142,7 @@ def test_word_timestamps_match_the_greedy_path(lm_dir, decoder):
     x = spell("seven cats sleep near the door", decoder.labels)
     x[3:9] = np.roll(x[3:9], 1, axis=0)  # runs of more than one frame, and blanks inside a word
     seq = ctc.greedy(torch.from_numpy(x)[None], blank_id=tokenizer.pad_token_id)[0]
-    want = ctc.word_offsets(tokenizer, seq, 0.02)
+    want = ctc.word_offsets(ctc.Vocabulary(tokenizer, decoder.vocab_size), seq, 0.02)
     got = decoder.decode(x, seconds_per_frame=0.02)
     assert got.text == ctc.decode_text(tokenizer, seq) and got.words == want
 
