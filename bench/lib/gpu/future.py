@@ -1,14 +1,18 @@
-"""Stage 4 of the GPU check: features that do not exist yet (LM decoding, issue #12; streaming, issue #13).
+"""Stage 4 of the GPU check: features added after the first three stages (LM decoding, issue #12; streaming,
+issue #13).
 
 Each feature has a probe that looks for it through the serving program's public surface (its `--help`, which
-lists every setting, and nothing that imports torch) and a measurement that is "not present" until the
-feature lands. When one lands, replace its `measure_*` with a function that drives it through HTTP like
-serving.py does (for LM decoding: WER/CER and RTFx with and without the LM on the stage-1 clips; for
-streaming: first-partial latency and RTFx per concurrent stream) and returns its figures as a dict.
+lists every setting, and nothing that imports torch) and a measurement that drives it through HTTP with the
+feature's own benchmark (LM decoding: `bench/serving --lm` on the carried trained tiny model, greedy against
+beam + LM at concurrency 4 on the GPU-served logits; streaming: first-partial latency and RTFx per concurrent
+stream, "present, not measured" until its measurement is added here) and returns its figures as a dict.
 """
 from __future__ import annotations
 
+import importlib.util
+import json
 import subprocess
+import sys
 from pathlib import Path
 
 from .. import ROOT
@@ -29,17 +33,51 @@ def probe(env: dict[str, str]) -> dict[str, bool]:
     }
 
 
-def measure_lm_decoding(env: dict[str, str], work: Path) -> dict:
-    return {"status": "present, not measured: add its measurement in bench/lib/gpu/future.py"}
+LM_TIMEOUT_S = 1200
+
+
+def _lm_missing(env: dict[str, str]) -> list[str]:
+    """What beam search + LM needs that this environment lacks (requirements/lm.txt and KenLM's programs)."""
+    missing = [m for m in ("kenlm", "pyctcdecode") if importlib.util.find_spec(m) is None]
+    bins = [Path(env["KENLM_BIN"])] if env.get("KENLM_BIN") else []
+    bins.append(Path(sys.executable).parent)
+    missing += [t for t in ("lmplz", "build_binary") if not any((b / t).is_file() for b in bins)]
+    return missing
+
+
+def measure_lm_decoding(env: dict[str, str], work: Path, assets: Path) -> dict:
+    """Greedy against beam + LM (width 16, the default) through one server at concurrency 4, with an LM
+    estimated from the carried training transcripts (`bench/serving --lm`): its RTFx ratio (target >= 0.40 on
+    the tiny model) and WER/CER. "present, not measured" when this environment cannot build an LM."""
+    missing = _lm_missing(env)
+    if missing:
+        return {"status": f"present, not measured: this environment lacks {', '.join(missing)} "
+                          "(pip install -r requirements/lm.txt; KenLM's lmplz/build_binary, see setup.sh)"}
+    cmd = [sys.executable, str(ROOT / "bench" / "serving"), "--lm", "--trained-model", str(assets / "tiny_model"),
+           "--data", str(assets / "data"), "--beam-widths", "16", "--rounds", "1", "--concurrency", "4",
+           "--clips", "4", "--shortest-s", "2", "--longest-s", "8", "--tuning-seconds", "20",
+           "--workdir", str(work / "lm")]
+    try:
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=LM_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        return {"status": f"failed: bench/serving --lm ran past {LM_TIMEOUT_S} s"}
+    if proc.returncode != 0:
+        return {"status": f"failed: bench/serving --lm exited {proc.returncode}",
+                "output_tail": (proc.stdout + proc.stderr)[-2000:]}
+    f = json.loads(proc.stdout.strip().splitlines()[-1])
+    return {"status": "measured", "server_dtype": f["server_dtype"], "lm": f["lm"],
+            "rtfx": f["rtfx"], "ratio_to_greedy": f["ratio_to_greedy"], "wer": f["wer"], "cer": f["cer"],
+            "target": f["target"], "errors": f["errors"]}
 
 
 def measure_streaming(env: dict[str, str], work: Path) -> dict:
     return {"status": "present, not measured: add its measurement in bench/lib/gpu/future.py"}
 
 
-def run(env: dict[str, str], work: Path) -> dict:
+def run(env: dict[str, str], work: Path, assets: Path) -> dict:
     found = probe(env)
     return {
-        "lm_decoding": measure_lm_decoding(env, work) if found["lm_decoding"] else {"status": "not present (issue #12)"},
+        "lm_decoding": measure_lm_decoding(env, work, assets) if found["lm_decoding"]
+        else {"status": "not present (issue #12)"},
         "streaming": measure_streaming(env, work) if found["streaming"] else {"status": "not present (issue #13)"},
     }
