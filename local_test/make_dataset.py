@@ -35,6 +35,11 @@ TRAIN_VOICES = [
     ("en-us+f2", 150, 70), ("en-gb+m3", 145, 30),
 ]
 TEST_VOICES = [("en-gb-x-gbclan", 155, 50), ("en-gb-x-gbcwmd", 150, 45), ("en-us+f4", 160, 65)]
+# Named held-out voice sets for --test-voices; each is disjoint from the first 6 training voices.
+TEST_VOICE_SETS = {
+    "default": TEST_VOICES,  # other accents (Lancaster, West Midlands) and a female US variant
+    "unused-train": TRAIN_VOICES[6:],  # the training list's two voices that 6 training voices leave out
+}
 
 WORDS = """the a one two three four five six seven eight nine ten red green blue black white small big
 old new good bad cat dog bird fish horse cow house tree road river hill city car boat train plane
@@ -93,12 +98,32 @@ def save_hf(split_dir: Path, rows: list[dict], dest: Path) -> None:
     ds.save_to_disk(str(dest))
 
 
+def parse_voices(spec: str) -> list[tuple[str, int, int]]:
+    """A named set (TEST_VOICE_SETS) or comma-separated `voice:wpm:pitch` items (wpm 80-450, pitch 0-99)."""
+    if spec in TEST_VOICE_SETS:
+        return list(TEST_VOICE_SETS[spec])
+    voices = []
+    for item in spec.split(","):
+        parts = item.strip().split(":")
+        if len(parts) != 3 or not parts[0] or not parts[1].isdigit() or not parts[2].isdigit() \
+                or not 80 <= int(parts[1]) <= 450 or not 0 <= int(parts[2]) <= 99:
+            raise argparse.ArgumentTypeError(
+                f"{item!r}: expected one of {sorted(TEST_VOICE_SETS)} or comma-separated voice:wpm:pitch items "
+                f"(e.g. en-us+f2:150:70; wpm 80-450, pitch 0-99)")
+        voices.append((parts[0], int(parts[1]), int(parts[2])))
+    return voices
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("out", type=Path)
     p.add_argument("--train", type=int, default=600, help="training utterances (default 600)")
     p.add_argument("--test", type=int, default=60, help="held-out utterances (default 60)")
     p.add_argument("--train-voices", type=int, default=6, help="how many training voices (max %d)" % len(TRAIN_VOICES))
+    p.add_argument("--test-voices", type=parse_voices, default="default", metavar="SET|V:WPM:PITCH,...",
+                   help="held-out voices: a named set (%s; default: default) or voice:wpm:pitch items. The "
+                        "training set does not depend on it (same --seed, same training data)"
+                        % ", ".join(TEST_VOICE_SETS))
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--hf", action="store_true", help="also write save_to_disk datasets under OUT/hf")
     args = p.parse_args(argv)
@@ -106,8 +131,11 @@ def main(argv=None) -> int:
         p.error("espeak-ng is not installed (Debian/Ubuntu: apt-get install espeak-ng; or run ./setup.sh)")
     rng = random.Random(args.seed)
     voices = TRAIN_VOICES[: args.train_voices]
+    shared = sorted({v[0] for v in voices} & {v[0] for v in args.test_voices})
+    if shared:
+        p.error(f"held-out voices {shared} are also training voices: choose other --test-voices")
     train = [(sentence(rng), voices[i % len(voices)]) for i in range(args.train)]
-    test = [(sentence(rng), TEST_VOICES[i % len(TEST_VOICES)]) for i in range(args.test)]
+    test = [(sentence(rng), args.test_voices[i % len(args.test_voices)]) for i in range(args.test)]
     rows_train = write_split(args.out / "train", train, "tr")
     rows_test = write_split(args.out / "test", test, "te")
     if args.hf:
@@ -115,7 +143,7 @@ def main(argv=None) -> int:
         save_hf(args.out / "test", rows_test, args.out / "hf" / "test")
     seconds = sum(sf.info(args.out / "train" / r["audio"]).duration for r in rows_train)
     print(f"wrote {len(rows_train)} train ({seconds / 60:.1f} min, {len(voices)} voices) and "
-          f"{len(rows_test)} held-out utterances ({len(TEST_VOICES)} other voices) to {args.out}")
+          f"{len(rows_test)} held-out utterances ({len(args.test_voices)} other voices) to {args.out}")
     return 0
 
 

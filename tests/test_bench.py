@@ -91,6 +91,20 @@ def test_training_compares_with_the_seed_style_script(tmp_path):
     assert f["cer"] is None  # --accuracy not given: said not measured, not invented
 
 
+def test_train_accuracy_scores_both_layouts_on_both_heldout_sets(tmp_path):
+    f = run_bench("train_accuracy", "--utterances", "8", "--heldout-utterances", "2", "--max-steps", "1",
+                  "--seconds", "0", "--plain-loop", "--workdir", str(tmp_path), timeout=600)
+    assert set(f["results"]) == {"layer", "group"} and set(f["plain_loop"]) == {"layer", "group"}
+    for r in [*f["results"].values(), *f["plain_loop"].values()]:
+        assert r["steps"] == 1
+        assert all(0 <= r[f"cer_{s}"] and 0 <= r[f"wer_{s}"] for s in "AB")
+    assert f["cer"] == max(r[f"cer_{s}"] for r in f["results"].values() for s in "AB")
+    voices = [{json.loads(line)["voice"] for line in (tmp_path / d / "test" / "manifest.jsonl").read_text().splitlines()}
+              for d in ("data_a", "data_b")]
+    trained = {json.loads(line)["voice"] for line in (tmp_path / "data_a" / "train" / "manifest.jsonl").read_text().splitlines()}
+    assert not (voices[0] & voices[1]) and not (voices[0] | voices[1]) & trained
+
+
 def test_coldstart_times_the_serving_image(images, tmp_path):  # noqa: F811
     f = run_bench("coldstart", "--serve-image", images.serve, "--train-image", images.train, "--model", "tiny",
                   "--runs", "1", "--docker", images.docker, "--workdir", str(tmp_path), timeout=600)

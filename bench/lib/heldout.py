@@ -1,0 +1,72 @@
+"""Held-out scoring for the accuracy benchmarks: a manifest.jsonl channel in, corpus CER/WER out.
+
+Every clip is transcribed alone (batch 1), as the serving program does on a CPU, so the figure is what a
+deployed model gets, whatever batching, padding or masking the training program's own evaluation used.
+`score_dir` goes through serve.model.Transcriber itself (its normalisation, its CPU preparation, its CTC
+decode); `score_model` runs a model in memory the same way, for loops that evaluate while they train.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from common import audio, ctc, text
+
+
+def read_manifest(channel: Path, chars_to_ignore: str = text.DEFAULT_CHARS_TO_IGNORE) -> list[tuple[np.ndarray, str]]:
+    """(16 kHz float32 samples, normalised transcript) for every line of channel/manifest.jsonl."""
+    rows = [json.loads(line) for line in (channel / "manifest.jsonl").read_text().splitlines() if line.strip()]
+    return [(audio.load_file(channel / r["audio"]), text.normalize(r["text"], chars_to_ignore)) for r in rows]
+
+
+def error_rates(references: list[str], hypotheses: list[str]) -> dict[str, float]:
+    from train.metrics import error_rates as rates  # the training program's own corpus WER/CER (jiwer)
+
+    return rates(references, hypotheses)
+
+
+@torch.inference_mode()
+def score_model(model, tokenizer, clips: list[tuple[np.ndarray, str]], *, attention_mask: bool = False) -> dict:
+    """Corpus CER/WER of `model` (any mode; put back as it was) on clips transcribed one at a time, and the
+    mean per-clip CTC loss (the model's own, mean reduction), which still separates runs while CER is ~1.
+    attention_mask: pass an all-ones mask (layer-norm feature encoders take one; it changes nothing for a
+    single unpadded clip, but the model's code path is the serving one)."""
+    was_training = model.training
+    model.eval()
+    hyps, losses = [], []
+    for samples, reference in clips:
+        x = torch.from_numpy(audio.normalize(samples))[None, :]
+        kwargs = {"attention_mask": torch.ones_like(x, dtype=torch.long)} if attention_mask else {}
+        out = model(x.to(next(model.parameters()).dtype), labels=_labels(tokenizer, reference), **kwargs)
+        hyps.append(ctc.decode_text(tokenizer, ctc.greedy(out.logits.float(), tokenizer.pad_token_id)[0]))
+        losses.append(float(out.loss))
+    model.train(was_training)
+    return {**error_rates([r for _, r in clips], hyps), "loss": float(np.mean(losses)), "clips": len(clips)}
+
+
+def _labels(tokenizer, reference: str) -> torch.Tensor:
+    return torch.tensor([tokenizer(reference).input_ids])
+
+
+def score_dir(model_dir: Path, clips: list[tuple[np.ndarray, str]], *, bf16: bool = False) -> dict:
+    """Corpus CER/WER of a saved model directory through the serving program's Transcriber (fp32, or bf16),
+    and the mean per-clip CTC loss of the same forward pass's model."""
+    import transformers
+
+    from serve.model import Transcriber
+
+    transformers.logging.disable_progress_bar()
+    t = Transcriber(model_dir, device=torch.device("cpu"), dtype=torch.bfloat16 if bf16 else torch.float32)
+    hyps, losses = [], []
+    for samples, reference in clips:
+        chunks = t.chunks(samples)
+        hyps.append(t.text(t.join(chunks, t.forward([c.audio for c in chunks]))))
+        with torch.inference_mode():
+            x = torch.from_numpy(chunks[0].audio)[None, :].to(t.dtype) if len(chunks) == 1 else None
+            if x is not None:  # held-out clips are short: one chunk each
+                losses.append(float(t.model(x, labels=_labels(t.tokenizer, reference)).loss))
+    loss = float(np.mean(losses)) if len(losses) == len(clips) else float("nan")
+    return {**error_rates([r for _, r in clips], hyps), "loss": loss, "clips": len(clips)}
