@@ -2,7 +2,7 @@
 
 Every clip is transcribed alone (batch 1), as the serving program does on a CPU, so the figure is what a
 deployed model gets, whatever batching, padding or masking the training program's own evaluation used.
-`score_dir` goes through serve.model.Transcriber itself (its normalisation, its CPU preparation, its CTC
+`score_dir` goes through serve.model.ServingModel itself (its normalisation, its CPU preparation, its CTC
 decode); `score_model` runs a model in memory the same way, for loops that evaluate while they train.
 """
 from __future__ import annotations
@@ -52,21 +52,29 @@ def _labels(tokenizer, reference: str) -> torch.Tensor:
 
 
 def score_dir(model_dir: Path, clips: list[tuple[np.ndarray, str]], *, bf16: bool = False) -> dict:
-    """Corpus CER/WER of a saved model directory through the serving program's Transcriber (fp32, or bf16),
-    and the mean per-clip CTC loss of the same forward pass's model."""
+    """Corpus CER/WER of a saved model directory through the serving program's own ServingModel (greedy,
+    fp32 or bf16, one clip per request as on a CPU), and the mean per-clip CTC loss of the same model."""
+    import time
+
     import transformers
 
-    from serve.model import Transcriber
+    from common import modeldir
+    from serve import contract
+    from serve.model import ServingModel
 
     transformers.logging.disable_progress_bar()
-    t = Transcriber(model_dir, device=torch.device("cpu"), dtype=torch.bfloat16 if bf16 else torch.float32)
+    checkpoint = modeldir.load_checkpoint(Path(model_dir))
+    served = ServingModel(checkpoint, device=torch.device("cpu"),
+                          dtype=torch.bfloat16 if bf16 else torch.float32).start()
     hyps, losses = [], []
-    for samples, reference in clips:
-        chunks = t.chunks(samples)
-        hyps.append(t.text(t.join(chunks, t.forward([c.audio for c in chunks]))))
-        with torch.inference_mode():
-            x = torch.from_numpy(chunks[0].audio)[None, :].to(t.dtype) if len(chunks) == 1 else None
-            if x is not None:  # held-out clips are short: one chunk each
-                losses.append(float(t.model(x, labels=_labels(t.tokenizer, reference)).loss))
-    loss = float(np.mean(losses)) if len(losses) == len(clips) else float("nan")
-    return {**error_rates([r for _, r in clips], hyps), "loss": loss, "clips": len(clips)}
+    try:
+        for samples, reference in clips:
+            deadline = time.monotonic() + 600
+            hyps.append(served.transcribe([contract.Clip(samples)], deadline=deadline)[0].text)
+            with torch.inference_mode():
+                x = torch.from_numpy(audio.normalize(samples) if served.normalize else samples)[None, :]
+                out = served.model(x.to(served.dtype), labels=_labels(checkpoint.tokenizer, reference))
+                losses.append(float(out.loss))
+    finally:
+        served.close()
+    return {**error_rates([r for _, r in clips], hyps), "loss": float(np.mean(losses)), "clips": len(clips)}
