@@ -53,28 +53,42 @@ def _labels(tokenizer, reference: str) -> torch.Tensor:
 
 def score_dir(model_dir: Path, clips: list[tuple[np.ndarray, str]], *, bf16: bool = False) -> dict:
     """Corpus CER/WER of a saved model directory through the serving program's own ServingModel (greedy,
-    fp32 or bf16, one clip per request as on a CPU), and the mean per-clip CTC loss of the same model."""
+    fp32 or bf16, one clip per request as on a CPU), and the mean per-clip CTC loss of the same model. When
+    the directory has an LM (language_model/, as train/lm.py writes it) also `wer_lm`/`cer_lm`: the same
+    clips decoded as the server does by default then (beam search + LM, one decoding process)."""
     import time
 
     import transformers
 
     from common import modeldir
     from serve import contract
-    from serve.model import ServingModel
+    from serve.model import ServingModel, beam_search
+    from serve.options import Options
 
     transformers.logging.disable_progress_bar()
     checkpoint = modeldir.load_checkpoint(Path(model_dir))
+    beam, _ = beam_search(checkpoint, 1)
+    has_lm = beam is not None and beam.has_lm
     served = ServingModel(checkpoint, device=torch.device("cpu"),
-                          dtype=torch.bfloat16 if bf16 else torch.float32).start()
-    hyps, losses = [], []
+                          dtype=torch.bfloat16 if bf16 else torch.float32, beam=beam).start()
+    hyps, hyps_lm, losses = [], [], []
     try:
         for samples, reference in clips:
             deadline = time.monotonic() + 600
-            hyps.append(served.transcribe([contract.Clip(samples)], deadline=deadline)[0].text)
+            hyps.append(served.transcribe([contract.Clip(samples, Options(decoder="greedy"))],
+                                          deadline=deadline)[0].text)
+            if has_lm:
+                hyps_lm.append(served.transcribe([contract.Clip(samples, Options(decoder="beam"))],
+                                                 deadline=deadline)[0].text)
             with torch.inference_mode():
                 x = torch.from_numpy(audio.normalize(samples) if served.normalize else samples)[None, :]
                 out = served.model(x.to(served.dtype), labels=_labels(checkpoint.tokenizer, reference))
                 losses.append(float(out.loss))
     finally:
         served.close()
-    return {**error_rates([r for _, r in clips], hyps), "loss": float(np.mean(losses)), "clips": len(clips)}
+    references = [r for _, r in clips]
+    figures = {**error_rates(references, hyps), "loss": float(np.mean(losses)), "clips": len(clips)}
+    if has_lm:
+        lm_rates = error_rates(references, hyps_lm)
+        figures.update(wer_lm=lm_rates["wer"], cer_lm=lm_rates["cer"])
+    return figures
