@@ -8,6 +8,11 @@ change adds "beam", which can run on host copies of the logits in a process pool
 A decoder may also offer `stream(vocab)`: an incremental decoder fed chunk by chunk that returns words as
 soon as they are complete, for results of long audio chunk by chunk (`ServingModel.transcribe_iter`).
 Decoders without it are run once on the whole clip at its end.
+
+Live streams (serve/streaming.py) show partials with the greedy stream (fast, frame by frame, and its
+committed words never change) and decode each utterance's `final` from its committed logits with the decoder
+the session's options choose (`ServingModel.decoder(options)`): a beam decoder registered here serves finals
+of streams with no change to the streaming code.
 """
 from __future__ import annotations
 
@@ -72,6 +77,14 @@ class GreedyStream:
         done = ctc.Collapsed(p.tokens[:cut], p.starts[:cut], p.ends[:cut])
         self.pending = ctc.Collapsed(p.tokens[cut:], p.starts[cut:], p.ends[cut:])
         return v.words(done)
+
+    def fork(self) -> "GreedyStream":
+        """An independent copy (to decode tentative frames without committing them)."""
+        other = GreedyStream(self.vocab)
+        other.frames, other.last_id = self.frames, self.last_id
+        p = self.pending
+        other.pending = ctc.Collapsed(list(p.tokens), list(p.starts), list(p.ends))
+        return other
 
     def finish(self) -> list[tuple[str, int, int]]:
         words, self.pending = self.vocab.words(self.pending), ctc.Collapsed([], [], [])

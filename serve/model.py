@@ -36,6 +36,8 @@ from .options import Options
 
 log = logging.getLogger("serve")
 
+_STREAM = "stream"  # last element of the batcher key of stream windows (submit)
+
 
 @dataclass(frozen=True)
 class Chunk:
@@ -108,7 +110,7 @@ class ServingModel:
 
     def __init__(self, checkpoint: modeldir.Checkpoint, *, device: torch.device, dtype: torch.dtype,
                  chunk_length_s: float = 30.0, chunk_stride_s: float = 5.0, max_batch_size: int = 1,
-                 max_batch_wait_s: float = 0.005, max_adapters: int = 16):
+                 max_batch_wait_s: float = 0.005, max_adapters: int = 16, stream_max_batch_size: int = 16):
         fe = checkpoint.feature_extractor
         if fe.sampling_rate != TARGET_RATE:
             raise modeldir.ModelDirError(f"the model expects {fe.sampling_rate} Hz audio; this server feeds it "
@@ -150,8 +152,12 @@ class ServingModel:
         self.info = contract.ModelInfo(
             architecture=type(self.model).__name__, languages=tuple(self._adapter_files),
             default_language=self.default_language, decoders=tuple(decoding.DECODERS),
-            frame_seconds=self.seconds_per_frame)
-        self.batcher = Batcher(self._run_batch, max_batch_size, max_batch_wait_s)
+            frame_seconds=self.seconds_per_frame, frame_samples=self.samples_per_frame,
+            receptive_field=self.min_samples)
+        # Stream windows (submit) have a key of their own: equal-length windows share a pass without padding,
+        # so they batch up to their own limit, on a CPU too.
+        self.batcher = Batcher(self._run_batch, max_batch_size, max_batch_wait_s,
+                               max_for=lambda key: stream_max_batch_size if key[-1] == _STREAM else max_batch_size)
 
     def start(self) -> "ServingModel":
         self.batcher.start()
@@ -220,7 +226,7 @@ class ServingModel:
         """One future per window (16 kHz mono float32, normalised here like a clip), each resolving to a
         batcher Outcome whose value is the window's frame logits (frames x vocabulary, on the device)."""
         language = self._language(options)
-        return self._submit([(self._key(language.name, len(w)), self._normalized(w)) for w in windows])
+        return self._submit([(self._key(language.name, len(w)) + (_STREAM,), self._normalized(w)) for w in windows])
 
     def vocabulary(self, options: Options) -> ctc.Vocabulary:
         return self._language(options).vocab
@@ -396,7 +402,8 @@ def load(settings, workers: int = 1) -> ServingModel:
     model = ServingModel(
         checkpoint, device=device, dtype=dtype, chunk_length_s=settings.chunk_length_s,
         chunk_stride_s=settings.chunk_stride_s, max_batch_size=settings.batch_size_on(device.type),
-        max_batch_wait_s=settings.max_batch_wait_ms / 1000, max_adapters=settings.max_adapters)
+        max_batch_wait_s=settings.max_batch_wait_ms / 1000, max_adapters=settings.max_adapters,
+        stream_max_batch_size=settings.stream_max_batch_size)
     model.warm_up()
     log.info("model: %s, %s batching (%s)", model.info.architecture,
              "padded" if model.exact else "equal-length",
