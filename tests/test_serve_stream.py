@@ -7,6 +7,7 @@ import io
 import json
 import re
 import signal
+import subprocess
 import threading
 import time
 
@@ -17,6 +18,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
 from common.audio import load_file
+from conftest import ROOT, program_env
 from serve.streamaudio import opus_available
 from serve_helpers import Server, encode, make_opt_ml
 
@@ -291,6 +293,26 @@ def test_response_stream_sends_each_chunk_as_it_is_ready(server, clips):
     assert all("words" in line for line in lines)
     bad = server.post(body, "audio/wav", "/invocations-response-stream?language=fra")
     assert bad.status == 400 and "no language adapters" in bad.json["error"]
+
+
+def test_launcher_streams_a_file_and_prints_the_finals(server, clips, tmp_path):
+    audio = np.concatenate([clips[3], np.zeros(RATE, np.float32), clips[4]])
+    path = tmp_path / "talk.flac"
+    sf.write(path, audio, RATE)
+    url = f"ws://127.0.0.1:{server.port}{PATH}"
+    run = subprocess.run([str(ROOT / "launcher" / "launch"), "stream", str(path), "--local", "--url", url,
+                          "--speed", "4", "--json"], capture_output=True, text=True, env=program_env(), timeout=120)
+    assert run.returncode == 0, run.stderr
+    events = [json.loads(line) for line in run.stdout.splitlines()]
+    finals = [e for e in events if e["type"] == "final"]
+    assert finals and finals[-1]["last"] is True and any(e["type"] == "partial" for e in events)
+    plain = subprocess.run([str(ROOT / "launcher" / "launch"), "stream", str(path), "--local", "--url", url,
+                            "--speed", "0"], capture_output=True, text=True, env=program_env(), timeout=120)
+    assert plain.returncode == 0, plain.stderr
+    assert plain.stdout.splitlines() == [f["text"] for f in finals if f["text"]]  # the same finals, one a line
+    bad = subprocess.run([str(ROOT / "launcher" / "launch"), "stream", str(path), "--local", "--url", url,
+                          "--option", "language=fra"], capture_output=True, text=True, env=program_env(), timeout=120)
+    assert bad.returncode == 1 and "no language adapters" in bad.stderr
 
 
 def test_sigterm_mid_stream_sends_the_last_final_and_going_away(server, clips):
