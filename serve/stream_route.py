@@ -181,7 +181,6 @@ class Session:
                                                      last_frame + self.s.stream_idle_timeout_s - now))
             except TimeoutError:
                 continue
-            last_frame = time.monotonic()
             if len(message) > self.s.stream_max_frame_bytes:
                 raise StreamError(f"a frame of {len(message)} bytes is over the limit of "
                                   f"{self.s.stream_max_frame_bytes} (SERVE_STREAM_MAX_FRAME_BYTES); send smaller "
@@ -191,6 +190,7 @@ class Session:
                     return
             else:
                 self._audio(message)
+            last_frame = time.monotonic()  # after the work: time spent transcribing is not the client's idling
 
     def _text(self, message: str) -> bool:
         """A settings or end message; True when the stream is over."""
