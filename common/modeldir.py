@@ -475,10 +475,9 @@ def load_checkpoint(root: str | Path, *, language: str | None = None) -> Checkpo
                      f"{WEIGHTS_FILE} would be preferred")
     language, languages, lang_notes = choose_language(model_dir, config_dict, language)
     notes += lang_notes
-    declared = declared_processor(model_dir)
-    if declared == "Wav2Vec2ProcessorWithLM":
-        notes.append("the processor declares an n-gram language model (Wav2Vec2ProcessorWithLM): not used, "
-                     "transcripts are greedy CTC")
+    if declared_processor(model_dir) == "Wav2Vec2ProcessorWithLM" and not (model_dir / "language_model").exists():
+        notes.append("the processor declares an n-gram language model (Wav2Vec2ProcessorWithLM) but there is no "
+                     "language_model/ folder: no LM to decode with")
     fe, tok = load_processor_parts(model_dir, language)
     from transformers import AutoConfig
 

@@ -75,6 +75,11 @@ def add_deploy_parser(sub, parents) -> None:
                    help="serving setting, e.g. MODEL_SERVER_WORKERS=2 (README lists them); repeatable; wins over "
                         "the settings --async and --serverless set")
     p.add_argument("--tag", action="append", metavar="KEY=VALUE", help="tag the model and endpoint; repeatable")
+    p.add_argument("--inference-ami-version", metavar="VERSION",
+                   help="SageMaker machine image (InferenceAmiVersion), i.e. the NVIDIA driver, of a GPU endpoint: "
+                        f"one of {', '.join(limits.INFERENCE_AMI_VERSIONS)}. Default: "
+                        f"{limits.ENDPOINT_AMI} (driver 535) on ml.p3, g4dn, g5, p4d and p4de, whose default "
+                        "driver 470 cannot run the images' CUDA 12 torch; SageMaker's default elsewhere")
     p.add_argument("--no-wait", action="store_true", help="return once the endpoint is being created (AWS only)")
     g = p.add_argument_group("asynchronous endpoint (--async)")
     g.add_argument("--async", dest="is_async", action="store_true",
@@ -187,6 +192,7 @@ class DeployOptions:
     async_: AsyncSettings | None = None
     serverless: ServerlessSettings | None = None
     autoscale: scaling.Autoscale | None = None
+    ami: limits.AmiChoice = limits.AmiChoice(None, "")
 
     @property
     def mode(self) -> str:
@@ -244,12 +250,20 @@ class DeployOptions:
                                       instance_count=instance_count)
         elif ns.scale_target is not None:
             raise LaunchError("--scale-target only applies with --autoscale MIN:MAX")
+        ami = limits.AmiChoice(None, "")
+        if ns.inference_ami_version is not None and serverless:
+            raise LaunchError("--inference-ami-version does not apply to serverless endpoints: they run on CPUs")
+        if ns.inference_ami_version is not None and a.local:
+            raise LaunchError("--inference-ami-version is an AWS setting: local mode uses this machine's driver")
+        if not serverless and not a.local:
+            ami = limits.choose_ami(instance_type, ns.inference_ami_version, transform=False)
         return cls(aws=a, model_data=_model_data(ns.model_data, a.local), image=ns.image, endpoint_name=name,
                    instance_type=instance_type, instance_count=instance_count,
                    startup_timeout_s=None if serverless else (ns.startup_timeout_s or DEFAULT_STARTUP_TIMEOUT_S),
                    env=options.pairs(ns.env, "--env", env_names=True), tags=options.pairs(ns.tag, "--tag"),
                    serving_port=ns.serving_port, local_seconds=ns.local_seconds, wait=not ns.no_wait,
-                   async_=_async_settings(ns) if ns.is_async else None, serverless=serverless, autoscale=autoscale)
+                   async_=_async_settings(ns) if ns.is_async else None, serverless=serverless, autoscale=autoscale,
+                   ami=ami)
 
 
 def _refuse_flags(ns: argparse.Namespace, mode: str, refuse: bool, names: tuple[str, ...]) -> None:
@@ -392,12 +406,15 @@ def _deploy_aws(opts: DeployOptions, target: aws.Target, session, serverless) ->
     model = make_model(target, session, opts.image, opts.model_data, opts.server_env, name=name)
     kind = {"async": "asynchronous", "serverless": "serverless", "realtime": "real-time"}[opts.mode]
     where = "serverless" if serverless else f"{opts.instance_count} x {opts.instance_type}"
-    print(f"[launch] deploying {kind} endpoint {name}: {where}, image {model.image_uri}", flush=True)
+    image = f"; machine image {opts.ami.version} ({opts.ami.reason})" if opts.ami.version else \
+        f"; {opts.ami.reason}" if opts.ami.reason else ""
+    print(f"[launch] deploying {kind} endpoint {name}: {where}, image {model.image_uri}{image}", flush=True)
     async_config = _async_config(opts.async_, target, session, name) if opts.async_ else None
     model.deploy(initial_instance_count=None if serverless else opts.instance_count,
                  instance_type=None if serverless else opts.instance_type, endpoint_name=name,
                  container_startup_health_check_timeout=opts.startup_timeout_s,
                  async_inference_config=async_config, serverless_inference_config=serverless,
+                 inference_ami_version=opts.ami.version,
                  tags=[{"Key": k, "Value": v} for k, v in opts.tags.items()] or None, wait=False)
     if async_config:
         print(f"[launch] answers go to {async_config.output_path}, failures to {async_config.failure_path}", flush=True)

@@ -18,8 +18,9 @@ A model offers:
     transcribe_iter(clip, *, deadline) -> Iterator[Segment]
         One clip, results as they become ready: a `Segment` per chunk of long audio, in order, each with
         the words completed so far (a word that runs over a chunk edge comes with the next segment).
-        Joining the segments' words gives the transcript `transcribe` returns. For response streaming
-        (POST /invocations-response-stream writes each segment as a JSON line).
+        Joining the segments' words gives the transcript `transcribe` returns (with beam search: for a
+        clip of one chunk; on longer ones the LM's context restarts at each segment, see serve/model.py).
+        For response streaming (POST /invocations-response-stream writes each segment as a JSON line).
     submit(windows, options) -> list[Future]     (serve.model.ServingModel only, not part of Model)
         Raw forward passes through the same batcher: one future per window, each resolving to the
         window's frame logits. A streaming session (WebSocket, serve/streaming.py) submits sliding windows
@@ -134,8 +135,9 @@ class ModelInfo:
     architecture: str  # e.g. "Wav2Vec2ForCTC"
     languages: tuple[str, ...] = ()  # adapter languages; () for a one-language model
     default_language: str | None = None
-    decoders: tuple[str, ...] = ("greedy",)
+    decoders: tuple[str, ...] = ("greedy",)  # what the `decoder` request option may name
     frame_seconds: float = 0.02
+    default_decoder: str = "greedy"  # for requests that name none ("beam" for a model with an LM)
     # The feature encoder's geometry, for sliding windows: input samples per CTC frame (its total stride) and
     # input samples one frame sees (its receptive field). Frame k of audio starting at sample 0 covers samples
     # [k * frame_samples, k * frame_samples + receptive_field).

@@ -9,7 +9,13 @@ starts its batcher. `ServingModel` then owns the whole path from a request's cli
          -> batcher (clips of one key share a forward pass: same adapter language, and the same length
             unless padding is proven not to change results) -> `_logits` (the one forward-pass method)
          -> the chunk's frame logits, stride frames dropped, joined on the device
-         -> decoder stage (serve/decoding.py: greedy CTC on the device today) -> text and word times.
+         -> decoder stage (serve/decoding.py: greedy CTC on the device, or beam search with the model's
+            KenLM n-gram in a process pool beside it) -> text and word times.
+
+Decoders: a model directory with an LM (Wav2Vec2ProcessorWithLM's layout: alphabet.json, language_model/)
+decodes with beam search + LM unless a request says `decoder=greedy`; one without decodes greedily unless a
+request says `decoder=beam` (beam search without an LM: hotwords apply, alpha/beta are refused). Greedy
+refuses the beam options (a 400: never silently ignored).
 """
 from __future__ import annotations
 
@@ -21,18 +27,19 @@ import time
 from collections import OrderedDict
 from concurrent.futures import Future, wait
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Hashable, Iterator, Sequence
 
 import numpy as np
 import torch
 
-from common import ctc, modeldir
+from common import batching, ctc, lm, modeldir
 from common.audio import TARGET_RATE, normalize
 from common.convs import convs_as_matmuls
 
 from . import contract, decoding
 from .batcher import Batcher
-from .options import Options
+from .options import Options, beam_options_given, decode_options
 
 log = logging.getLogger("serve")
 
@@ -76,32 +83,15 @@ def choose_device_and_dtype(gpu_dtype: str, cpu_bf16: str) -> tuple[torch.device
 
 
 def prepare(model, device: torch.device, dtype: torch.dtype):
-    """The model as the server runs it: on `device` in `dtype`, eval mode. On a CPU, in float32 the first
-    feature-encoder convolution runs as a matmul unless a per-channel GroupNorm follows it (results stay
-    exact); in bfloat16 all of them, with that GroupNorm reading their layout (common/convs.py)."""
+    """The model as the server runs it: on `device` in `dtype`, eval mode, patched for exact batching
+    (common/batching.py) by the caller. On a CPU, in float32 the first feature-encoder convolution runs as
+    a matmul unless a per-channel GroupNorm follows it; in bfloat16 all of them, with that GroupNorm reading
+    their layout (common/convs.py). Same products summed in another order: logits equal to float rounding,
+    transcripts equal."""
     model = model.to(device=device, dtype=dtype).eval()
-    # common.convs reaches the encoder as model.wav2vec2; other architectures keep their convolutions.
-    if device.type == "cpu" and hasattr(model, "wav2vec2"):
+    if device.type == "cpu":
         convs_as_matmuls(model, all_layers=dtype == torch.bfloat16)
     return model
-
-
-def receptive_field(config) -> int:
-    """Input samples one output frame of the convolutional feature encoder sees (400 for wav2vec2)."""
-    field, jump = 1, 1
-    for kernel, stride in zip(config.conv_kernel, config.conv_stride):
-        field += (kernel - 1) * jump
-        jump *= stride
-    return field
-
-
-def frame_count(config, samples: int) -> int:
-    """Output frames of the feature encoder for `samples` input samples (transformers'
-    _get_feat_extract_output_lengths, computed here from the config)."""
-    n = samples
-    for kernel, stride in zip(config.conv_kernel, config.conv_stride):
-        n = (n - kernel) // stride + 1
-    return max(0, n)
 
 
 class ServingModel:
@@ -110,7 +100,11 @@ class ServingModel:
 
     def __init__(self, checkpoint: modeldir.Checkpoint, *, device: torch.device, dtype: torch.dtype,
                  chunk_length_s: float = 30.0, chunk_stride_s: float = 5.0, max_batch_size: int = 1,
-                 max_batch_wait_s: float = 0.005, max_adapters: int = 16, stream_max_batch_size: int = 16):
+                 max_batch_wait_s: float = 0.005, max_adapters: int = 16, stream_max_batch_size: int = 16,
+                 beam: decoding.BeamSearch | None = None, beam_unavailable: str = ""):
+        """beam: this model's beam search (its LM, if any, decides the default decoder); beam_unavailable:
+        why there is none, for the answer to a request that asks for it. stream_max_batch_size: most stream
+        windows (`submit`) in one forward pass."""
         fe = checkpoint.feature_extractor
         if fe.sampling_rate != TARGET_RATE:
             raise modeldir.ModelDirError(f"the model expects {fe.sampling_rate} Hz audio; this server feeds it "
@@ -120,13 +114,9 @@ class ServingModel:
         self.model = prepare(checkpoint.model, device, dtype)
         self.config = self.model.config
         self.normalize = bool(fe.do_normalize)
-        self.padding_value = float(fe.padding_value)
-        # Layer-norm encoders take an attention mask; group-norm ones were trained on zero-padded batches
-        # without one. The feature extractor saved with the model records which.
-        self.use_mask = bool(fe.return_attention_mask)
-        self.samples_per_frame = math.prod(self.config.conv_stride)
-        self.seconds_per_frame = ctc.frame_seconds(self.config)
-        self.min_samples = receptive_field(self.config)
+        self.samples_per_frame = batching.frame_samples(self.config)
+        self.seconds_per_frame = self.samples_per_frame / TARGET_RATE
+        self.min_samples = batching.min_samples(self.config)
         # Chunk edges on frame boundaries, so that chunk frames line up with whole-clip frames.
         align = self.samples_per_frame
         self.chunk_samples = max(align, round(chunk_length_s * TARGET_RATE / align) * align,
@@ -149,11 +139,14 @@ class ServingModel:
             self.default_language, ctc.Vocabulary(checkpoint.tokenizer, self.model.lm_head.out_features), params)
         self._active = self.default_language  # the adapter in the model now (batcher thread only)
 
+        self.beam, self.beam_unavailable = beam, beam_unavailable or "no beam-search decoder was set up"
         self.info = contract.ModelInfo(
             architecture=type(self.model).__name__, languages=tuple(self._adapter_files),
-            default_language=self.default_language, decoders=tuple(decoding.DECODERS),
-            frame_seconds=self.seconds_per_frame, frame_samples=self.samples_per_frame,
-            receptive_field=self.min_samples)
+            default_language=self.default_language,
+            decoders=tuple(decoding.DECODERS) + (("beam",) if beam is not None else ()),
+            frame_seconds=self.seconds_per_frame,
+            default_decoder="beam" if beam is not None and beam.has_lm else "greedy",
+            frame_samples=self.samples_per_frame, receptive_field=self.min_samples)
         # Stream windows (submit) have a key of their own: equal-length windows share a pass without padding,
         # so they batch up to their own limit, on a CPU too.
         self.batcher = Batcher(self._run_batch, max_batch_size, max_batch_wait_s,
@@ -164,8 +157,10 @@ class ServingModel:
         return self
 
     def close(self) -> None:
-        """Stop the batcher thread once queued work has run."""
+        """Stop the batcher thread once queued work has run, and the beam-search processes."""
         self.batcher.stop()
+        if self.beam is not None:
+            self.beam.close()
 
     # The contract ---------------------------------------------------------------------------------
     def health(self) -> contract.Health:
@@ -177,22 +172,42 @@ class ServingModel:
         work = [self._plan(clip) for clip in clips]
         futures = self._submit([job for _, _, _, jobs in work for job in jobs])
         outcomes = self._wait(futures, deadline)
-        results, at = [], 0
-        for clip, (language, decoder, chunks, _) in zip(clips, work):
-            mine = outcomes[at: at + len(chunks)]
-            at += len(chunks)
-            logits = torch.cat([self._kept(c, o.value) for c, o in zip(chunks, mine)])
-            with torch.inference_mode():
-                hyp = decoder.decode(logits, language.vocab, words=clip.options.timestamps)
-            results.append(contract.Transcript(
-                text=hyp.text, audio_seconds=round(len(clip.audio) / TARGET_RATE, 3),
-                words=self._words(hyp.words) if clip.options.timestamps else None,
-                batch_size=max(o.batch_size for o in mine)))
-        return results
+        # Every clip's decoding is started before any is waited for: beam searches run in parallel.
+        pending, at = [], 0
+        try:
+            for clip, (language, decoder, chunks, _) in zip(clips, work):
+                mine = outcomes[at: at + len(chunks)]
+                at += len(chunks)
+                logits = torch.cat([self._kept(c, o.value) for c, o in zip(chunks, mine)])
+                pending.append((decoder.submit(logits, language.vocab, words=clip.options.timestamps,
+                                               deadline=deadline), max(o.batch_size for o in mine)))
+            results = []
+            for clip, (job, batch_size) in zip(clips, pending):
+                hyp = job.result()
+                results.append(contract.Transcript(
+                    text=hyp.text, audio_seconds=round(len(clip.audio) / TARGET_RATE, 3),
+                    words=self._words(hyp.words) if clip.options.timestamps else None, batch_size=batch_size))
+            return results
+        finally:
+            for job, _ in pending:
+                job.cancel()
 
     def transcribe_iter(self, clip: contract.Clip, *, deadline: float) -> Iterator[contract.Segment]:
+        """Segments of one clip as its chunks are done (serve/contract.py). Greedy decodes chunk by chunk,
+        exactly as the whole clip. Beam search decodes each segment as it comes: the chunk's frames, after the
+        frames of the previous segment's last word (held back, in case it runs on, and decoded again as the
+        LM's context), so words are never cut at a chunk edge; the LM's state restarts at each segment, so on
+        audio longer than one chunk the joined segments can differ from `transcribe`'s whole-clip beam
+        search near the edges. A clip of one chunk is one segment, the same as `transcribe`."""
         language, decoder, chunks, jobs = self._plan(clip)
         futures = self._submit(jobs)
+        if isinstance(decoder, decoding.BoundBeam):
+            try:
+                yield from self._beam_segments(clip, language, decoder, chunks, futures, deadline)
+            finally:
+                for f in futures:
+                    f.cancel()
+            return
         stream = decoder.stream(language.vocab) if hasattr(decoder, "stream") else None
         held: list[torch.Tensor] = []
         try:
@@ -221,6 +236,29 @@ class ServingModel:
             for f in futures:
                 f.cancel()
 
+    def _beam_segments(self, clip, language, decoder, chunks, futures, deadline) -> Iterator[contract.Segment]:
+        carry: torch.Tensor | None = None  # frames from the held-back word on
+        carry_frame = 0  # its first frame in the clip
+        for i, (chunk, future) in enumerate(zip(chunks, futures)):
+            outcome = self._wait([future], deadline, others=futures[i + 1:])[0]
+            kept = self._kept(chunk, outcome.value)
+            first_frame = (chunk.start + chunk.left) // self.samples_per_frame
+            frames, base = (kept, first_frame) if carry is None else (torch.cat([carry, kept]), carry_frame)
+            last = i == len(chunks) - 1
+            hyp = decoder.decode(frames, language.vocab, words=True, deadline=deadline)
+            words = hyp.words
+            carry = None
+            if words and not last:
+                held = words[-1][1]
+                carry, carry_frame, words = frames[held:], base + held, words[:-1]
+            words = [(w, base + s, base + e) for w, s, e in words]
+            begin = (chunk.start + chunk.left) / TARGET_RATE
+            end = (chunk.start + len(chunk.audio) - chunk.right) / TARGET_RATE
+            yield contract.Segment(
+                index=i, start=round(begin, 3), end=round(end, 3), text=" ".join(w for w, _, _ in words),
+                words=self._words(words) if clip.options.timestamps else None, last=last,
+                batch_size=outcome.batch_size)
+
     # Streaming sessions: forward passes through the same batcher ---------------------------------------
     def submit(self, windows: Sequence[np.ndarray], options: Options) -> list[Future]:
         """One future per window (16 kHz mono float32, normalised here like a clip), each resolving to a
@@ -232,7 +270,29 @@ class ServingModel:
         return self._language(options).vocab
 
     def decoder(self, options: Options):
-        return decoding.DECODERS["greedy"]
+        """The decoder for a request's options: `decoding.GREEDY`, or beam search bound to its options.
+        BadRequest for a decoder this model does not have, or options that do not apply to it."""
+        name = options.decoder or self.info.default_decoder
+        given = beam_options_given(options)
+        if name == "greedy":
+            if given:
+                if options.decoder:
+                    why = "decoder=greedy was asked for: leave them out"
+                elif self.beam is None:
+                    why = f"this model decodes greedily only ({self.beam_unavailable})"
+                else:
+                    why = "this model decodes greedily by default (it has no language model): add decoder=beam"
+                raise contract.BadRequest(f"{', '.join(given)} {'applies' if len(given) == 1 else 'apply'} only "
+                                          f"to beam search, and {why}")
+            return decoding.GREEDY
+        if self.beam is None:
+            raise contract.BadRequest(f"decoder=beam: {self.beam_unavailable}; this model decodes with "
+                                      f"decoder=greedy")
+        try:
+            beam_options = decode_options(options)
+        except lm.OptionError as exc:
+            raise contract.BadRequest(str(exc)) from None
+        return self.beam.bind(beam_options)
 
     # Long audio ---------------------------------------------------------------------------------------
     def chunks(self, audio: np.ndarray) -> list[Chunk]:
@@ -267,29 +327,17 @@ class ServingModel:
     # The forward pass ---------------------------------------------------------------------------------
     @torch.inference_mode()
     def _logits(self, clips: list[np.ndarray]) -> tuple[torch.Tensor, list[int]]:
-        """Frame logits (batch x frames x vocabulary, on the device) of already normalised clips, zero-padded
-        to the longest (with an attention mask when the model takes one), and each clip's frame count."""
-        lengths = [len(c) for c in clips]
-        longest = max(lengths)
-        batch = np.full((len(clips), longest), self.padding_value, dtype=np.float32)
-        mask = np.zeros((len(clips), longest), dtype=np.int64)
-        for i, c in enumerate(clips):
-            batch[i, : len(c)] = c
-            mask[i, : len(c)] = 1
-        values = torch.from_numpy(batch).to(self.device, non_blocking=True).to(self.dtype)
-        kwargs = {}
-        if self.use_mask:
-            kwargs["attention_mask"] = torch.from_numpy(mask).to(self.device, non_blocking=True)
-        logits = self.model(values, **kwargs).logits
-        return logits, [frame_count(self.config, n) for n in lengths]
+        """Frame logits (batch x frames x vocabulary, on the device) of already normalised clips in one
+        zero-padded pass, and each clip's frame count (common/batching.py: with an exact model each clip's
+        logits are those it gets alone; otherwise the batcher only groups clips of equal length)."""
+        return batching.padded_forward(self.model, clips, device=self.device, dtype=self.dtype)
 
     def _make_exact(self) -> bool:
-        """Whether clips of different lengths may share a forward pass without changing any result. Here:
-        only encoders whose every layer is per-frame or masked (layer-norm feature encoder, attention mask,
-        padded frames zeroed before a single positional convolution); the others batch equal lengths only.
-        (Data2VecAudio's stacked positional convolutions carry padding into real frames: not exact.)"""
-        return (self.use_mask and modeldir.feature_encoder_norm(self.config) == "layer"
-                and self.config.model_type in ("wav2vec2", "hubert", "wavlm", "unispeech", "unispeech-sat"))
+        """Whether clips of different lengths may share a forward pass without changing any result:
+        common.batching patches every architecture it proves exact (each clip's group-norm statistics over its
+        own frames, padded frames kept out of attention and of every convolution over time); any other model
+        batches clips of equal length only."""
+        return batching.make_exact(self.model)
 
     def _run_batch(self, key: Hashable, clips: list[np.ndarray]) -> list[torch.Tensor]:
         """The batcher thread: the key's adapter, then one forward pass."""
@@ -388,6 +436,67 @@ class ServingModel:
         return normalize(audio)
 
 
+def beam_search(checkpoint: modeldir.Checkpoint, processes: int) -> tuple[decoding.BeamSearch | None, str]:
+    """This model's beam search, and why there is none when there is none (logged either way).
+
+    With an LM (language_model/): its pool started now (in this worker, after the fork), the LM loaded by the
+    first process, what it found logged; ModelDirError when the decoder files cannot be used (the server
+    does not start: a model that ships an LM is not served without it). Without one: beam search without an
+    LM on request, its processes started on the first such request. Adapter (MMS) models: none (one alphabet
+    per pool; an LM beside them refuses the model).
+    """
+    path = checkpoint.path
+    columns = checkpoint.model.lm_head.out_features  # logits per frame: the alphabet must have as many labels
+    try:
+        files = lm.find(path)
+    except lm.LMError as exc:
+        raise modeldir.ModelDirError(f"its language model cannot be used: {exc}") from None
+    has_lm = files is not None and files.kenlm is not None
+    if checkpoint.languages:
+        if has_lm:
+            raise modeldir.ModelDirError(f"{lm.LM_DIR}/ beside language adapters: beam search with an LM is not "
+                                         f"supported for adapter (MMS) models; remove {lm.LM_DIR}/ to serve it "
+                                         f"with greedy decoding")
+        why = "beam search is not available for adapter (MMS) models"
+        log.info("decoder: greedy (%s)", why)
+        return None, why
+    started = time.monotonic()
+    if not has_lm:
+        try:
+            bare = lm.load(path)  # no LM file: cheap; checks the alphabet against the tokenizer and the head
+        except (lm.LMError, ImportError) as exc:  # ImportError: an environment without requirements/lm.txt
+            why = f"this model's vocabulary cannot be a beam-search alphabet ({exc})" \
+                if isinstance(exc, lm.LMError) else f"beam search is not installed ({exc})"
+            log.info("decoder: greedy; %s", why)
+            return None, why
+        labels = bare.labels
+        bare.close()
+        if len(labels) != columns:
+            why = f"the beam-search alphabet has {len(labels)} labels for {columns} logits per frame"
+            log.info("decoder: greedy; %s", why)
+            return None, why
+        log.info("decoder: greedy by default (no %s/ in %s); decoder=beam runs beam search without an LM "
+                 "in %d process(es), started on first use", lm.LM_DIR, path, processes)
+        return decoding.BeamSearch(path, processes, labels=labels, has_lm=False), ""
+    beam = decoding.BeamSearch(path, processes)
+    try:
+        info = beam.start()
+    except lm.LMError as exc:
+        raise modeldir.ModelDirError(f"its language model cannot be used: {exc}") from None
+    if info["vocab_size"] != columns:
+        beam.close()
+        raise modeldir.ModelDirError(f"its language model cannot be used: {lm.ALPHABET_FILE} has "
+                                     f"{info['vocab_size']} labels, the model writes {columns} logits per frame")
+    size = info["kenlm_bytes"] or 0
+    log.info("decoder: beam search + LM by default: %s (%s, %.1f MB, order %s, %s unigrams), alpha=%g beta=%g, "
+             "beam width %d unless a request sets one; %d process(es) (SERVE_BEAM_PROCESSES), first loaded in "
+             "%.1f s; decoder=greedy on request", Path(info["kenlm"]).relative_to(path),
+             "ARPA text: loaded by every process" if info["kenlm"].endswith(".arpa") else "KenLM binary",
+             size / 1e6, info["order"], info["unigrams"], info["alpha"], info["beta"], lm.DEFAULT_BEAM_WIDTH,
+             processes, time.monotonic() - started)
+    return beam, ""
+
+
 def load(settings, workers: int = 1) -> ServingModel:
     """The model of settings.model_dir on this worker's device, warmed up, its batcher running.
     Raises modeldir.ModelDirError (with the reason) when the directory cannot be served."""
@@ -399,11 +508,17 @@ def load(settings, workers: int = 1) -> ServingModel:
     checkpoint = modeldir.load_checkpoint(settings.model_dir, language=settings.language)
     for note in checkpoint.notes:
         log.info("model: %s", note)
-    model = ServingModel(
-        checkpoint, device=device, dtype=dtype, chunk_length_s=settings.chunk_length_s,
-        chunk_stride_s=settings.chunk_stride_s, max_batch_size=settings.batch_size_on(device.type),
-        max_batch_wait_s=settings.max_batch_wait_ms / 1000, max_adapters=settings.max_adapters,
-        stream_max_batch_size=settings.stream_max_batch_size)
+    beam, beam_unavailable = beam_search(checkpoint, settings.beam_processes_for(workers))
+    try:
+        model = ServingModel(
+            checkpoint, device=device, dtype=dtype, chunk_length_s=settings.chunk_length_s,
+            chunk_stride_s=settings.chunk_stride_s, max_batch_size=settings.batch_size_on(device.type),
+            max_batch_wait_s=settings.max_batch_wait_ms / 1000, max_adapters=settings.max_adapters,
+            stream_max_batch_size=settings.stream_max_batch_size, beam=beam, beam_unavailable=beam_unavailable)
+    except BaseException:
+        if beam is not None:
+            beam.close()
+        raise
     model.warm_up()
     log.info("model: %s, %s batching (%s)", model.info.architecture,
              "padded" if model.exact else "equal-length",

@@ -8,6 +8,11 @@ a bad value is a BadRequest (400) that names it; the same option given twice wit
 
 Each option is a field of `Options` with its type, default, bounds and help; README's "Request options"
 table is `markdown_table()` (a test checks they agree). To add one, add a field: the routes do not change.
+
+The beam-search options (`beam_width`, `alpha`, `beta`, `hotwords`, `hotword_weight`) are checked by
+common.lm.parse_options, so their ranges and messages are common/lm.py's; `hotwords` is a JSON list, or in
+the header and query string one value of comma-separated words and phrases (`hotwords=kwame nkosi,ravi`).
+Whether they apply to the model (an LM for alpha/beta, the decoder chosen) is the model's check.
 """
 from __future__ import annotations
 
@@ -17,6 +22,8 @@ import urllib.parse
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 
+from common import lm
+
 from .contract import BadRequest
 
 HEADER = "X-Amzn-SageMaker-Custom-Attributes"
@@ -25,9 +32,11 @@ _FALSE = {"0", "false", "no", "off", ""}
 
 
 def _option(default, *, help: str, kind: str, pattern: str | None = None, shown: str | None = None,
-            low: float | None = None, high: float | None = None, choices: tuple[str, ...] | None = None):
+            low: float | None = None, high: float | None = None, choices: tuple[str, ...] | None = None,
+            beam: bool = False):
+    """beam: a beam-search option, checked by common.lm.parse_options (low/high only show its range)."""
     return field(default=default, metadata={"help": help, "kind": kind, "pattern": pattern, "shown": shown,
-                                            "low": low, "high": high, "choices": choices})
+                                            "low": low, "high": high, "choices": choices, "beam": beam})
 
 
 @dataclass(frozen=True)
@@ -41,10 +50,62 @@ class Options:
         help="Adapter models (MMS: `adapter.<lang>.safetensors` files): the language to transcribe; an unknown "
              "one gets a 400 listing the model's languages. Models without adapters refuse it.",
     )
+    decoder: str | None = _option(
+        None, kind="str", choices=("greedy", "beam"), shown="`beam` with an LM, else `greedy`",
+        help="CTC decoding. `beam`: beam search (pyctcdecode) with the model's KenLM n-gram when its directory has "
+             "one (`language_model/`), in processes beside the model; without an LM, beam search alone (hotwords "
+             "still apply). `greedy`: best path, on the model's device; it takes none of the options below.",
+    )
+    beam_width: int | None = _option(
+        None, kind="int", beam=True, low=1, high=lm.MAX_BEAM_WIDTH, shown=f"`{lm.DEFAULT_BEAM_WIDTH}`",
+        help="Beam search: hypotheses kept per frame. Wider is slower and rarely better past the default "
+             "(bench/README.md, LM decoding).",
+    )
+    alpha: float | None = _option(
+        None, kind="float", beam=True, low=lm.ALPHA_RANGE[0], high=lm.ALPHA_RANGE[1],
+        shown="the model's (`attrs.json`)",
+        help="Beam search: weight of the LM's log-probability. Refused for a model without an LM.",
+    )
+    beta: float | None = _option(
+        None, kind="float", beam=True, low=lm.BETA_RANGE[0], high=lm.BETA_RANGE[1],
+        shown="the model's (`attrs.json`)",
+        help="Beam search: bonus per word (natural-log units). Refused for a model without an LM.",
+    )
+    hotwords: tuple[str, ...] = _option(
+        (), kind="list", beam=True, shown="none",
+        help=f"Beam search: words or phrases to boost (product names, people), at most {lm.MAX_HOTWORDS} of at "
+             f"most {lm.MAX_HOTWORD_CHARS} characters, only characters the model writes. JSON: a list of strings; "
+             "header and query string: one comma-separated value (`hotwords=kwame nkosi,ravi`; a space may be "
+             "sent as `%20`).",
+    )
+    hotword_weight: float | None = _option(
+        None, kind="float", beam=True, low=lm.HOTWORD_WEIGHT_RANGE[0], high=lm.HOTWORD_WEIGHT_RANGE[1],
+        shown=f"`{lm.DEFAULT_HOTWORD_WEIGHT:g}`",
+        help="Beam search: how much the hotwords are boosted (pyctcdecode's scale).",
+    )
 
 
 NAMES = tuple(f.name for f in dataclasses.fields(Options))
 _FIELDS = {f.name: f for f in dataclasses.fields(Options)}
+BEAM_NAMES = tuple(f.name for f in dataclasses.fields(Options) if f.metadata["beam"])
+
+
+def beam_options_given(o: Options) -> list[str]:
+    """The beam-search options this request set (they need decoder=beam)."""
+    return [name for name in BEAM_NAMES if getattr(o, name) != _FIELDS[name].default]
+
+
+def decode_options(o: Options) -> lm.DecodeOptions:
+    """The request's beam-search options for common.lm (what it left out: common.lm's defaults)."""
+    return lm.DecodeOptions(**{name: getattr(o, name) for name in beam_options_given(o)})
+
+
+def _beam_value(name: str, value: Any, where: str) -> Any:
+    """A beam-search option checked (and normalised) by common.lm, its message kept."""
+    try:
+        return getattr(lm.parse_options({name: value}), name)
+    except lm.OptionError as exc:
+        raise BadRequest(f"{where}{exc}") from None
 
 
 def _unknown(name: str, where: str) -> BadRequest:
@@ -57,6 +118,8 @@ def from_text(name: str, raw: str, where: str = "") -> Any:
     if f is None:
         raise _unknown(name, where)
     meta, value = f.metadata, raw.strip()
+    if meta["beam"]:
+        return _beam_value(name, value, where)
     if meta["kind"] == "bool":
         low = value.lower()
         if low in _TRUE:
@@ -80,6 +143,10 @@ def from_json(name: str, value: Any, where: str = "") -> Any:
     if f is None:
         raise _unknown(name, where)
     kind = f.metadata["kind"]
+    if kind == "list":
+        if not (isinstance(value, str) or isinstance(value, list) and all(isinstance(v, str) for v in value)):
+            raise BadRequest(f'{where}"{name}" must be a list of strings, got {_short(value)}')
+        return _beam_value(name, value, where)
     if kind == "bool":
         if not isinstance(value, bool):
             raise BadRequest(f'{where}"{name}" must be true or false, got {value!r}')
@@ -87,10 +154,16 @@ def from_json(name: str, value: Any, where: str = "") -> Any:
     if kind in ("int", "float"):
         if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind == "int" and not float(value).is_integer()):
             raise BadRequest(f'{where}"{name}" must be a{"n integer" if kind == "int" else " number"}, got {value!r}')
-        return _check(name, int(value) if kind == "int" else float(value), where)
+        value = int(value) if kind == "int" else float(value)
+        return _beam_value(name, value, where) if f.metadata["beam"] else _check(name, value, where)
     if not isinstance(value, str):
         raise BadRequest(f'{where}"{name}" must be a string, got {value!r}')
     return _check(name, value, where)
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def _check(name: str, value, where: str):
@@ -162,7 +235,8 @@ def markdown_table() -> str:
     rows = ["| option | type | default | meaning |", "| --- | --- | --- | --- |"]
     for f in dataclasses.fields(Options):
         meta = f.metadata
-        kind = {"bool": "true/false", "str": "string", "int": "integer", "float": "number"}[meta["kind"]]
+        kind = {"bool": "true/false", "str": "string", "int": "integer", "float": "number",
+                "list": "list of strings"}[meta["kind"]]
         if meta["choices"]:
             kind = " \\| ".join(f"`{c}`" for c in meta["choices"])
         if meta["low"] is not None:

@@ -101,6 +101,15 @@ class Settings:
         help="Adapter languages kept loaded at once (the least recently used is dropped and read again from its "
              "file when asked for).",
     )
+    beam_processes: int | None = _setting(
+        None, "SERVE_BEAM_PROCESSES", shown="CPU cores / workers - 1, at least 1, at most `SERVE_THREADS`",
+        help="Processes per worker that run beam search (the `decoder` request option), so that the forward-pass "
+             "thread never waits for it. The default leaves each worker one core for its request threads and "
+             "model thread; more processes than request threads would sit idle. They are started (spawned, "
+             "never forked: they never import torch or touch CUDA) after the worker forks, each loading the LM "
+             "once (a KenLM binary is memory-mapped and shared, an ARPA file is held by every process); for a "
+             "model without an LM, on the first `decoder=beam` request.",
+    )
     stream_max_sessions: int = _setting(
         16, "SERVE_STREAM_MAX_SESSIONS",
         help="Live transcription (WebSocket `/invocations-bidirectional-stream`): concurrent streams per worker; "
@@ -159,6 +168,15 @@ class Settings:
             return self.max_batch_size
         return 8 if device_type == "cuda" else 1
 
+    def beam_processes_for(self, workers: int, cores: int | None = None) -> int:
+        """SERVE_BEAM_PROCESSES, or the default for `workers` workers sharing `cores` CPU cores (default: the
+        cores this process may run on)."""
+        if self.beam_processes is not None:
+            return self.beam_processes
+        if cores is None:
+            cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        return max(1, min(self.threads, cores // max(1, workers) - 1))
+
     @property
     def max_payload_bytes(self) -> int:
         return int(self.max_payload_mb * 1024 * 1024)
@@ -201,6 +219,7 @@ class Settings:
         need(self.gpu_dtype in ("float16", "bfloat16", "float32"),
              "SERVE_GPU_DTYPE must be float16, bfloat16 or float32")
         need(self.max_adapters >= 1, "SERVE_MAX_ADAPTERS must be at least 1")
+        need(self.beam_processes is None or self.beam_processes >= 1, "SERVE_BEAM_PROCESSES must be at least 1")
         need(self.language is None or bool(re.fullmatch(r"[A-Za-z0-9_-]{1,64}", self.language)),
              "SERVE_LANGUAGE must be a language code such as eng or fra (letters, digits, - and _)")
         need(self.stream_max_sessions >= 1, "SERVE_STREAM_MAX_SESSIONS must be at least 1")

@@ -95,6 +95,8 @@ def test_async_deploy_scales_to_zero_and_delete_removes_everything(aws, capsys):
                             "--env", "SERVE_MAX_AUDIO_S=7200")
     assert code == 0, err
     assert out.strip().splitlines()[-1] == "asr-async"
+    # ml.g4dn's default driver (470) cannot run the images' CUDA 12 torch: the deploy line says what was asked for
+    assert "machine image al2-ami-sagemaker-inference-gpu-2 (NVIDIA driver 535: ml.g4dn runs driver 470" in out
     (model,) = aws.params("CreateModel")
     assert model["PrimaryContainer"] == {
         "Image": IMAGE, "ModelDataUrl": MODEL_DATA,
@@ -106,7 +108,8 @@ def test_async_deploy_scales_to_zero_and_delete_removes_everything(aws, capsys):
         "EndpointConfigName": "asr-async",
         "ProductionVariants": [{"VariantName": "AllTraffic", "ModelName": "asr-async", "InitialVariantWeight": 1,
                                 "InitialInstanceCount": 1, "InstanceType": INSTANCE,
-                                "ContainerStartupHealthCheckTimeoutInSeconds": 600}],
+                                "ContainerStartupHealthCheckTimeoutInSeconds": 600,
+                                "InferenceAmiVersion": "al2-ami-sagemaker-inference-gpu-2"}],
         "AsyncInferenceConfig": {
             "OutputConfig": {"S3OutputPath": "s3://my-bucket/wav2vec2/async/asr-async/output",
                              "S3FailurePath": "s3://my-bucket/wav2vec2/async/asr-async/failure",

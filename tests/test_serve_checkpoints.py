@@ -71,25 +71,31 @@ def test_each_architecture_serves_transformers_own_transcript(kind, opt_ml_of, s
         model.close()
 
 
-@pytest.mark.parametrize("kind", list(checkpoints.KINDS))
-def test_clips_of_different_lengths_share_a_pass_only_where_padding_changes_nothing(kind, checkpoint_dirs):
-    """The batcher's key: a model that pads clips batches any lengths only if the padded pass gives each clip
-    its own logits; the others get the clip length in the key (equal lengths only)."""
+@pytest.mark.parametrize("kind", SERVED)
+def test_batched_transcripts_equal_one_clip_and_transformers_own(kind, checkpoint_dirs, speech_clip):
+    """Exact batching, every architecture: clips of mixed lengths sharing one forward pass each get the
+    transcript they get alone, which is transformers' own one-clip transcript (unpatched model, float32)."""
     import torch
 
+    from serve.contract import Clip
     from serve.model import ServingModel
 
-    model = ServingModel(modeldir.load_checkpoint(checkpoint_dirs(kind)), device=torch.device("cpu"),
-                         dtype=torch.float32)
-    rng = np.random.default_rng(0)
-    a, b = (model._normalized(rng.standard_normal(n).astype(np.float32)) for n in (3 * RATE, 2 * RATE + 777))
-    (la, fa), (lb, fb), (both, fboth) = model._logits([a]), model._logits([b]), model._logits([a, b])
-    padded_is_exact = (torch.allclose(both[0, : fa[0]], la[0, : fa[0]], atol=1e-4)
-                       and torch.allclose(both[1, : fb[0]], lb[0, : fb[0]], atol=1e-4))
-    if model.exact:
-        assert padded_is_exact
-    assert model._key("x", len(a)) == model._key("x", len(b)) if model.exact else \
-        model._key("x", len(a)) != model._key("x", len(b))
+    model_dir = modeldir.find(checkpoint_dirs(kind))
+    model = ServingModel(modeldir.load_checkpoint(model_dir), device=torch.device("cpu"), dtype=torch.float32,
+                         max_batch_size=8, max_batch_wait_s=0.5).start()
+    try:
+        assert model.exact, f"{kind}: not proven exact, so it would batch equal lengths only"
+        n = len(speech_clip)
+        clips = [speech_clip, speech_clip[: n // 2], np.concatenate([speech_clip, speech_clip[: n // 3]])]
+        deadline = time.monotonic() + 300
+        alone = [model.transcribe([Clip(c)], deadline=deadline)[0] for c in clips]
+        together = model.transcribe([Clip(c) for c in clips], deadline=deadline)
+        assert [t.batch_size for t in alone] == [1, 1, 1]
+        assert [t.batch_size for t in together] == [3, 3, 3]  # one padded pass for all three
+        assert [t.text for t in together] == [t.text for t in alone]
+        assert [t.text for t in alone] == [checkpoints.reference_text(model_dir, c) for c in clips]
+    finally:
+        model.close()
 
 
 def test_one_top_level_folder_serves_as_is(opt_ml_of, speech_clip):

@@ -11,7 +11,8 @@ import torch
 from common import modeldir
 from common.audio import load_file
 from serve import contract
-from serve.model import ServingModel, frame_count
+from common.batching import output_frames as frame_count
+from serve.model import ServingModel
 from serve.options import Options
 
 RATE = 16_000
@@ -167,11 +168,15 @@ def test_matmul_convolutions_equal_the_model_s_own_in_float32(norm):
     first_only.load_state_dict(plain.state_dict())
     convs_as_matmuls(first_only, all_layers=False)
     kinds = [type(layer.conv).__name__ for layer in first_only.wav2vec2.feature_extractor.conv_layers]
-    # float32 serving: only a first convolution not followed by a per-channel GroupNorm, so results are exact.
+    # float32 serving: only a first convolution not followed by a per-channel GroupNorm (which keeps its kernel).
     first = "Conv1d" if norm == "group" else "MatmulConv1d"
     assert kinds == [first] + ["Conv1d"] * (len(kinds) - 1)
     with torch.inference_mode():
-        assert torch.equal(first_only(x).logits, a)
+        c = first_only(x).logits
+    # The same sums in another order: equal to float32 rounding (bit for bit where oneDNN's convolution adds in
+    # the matmul's order, not on AVX2 CPUs; common/convs.py), and the same argmax on every frame.
+    torch.testing.assert_close(c, a, rtol=1e-5, atol=1e-5)
+    assert torch.equal(c.argmax(-1), a.argmax(-1))
 
 
 def test_cpu_bf16_auto_follows_the_cpu_flags(tmp_path):

@@ -84,6 +84,13 @@ class Hyperparameters:
     save_total_limit: int = _hp(2, "Checkpoints kept in /opt/ml/checkpoints (oldest deleted).", min=1)
     eval_on_start: bool = _hp(False, "Also evaluate before the first step (a baseline in metrics.json).")
     dataloader_num_workers: int = _hp(0, "Worker processes feeding batches (audio is decoded up front).", min=0)
+    # Language model (train/lm.py)
+    lm_order: int = _hp(3, "Order of the n-gram language model (KenLM) estimated after training from the training "
+                        "transcripts plus the `lm` channel's text, saved beside the model for beam-search decoding; "
+                        "0 = no language model.", min=0, max=6)
+    lm_tuning_seconds: float = _hp(300.0, "Time limit for tuning the LM weight (alpha) and word bonus (beta) on the "
+                                   "evaluation set after training (a grid search, each point logged); 0 = keep "
+                                   "pyctcdecode's defaults (0.5, 1.5).", min=0.0)
 
     @property
     def max_duration_limit(self) -> float:
