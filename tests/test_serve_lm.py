@@ -25,7 +25,7 @@ import pytest
 import torch
 
 import checkpoints
-from common import lm, modeldir
+from common import batching, lm, modeldir
 from serve import contract, decoding, model as serve_model, options
 from serve.app import create_app
 from serve.settings import Settings
@@ -81,7 +81,7 @@ class SpelledModel(serve_model.ServingModel):
 
     def _logits(self, clips):
         width, hop = self.model.lm_head.out_features, self.samples_per_frame
-        frames = [serve_model.frame_count(self.config, len(c)) for c in clips]
+        frames = [batching.output_frames(self.config, len(c)) for c in clips]
         out = torch.zeros(len(clips), max(frames), width)
         for i, (c, n) in enumerate(zip(clips, frames)):
             rows = np.stack([c[k * hop: k * hop + width] for k in range(n)]) * 10
