@@ -24,7 +24,10 @@ the decoder the session's options choose (`ServingModel.decoder`, serve/decoding
 word times from the start of the stream. An utterance that runs SERVE_STREAM_MAX_UTTERANCE_S without such a
 pause is cut at the end of its last complete word. Partials are greedy: the committed words (`stable`, they
 never change within the utterance) and the words of the frames after them; with greedy decoding the final of
-an utterance starts with every stable prefix its partials showed.
+an utterance starts with every stable prefix its partials showed. A model with an LM decodes finals with beam
+search + LM by default (the request options decoder, beam_width, alpha, beta, hotwords apply, as in
+/invocations), in its beam-search processes: the final can then differ from the greedy partials (that is the
+LM's point), and the session waits for it before its next window.
 
 Events are dicts, sent by serve/stream_route.py as JSON text frames:
     {"type": "partial", "utterance": 0, "text": "the red ca", "stable": "the red", "start": 0.0, "end": 1.86}
@@ -122,7 +125,7 @@ class Transcriber:
     def advance(self, deadline: float) -> list[dict]:
         """Run the windows the audio received so far completes (at most MAX_WINDOWS)."""
         events = self._run(self._ready(final=False), deadline)
-        events += self._cut_on_tentative()
+        events += self._cut_on_tentative(deadline)
         partial = self._partial()
         return events + ([partial] if partial else [])
 
@@ -135,7 +138,7 @@ class Transcriber:
                 break
             events += self._run(windows, deadline)
         self.tentative = self.tentative[:0]
-        return events + [self._cut(last=True)]
+        return events + [self._cut(deadline, last=True)]
 
     # Windows ------------------------------------------------------------------------------------------
     def _frames_in(self, samples: int) -> int:
@@ -173,7 +176,7 @@ class Transcriber:
             logits = outcome.value.float().cpu()
             self.windows += 1
             self.max_batch = max(self.max_batch, outcome.batch_size)
-            events += self._commit(logits[w.commit - w.first: w.until - w.first])
+            events += self._commit(logits[w.commit - w.first: w.until - w.first], deadline)
             self.tentative = logits[w.until - w.first:]
         keep = max(0, (self.committed - self.L) * self.F)  # the next window's left context starts here
         if keep > self.audio_start:
@@ -185,7 +188,7 @@ class Transcriber:
     def _utterance(self, index: int, start: int) -> _Utterance:
         return _Utterance(index, start, decoding.GreedyStream(self.vocab))
 
-    def _commit(self, logits: torch.Tensor) -> list[dict]:
+    def _commit(self, logits: torch.Tensor, deadline: float) -> list[dict]:
         """Add committed frames to the utterance, cutting it where a pause after speech is long enough."""
         events = []
         quiet = torch.isin(logits.argmax(dim=-1), self.quiet_ids).tolist()
@@ -195,11 +198,11 @@ class Transcriber:
             u.speech = u.speech or not q
             if u.speech and u.quiet >= self.silence:
                 self._append(logits[begin: i + 1])
-                events.append(self._cut())
+                events.append(self._cut(deadline))
                 u, begin = self.utterance, i + 1
         self._append(logits[begin:])
         if self.utterance.frames >= self.max_utterance:
-            events.append(self._cut(at_word=True))
+            events.append(self._cut(deadline, at_word=True))
         return events
 
     def _append(self, logits: torch.Tensor) -> None:
@@ -211,24 +214,28 @@ class Transcriber:
         u.words += u.stream.push(logits)
         self.committed += len(logits)
 
-    def _cut_on_tentative(self) -> list[dict]:
+    def _cut_on_tentative(self, deadline: float) -> list[dict]:
         """End the utterance early when half its pause is committed and the look-ahead frames continue it."""
         u = self.utterance
         if not u.speech or u.quiet < (self.silence + 1) // 2 or not len(self.tentative):
             return []
         speech = ~torch.isin(self.tentative.argmax(dim=-1), self.quiet_ids)
         lead = int(speech.nonzero()[0, 0]) if speech.any() else len(speech)
-        return [self._cut()] if u.quiet + lead >= self.silence else []
+        return [self._cut(deadline)] if u.quiet + lead >= self.silence else []
 
-    def _cut(self, last: bool = False, at_word: bool = False) -> dict:
-        """The current utterance's final; the next utterance starts after it."""
+    def _cut(self, deadline: float, last: bool = False, at_word: bool = False) -> dict:
+        """The current utterance's final; the next utterance starts after it. Beam search (a model with an LM)
+        decodes it in the model's beam-search processes, by `deadline` (contract.Timeout otherwise)."""
         u = self.utterance
         logits = torch.cat(u.logits) if u.logits else torch.zeros(0, self.vocab.size)
         at = len(logits)
         if at_word and u.words and 0 < u.words[-1][2] < at:
             at = u.words[-1][2]
-        with torch.inference_mode():
-            hyp = self.final_decoder.decode(logits[:at], self.vocab, words=True)
+        if at and u.speech:
+            with torch.inference_mode():
+                hyp = self.final_decoder.decode(logits[:at], self.vocab, words=True, deadline=deadline)
+        else:  # no speech frame: nothing to decode (and no beam-search round trip for a pause)
+            hyp = decoding.Hypothesis("")
         step = self.frame_s
         event = {"type": "final", "utterance": u.index, "text": hyp.text,
                  "start": round(u.start * step, 3), "end": round((u.start + at) * step, 3),
