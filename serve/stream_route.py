@@ -294,7 +294,8 @@ def _model_error(exc: contract.ServingError, settings) -> StreamError:
     if isinstance(exc, contract.BadRequest):
         return StreamError(exc.message, INVALID_DATA)
     if isinstance(exc, contract.Timeout):
-        return StreamError(f"the model did not keep up: a window was not transcribed within {settings.timeout_s} s "
+        return StreamError(f"the model did not keep up: a window (or a final's beam search) was not done within "
+                           f"{settings.timeout_s} s "
                            f"(MODEL_SERVER_TIMEOUT); try again later", TRY_LATER)
     if isinstance(exc, contract.Unavailable):
         return StreamError(exc.message, TRY_LATER)
