@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Set up everything the programs and tests need, natively; safe to re-run (skips what is in place).
-#   - system tools: espeak-ng (synthetic speech), sox; installed with apt-get when missing
+#   - system tools: espeak-ng (synthetic speech), sox, libopus0 (Ogg/Opus live streams); installed with apt-get when missing
 #   - .venv at the repo root with every Python dependency pinned (requirements/)
 #   - KenLM (requirements/lm.txt): its Python module and its estimation tools lmplz and build_binary
 #     (into .venv/bin), compiled from KenLM's PyPI source; the compilers and headers this needs are
@@ -15,6 +15,8 @@ log() { printf '[setup] %s\n' "$*"; }
 missing=()
 command -v espeak-ng >/dev/null 2>&1 || missing+=(espeak-ng)
 command -v sox >/dev/null 2>&1 || missing+=(sox)
+# libopus decodes Ogg/Opus live streams (the serving image has it too); --no-install-recommends sox may not bring it.
+ldconfig -p 2>/dev/null | grep -q 'libopus\.so\.0' || missing+=(libopus0)
 if ((${#missing[@]})); then
   if ! command -v apt-get >/dev/null 2>&1; then
     echo "setup: please install ${missing[*]} (no apt-get here)" >&2; exit 1

@@ -12,7 +12,7 @@ import os
 import sys
 import traceback
 
-from . import batch, hosting, options, prepare, training
+from . import batch, hosting, options, prepare, stream, training
 from .errors import LaunchError
 
 # command -> (options class, runner)
@@ -23,6 +23,7 @@ COMMANDS = {
     "invoke": (hosting.InvokeOptions, hosting.invoke),
     "delete": (hosting.DeleteOptions, hosting.delete),
     "transform": (batch.TransformOptions, batch.run),
+    "stream": (stream.StreamOptions, stream.run),
 }
 
 
@@ -42,6 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     hosting.add_invoke_parser(sub, parents)
     hosting.add_delete_parser(sub, parents)
     batch.add_parser(sub, parents)
+    stream.add_parser(sub, parents)
     return parser
 
 

@@ -10,7 +10,8 @@ from .settings import Settings, SettingsError, markdown_table
 USAGE = """usage: serve [serve | --help]
 
 Serves the Wav2Vec2 CTC model in $OPT_ML/model (default /opt/ml/model) on port 8080
-($SAGEMAKER_BIND_TO_PORT): GET /ping, POST /invocations, GET /execution-parameters.
+($SAGEMAKER_BIND_TO_PORT): GET /ping, POST /invocations, POST /invocations-response-stream, the WebSocket
+/invocations-bidirectional-stream (live transcription), GET /execution-parameters.
 
 Environment variables:
 """

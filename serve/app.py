@@ -1,11 +1,13 @@
-"""HTTP routes: /ping, /invocations, /execution-parameters. `create_app(model, settings)` builds the app
-around any object that keeps the model contract (serve/contract.py).
+"""HTTP routes: /ping, /invocations, /invocations-response-stream, /execution-parameters. `create_app(model,
+settings)` builds the app around any object that keeps the model contract (serve/contract.py). (The WebSocket
+route /invocations-bidirectional-stream is served beside them by serve/stream_route.py.)
 
 This layer turns request bytes into clips and options (serve/bodies.py, serve/options.py) and transcripts
 into JSON; chunking, batching, decoding and the model itself are the model's. It never imports torch.
 """
 from __future__ import annotations
 
+import json
 import logging
 import time
 import uuid
@@ -47,7 +49,7 @@ def create_app(model: contract.Model, settings: Settings, workers: int = 1) -> F
     @app.after_request
     def _finish(response: Response):
         response.headers["X-Request-Id"] = g.request_id
-        if request.path == "/invocations":
+        if request.path in ("/invocations", STREAM_PATH):
             if g.batch:
                 response.headers["X-Batch-Size"] = str(g.batch)
             log.info("request id=%s content_type=%s audio_s=%.2f latency_ms=%.1f status=%d batch=%d",
@@ -71,9 +73,7 @@ def create_app(model: contract.Model, settings: Settings, workers: int = 1) -> F
             MaxPayloadInMB=int(settings.max_payload_mb),
         )
 
-    @app.post("/invocations")
-    def invocations():
-        deadline = g.started + settings.timeout_s
+    def read_clips() -> tuple[list[contract.Clip], bool]:
         body = _read_body(settings.max_payload_bytes)
         shared = options.request_level(request.args.items(multi=True), request.headers.get(options.HEADER))
         decoded, is_batch = bodies.decode(request.content_type, body, settings.max_audio_s)
@@ -85,8 +85,12 @@ def create_app(model: contract.Model, settings: Settings, workers: int = 1) -> F
                 raise errors.ServeError(
                     f"{where}audio is {len(clip.audio) / TARGET_RATE:.0f} s long, over the "
                     f"{settings.max_audio_s:g} s limit (SERVE_MAX_AUDIO_S)", 413)
-        clips = [contract.Clip(c.audio, options.build(shared, c.options)) for c in decoded]
-        del decoded
+        return [contract.Clip(c.audio, options.build(shared, c.options)) for c in decoded], is_batch
+
+    @app.post("/invocations")
+    def invocations():
+        deadline = g.started + settings.timeout_s
+        clips, is_batch = read_clips()
         transcripts = model.transcribe(clips, deadline=deadline)
         g.batch = max(t.batch_size for t in transcripts)
         results = [as_json(t) for t in transcripts]
@@ -95,7 +99,55 @@ def create_app(model: contract.Model, settings: Settings, workers: int = 1) -> F
             return Response("\n".join(r["text"] for r in results), mimetype="text/plain")
         return jsonify(results if is_batch else results[0])
 
+    @app.post(STREAM_PATH)
+    def invocations_response_stream():
+        # InvokeEndpointWithResponseStream: the same bodies; one JSON line per chunk of long audio
+        # (SERVE_CHUNK_LENGTH_S) as soon as it is transcribed. The first chunk is awaited here, so that a bad
+        # option or a model error before any text is an ordinary JSON error answer with its status.
+        clips, is_batch = read_clips()
+        deadline = g.started + settings.timeout_s + g.audio_s  # long audio: its own length on top
+        segments = [model.transcribe_iter(clip, deadline=deadline) for clip in clips]
+        first = next(segments[0], None)
+        if first is None:
+            raise contract.ModelFailure("the model gave no segment for this audio")
+        request_id = g.request_id
+
+        def lines():
+            item, segment = 0, first
+            try:
+                while True:
+                    yield json.dumps(segment_json(segment, item if is_batch else None)) + "\n"
+                    if not segment.last:
+                        segment = next(segments[item])
+                    elif item + 1 < len(segments):
+                        item += 1
+                        segment = next(segments[item])
+                    else:
+                        return
+            except contract.ServingError as exc:
+                # The status line is gone: the error is the last line.
+                log.error("response stream id=%s: %s: %s", request_id, type(exc).__name__, exc.message)
+                line = {"error": exc.message} if not is_batch else {"item": item, "error": exc.message}
+                yield json.dumps(line) + "\n"
+            finally:
+                for it in segments:
+                    it.close()
+
+        return Response(lines(), mimetype="application/jsonlines")
+
     return app
+
+
+STREAM_PATH = "/invocations-response-stream"
+
+
+def segment_json(s: contract.Segment, item: int | None = None) -> dict:
+    line = {} if item is None else {"item": item}
+    line.update(index=s.index, start=s.start, end=s.end, text=s.text)
+    if s.words is not None:
+        line["words"] = [{"word": w.word, "start": w.start, "end": w.end} for w in s.words]
+    line["last"] = s.last
+    return line
 
 
 def as_json(t: contract.Transcript) -> dict:

@@ -45,9 +45,10 @@ class Batcher:
     """run(key, clips) -> one result per clip, called on the batcher's own thread."""
 
     def __init__(self, run: Callable[[Hashable, list[np.ndarray]], Sequence[object]], max_batch_size: int,
-                 max_wait_s: float):
+                 max_wait_s: float, max_for: Callable[[Hashable], int] | None = None):
         self._run = run
         self._max = max_batch_size
+        self._max_for = max_for or (lambda key: max_batch_size)  # a key's own limit (stream windows)
         self._wait = max_wait_s
         self._queue: queue.SimpleQueue[_Job] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._loop, name="batcher", daemon=True)
@@ -98,13 +99,14 @@ class Batcher:
     def _gather(self, pending: list[_Job]) -> None:
         deadline = pending[0].enqueued + self._wait
         key = pending[0].key
-        while sum(j.key == key for j in pending) < self._max:
+        limit = self._max_for(key)
+        while sum(j.key == key for j in pending) < limit:
             left = deadline - time.monotonic()
             try:
                 pending.append(self._queue.get(timeout=left) if left > 0 else self._queue.get_nowait())
             except queue.Empty:
                 break
-        while len(pending) < LOOKAHEAD * self._max:
+        while len(pending) < LOOKAHEAD * max(self._max, limit):
             try:
                 pending.append(self._queue.get_nowait())
             except queue.Empty:
@@ -115,7 +117,7 @@ class Batcher:
         holds the oldest, least spread."""
         oldest_job = pending[0]
         same = [j for j in pending if j.key == oldest_job.key]
-        k = min(self._max, len(same))
+        k = min(self._max_for(oldest_job.key), len(same))
         ordered = sorted(same, key=lambda j: len(j.audio))
         oldest = next(i for i, j in enumerate(ordered) if j is oldest_job)
         best, best_spread = 0, None

@@ -23,8 +23,10 @@ A model offers:
         For response streaming (POST /invocations-response-stream writes each segment as a JSON line).
     submit(windows, options) -> list[Future]     (serve.model.ServingModel only, not part of Model)
         Raw forward passes through the same batcher: one future per window, each resolving to the
-        window's frame logits. A streaming session (WebSocket) submits sliding windows this way and
-        commits frames with `decode`, so all sessions and requests on a worker share forward passes.
+        window's frame logits. A streaming session (WebSocket, serve/streaming.py) submits sliding windows
+        this way, commits their frames with the greedy stream of `decoder(options)` and decodes each
+        utterance's final with `decoder(options)`, so all sessions and requests on a worker share forward
+        passes and one decoder registry (serve/decoding.py).
 
 Errors are the exception types below; each HTTP status is chosen at the edge (serve/errors.py), never here:
 BadRequest (400: a malformed or unknown option, an unknown language), Timeout and Unavailable (503),
@@ -136,6 +138,11 @@ class ModelInfo:
     decoders: tuple[str, ...] = ("greedy",)  # what the `decoder` request option may name
     frame_seconds: float = 0.02
     default_decoder: str = "greedy"  # for requests that name none ("beam" for a model with an LM)
+    # The feature encoder's geometry, for sliding windows: input samples per CTC frame (its total stride) and
+    # input samples one frame sees (its receptive field). Frame k of audio starting at sample 0 covers samples
+    # [k * frame_samples, k * frame_samples + receptive_field).
+    frame_samples: int = 320
+    receptive_field: int = 400
 
 
 class Model(Protocol):

@@ -17,6 +17,11 @@ A decoder may also offer `stream(vocab)`: an incremental decoder fed chunk by ch
 soon as they are complete, for results of long audio chunk by chunk (`ServingModel.transcribe_iter`).
 Decoders without it are run on segments (beam search: see `ServingModel.transcribe_iter`).
 
+Live streams (serve/streaming.py) show partials with the greedy stream (fast, frame by frame, and its
+committed words never change) and decode each utterance's `final` from its committed logits with the decoder
+the session's options choose (`ServingModel.decoder(options)`): beam search + LM for a model with an LM
+(in the pool below, off the model thread), greedy otherwise or with decoder=greedy.
+
 Beam search processes: `lm.make_pool` spawns them (never forks: the worker has started torch's threads and
 maybe CUDA, and a spawned child imports only common.lm: no torch, no CUDA). A process that dies (killed,
 out of memory) breaks the whole pool (concurrent.futures' ProcessPoolExecutor); the requests decoding in it
@@ -120,6 +125,14 @@ class GreedyStream:
         done = ctc.Collapsed(p.tokens[:cut], p.starts[:cut], p.ends[:cut])
         self.pending = ctc.Collapsed(p.tokens[cut:], p.starts[cut:], p.ends[cut:])
         return v.words(done)
+
+    def fork(self) -> "GreedyStream":
+        """An independent copy (to decode tentative frames without committing them)."""
+        other = GreedyStream(self.vocab)
+        other.frames, other.last_id = self.frames, self.last_id
+        p = self.pending
+        other.pending = ctc.Collapsed(list(p.tokens), list(p.starts), list(p.ends))
+        return other
 
     def finish(self) -> list[tuple[str, int, int]]:
         words, self.pending = self.vocab.words(self.pending), ctc.Collapsed([], [], [])

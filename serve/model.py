@@ -43,6 +43,8 @@ from .options import Options, beam_options_given, decode_options
 
 log = logging.getLogger("serve")
 
+_STREAM = "stream"  # last element of the batcher key of stream windows (submit)
+
 
 @dataclass(frozen=True)
 class Chunk:
@@ -98,10 +100,11 @@ class ServingModel:
 
     def __init__(self, checkpoint: modeldir.Checkpoint, *, device: torch.device, dtype: torch.dtype,
                  chunk_length_s: float = 30.0, chunk_stride_s: float = 5.0, max_batch_size: int = 1,
-                 max_batch_wait_s: float = 0.005, max_adapters: int = 16,
+                 max_batch_wait_s: float = 0.005, max_adapters: int = 16, stream_max_batch_size: int = 16,
                  beam: decoding.BeamSearch | None = None, beam_unavailable: str = ""):
         """beam: this model's beam search (its LM, if any, decides the default decoder); beam_unavailable:
-        why there is none, for the answer to a request that asks for it."""
+        why there is none, for the answer to a request that asks for it. stream_max_batch_size: most stream
+        windows (`submit`) in one forward pass."""
         fe = checkpoint.feature_extractor
         if fe.sampling_rate != TARGET_RATE:
             raise modeldir.ModelDirError(f"the model expects {fe.sampling_rate} Hz audio; this server feeds it "
@@ -142,8 +145,12 @@ class ServingModel:
             default_language=self.default_language,
             decoders=tuple(decoding.DECODERS) + (("beam",) if beam is not None else ()),
             frame_seconds=self.seconds_per_frame,
-            default_decoder="beam" if beam is not None and beam.has_lm else "greedy")
-        self.batcher = Batcher(self._run_batch, max_batch_size, max_batch_wait_s)
+            default_decoder="beam" if beam is not None and beam.has_lm else "greedy",
+            frame_samples=self.samples_per_frame, receptive_field=self.min_samples)
+        # Stream windows (submit) have a key of their own: equal-length windows share a pass without padding,
+        # so they batch up to their own limit, on a CPU too.
+        self.batcher = Batcher(self._run_batch, max_batch_size, max_batch_wait_s,
+                               max_for=lambda key: stream_max_batch_size if key[-1] == _STREAM else max_batch_size)
 
     def start(self) -> "ServingModel":
         self.batcher.start()
@@ -257,7 +264,7 @@ class ServingModel:
         """One future per window (16 kHz mono float32, normalised here like a clip), each resolving to a
         batcher Outcome whose value is the window's frame logits (frames x vocabulary, on the device)."""
         language = self._language(options)
-        return self._submit([(self._key(language.name, len(w)), self._normalized(w)) for w in windows])
+        return self._submit([(self._key(language.name, len(w)) + (_STREAM,), self._normalized(w)) for w in windows])
 
     def vocabulary(self, options: Options) -> ctc.Vocabulary:
         return self._language(options).vocab
@@ -507,7 +514,7 @@ def load(settings, workers: int = 1) -> ServingModel:
             checkpoint, device=device, dtype=dtype, chunk_length_s=settings.chunk_length_s,
             chunk_stride_s=settings.chunk_stride_s, max_batch_size=settings.batch_size_on(device.type),
             max_batch_wait_s=settings.max_batch_wait_ms / 1000, max_adapters=settings.max_adapters,
-            beam=beam, beam_unavailable=beam_unavailable)
+            stream_max_batch_size=settings.stream_max_batch_size, beam=beam, beam_unavailable=beam_unavailable)
     except BaseException:
         if beam is not None:
             beam.close()

@@ -17,7 +17,8 @@ from .settings import Settings
 
 log = logging.getLogger("serve")
 
-# gunicorn's master kills workers this long after SIGTERM; SageMaker sends SIGKILL after 30 s.
+# gunicorn's master kills workers this long after SIGTERM; SageMaker sends SIGKILL after 30 s. Live streams
+# send their last final and close within it (serve/stream_route.py).
 GRACEFUL_TIMEOUT_S = 25
 
 
@@ -77,7 +78,11 @@ class Server(BaseApplication):
             raise
         finally:
             _loaded.set()
-        return create_app(model, self.settings, workers=self.workers)
+        app = create_app(model, self.settings, workers=self.workers)
+        from .stream_route import Hub
+
+        app.extensions["streams"] = Hub(model, self.settings)  # served by serve.worker, not by Flask
+        return app
 
 
 _loaded = threading.Event()

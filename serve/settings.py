@@ -110,6 +110,50 @@ class Settings:
              "once (a KenLM binary is memory-mapped and shared, an ARPA file is held by every process); for a "
              "model without an LM, on the first `decoder=beam` request.",
     )
+    stream_max_sessions: int = _setting(
+        16, "SERVE_STREAM_MAX_SESSIONS",
+        help="Live transcription (WebSocket `/invocations-bidirectional-stream`): concurrent streams per worker; "
+             "one more is answered with an `error` event and close code 1013 (try again later).",
+    )
+    stream_max_session_s: float = _setting(
+        3600.0, "SERVE_STREAM_MAX_SESSION_S",
+        help="Longest stream in seconds (wall clock); then its last `final`, an `error` event and close code 1008.",
+    )
+    stream_idle_timeout_s: float = _setting(
+        60.0, "SERVE_STREAM_IDLE_TIMEOUT_S",
+        help="A stream that sends no frame for this long gets its last `final`, an `error` event and close code "
+             "1008 (SageMaker's pings do not count).",
+    )
+    stream_max_frame_bytes: int = _setting(
+        1048576, "SERVE_STREAM_MAX_FRAME_BYTES",
+        help="Largest WebSocket message a stream may send; a bigger one gets an `error` event and close code 1009.",
+    )
+    stream_step_s: float = _setting(
+        0.5, "SERVE_STREAM_STEP_S",
+        help="A stream's frames are committed in steps of this many seconds, one sliding window each (shorter: "
+             "quicker partials, more forward passes).",
+    )
+    stream_left_s: float = _setting(
+        2.0, "SERVE_STREAM_LEFT_S",
+        help="Left context of each sliding window, in seconds of audio before the frames it commits.",
+    )
+    stream_right_s: float = _setting(
+        0.5, "SERVE_STREAM_RIGHT_S",
+        help="Right look-ahead of each sliding window: frames are committed only once this much audio follows them.",
+    )
+    stream_silence_s: float = _setting(
+        0.5, "SERVE_STREAM_SILENCE_S",
+        help="A run of CTC blank frames this long after speech ends an utterance: its `final` is sent.",
+    )
+    stream_max_utterance_s: float = _setting(
+        30.0, "SERVE_STREAM_MAX_UTTERANCE_S",
+        help="An utterance with no such pause is cut at its last word boundary after this many seconds.",
+    )
+    stream_max_batch_size: int = _setting(
+        16, "SERVE_STREAM_MAX_BATCH_SIZE",
+        help="Most stream windows in one forward pass (windows of one length share a pass, so batching them adds no "
+             "padding, on a CPU too).",
+    )
     log_level: str = _setting("info", "SERVE_LOG_LEVEL", help="gunicorn and application log level.")
     opt_ml: Path = _setting(
         Path("/opt/ml"), "OPT_ML", help="Root of the SageMaker tree; the model is read from its `model/`."
@@ -178,6 +222,17 @@ class Settings:
         need(self.beam_processes is None or self.beam_processes >= 1, "SERVE_BEAM_PROCESSES must be at least 1")
         need(self.language is None or bool(re.fullmatch(r"[A-Za-z0-9_-]{1,64}", self.language)),
              "SERVE_LANGUAGE must be a language code such as eng or fra (letters, digits, - and _)")
+        need(self.stream_max_sessions >= 1, "SERVE_STREAM_MAX_SESSIONS must be at least 1")
+        need(self.stream_max_session_s > 0, "SERVE_STREAM_MAX_SESSION_S must be positive")
+        need(self.stream_idle_timeout_s > 0, "SERVE_STREAM_IDLE_TIMEOUT_S must be positive")
+        need(self.stream_max_frame_bytes >= 1024, "SERVE_STREAM_MAX_FRAME_BYTES must be at least 1024")
+        need(0.02 <= self.stream_step_s <= 10, "SERVE_STREAM_STEP_S must be between 0.02 and 10 seconds")
+        need(0 <= self.stream_left_s <= 30, "SERVE_STREAM_LEFT_S must be between 0 and 30 seconds")
+        need(0 <= self.stream_right_s <= 10, "SERVE_STREAM_RIGHT_S must be between 0 and 10 seconds")
+        need(self.stream_silence_s >= 0.1, "SERVE_STREAM_SILENCE_S must be at least 0.1 seconds")
+        need(self.stream_max_utterance_s >= 2 * self.stream_step_s + 1,
+             "SERVE_STREAM_MAX_UTTERANCE_S must be at least 1 s more than two steps (SERVE_STREAM_STEP_S)")
+        need(self.stream_max_batch_size >= 1, "SERVE_STREAM_MAX_BATCH_SIZE must be at least 1")
         need(self.log_level in ("debug", "info", "warning", "error", "critical"),
              "SERVE_LOG_LEVEL must be debug, info, warning, error or critical")
 

@@ -95,6 +95,10 @@ def test_image_contract(images):
         assert where[0].endswith(f"/{program}") and where[1] == "0", where
     serve_cfg = json.loads(docker_run(images, "image", "inspect", "-f", "{{json .Config}}", images.serve).stdout)
     assert serve_cfg["Labels"]["com.amazonaws.sagemaker.capabilities.accept-bind-to-port"] == "true"
+    # SageMaker opens the WebSocket of InvokeEndpointWithBidirectionalStream only to images that declare it.
+    assert serve_cfg["Labels"]["com.amazonaws.sagemaker.capabilities.bidirectional-streaming"] == "true"
+    probe = "from serve.streamaudio import opus_available; print(opus_available())"  # libopus0 for Ogg/Opus streams
+    assert docker_run(images, "run", "--rm", "--entrypoint", "python3", images.serve, "-c", probe).stdout.strip() == "True"
     # The serving image carries no training-only dependency.
     probe = "import importlib.util as u; print([m for m in ('datasets', 'accelerate', 'jiwer', 'matplotlib') if u.find_spec(m)])"
     assert docker_run(images, "run", "--rm", "--entrypoint", "python3", images.serve, "-c", probe).stdout.strip() == "[]"

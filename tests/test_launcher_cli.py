@@ -20,7 +20,7 @@ import pytest
 from conftest import ROOT, program_env
 
 LAUNCH = ROOT / "launcher" / "launch"
-COMMANDS = ["prepare", "train", "deploy", "invoke", "delete", "transform"]
+COMMANDS = ["prepare", "train", "deploy", "invoke", "delete", "transform", "stream"]
 ROLE = "arn:aws:iam::123456789012:role/SageMakerWav2Vec2"
 
 

@@ -23,9 +23,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from websockets.exceptions import ConnectionClosed
 
 import checkpoints
-from common import lm, modeldir
+from common import batching, lm, modeldir
 from serve import contract, decoding, model as serve_model, options
 from serve.app import create_app
 from serve.settings import Settings
@@ -81,7 +82,7 @@ class SpelledModel(serve_model.ServingModel):
 
     def _logits(self, clips):
         width, hop = self.model.lm_head.out_features, self.samples_per_frame
-        frames = [serve_model.frame_count(self.config, len(c)) for c in clips]
+        frames = [batching.output_frames(self.config, len(c)) for c in clips]
         out = torch.zeros(len(clips), max(frames), width)
         for i, (c, n) in enumerate(zip(clips, frames)):
             rows = np.stack([c[k * hop: k * hop + width] for k in range(n)]) * 10
@@ -268,6 +269,38 @@ def test_long_audio_joins_chunks_before_beam_search_and_streams_segments(served,
     assert [(w.word, w.start, w.end) for w in words] == [(w["word"], w["start"], w["end"]) for w in want.words]
 
 
+def test_live_stream_finals_use_beam_search_and_partials_greedy(served, reference):
+    """A live stream of a model with an LM (serve/streaming.py on the served decoder stage): partials are
+    greedy (they show the misheard "pig kat"), each utterance's final is beam search + LM with the session's
+    options, equal to common.lm on that utterance's frames; decoder=greedy gives greedy finals."""
+    from serve.streaming import StreamConfig, Transcriber
+
+    pause = np.zeros((40, len(reference.labels)), np.float32)
+    pause[:, reference.labels.index("")] = 6.0  # 0.8 s of CTC blank: ends an utterance
+    x = spell(FARMER, reference.labels, {"c": "k", "b": "p"})
+    rafi = spell(RAFI, reference.labels, {"f": "v"})
+    audio = audio_for(np.concatenate([x, pause, rafi, pause]))
+
+    def run(**opts):
+        t = Transcriber(served, options.Options(**opts), StreamConfig())
+        events = []
+        for i in range(0, len(audio), 1600):  # 100 ms frames
+            t.push(audio[i: i + 1600])
+            events += t.advance(time.monotonic() + 30)
+        events += t.finish(time.monotonic() + 30)
+        return [e for e in events if e["type"] == "partial"], [e for e in events if e["type"] == "final" and e["text"]]
+
+    partials, finals = run()
+    assert any("pig kat" in p["text"] for p in partials), partials
+    assert [f["text"] for f in finals] == [FARMER, reference.decode(rafi).text]
+    assert finals[0]["start"] == 0.0 and finals[0]["words"][0]["word"] == "the"
+    _, hot = run(hotwords=["rafi"], hotword_weight=30.0)
+    assert hot[1]["text"] == reference.decode(rafi, lm.parse_options({"hotwords": ["rafi"],
+                                                                      "hotword_weight": 30.0})).text == RAFI
+    _, greedy = run(decoder="greedy")
+    assert [f["text"] for f in greedy] == ["the farmer sees a pig kat today", "the dog sees ravi near the river"]
+
+
 def _busy(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
@@ -404,6 +437,36 @@ def test_served_by_the_program_with_its_lm(lm_server, lm_model_dir):
     assert len(pool) == 2, pool
     for pid in pool:
         assert "libtorch" not in Path(f"/proc/{pid}/maps").read_text()
+
+
+def test_a_live_stream_of_the_program_with_its_lm(lm_server):
+    """The WebSocket route of the real program: a clip shorter than one step plus the look-ahead is one window,
+    so its final equals /invocations' answer for the same audio, beam search + LM by default and greedy when
+    the settings frame says decoder=greedy."""
+    from websockets.sync.client import connect
+
+    clip = (np.random.default_rng(2).normal(size=int(16000 * 0.9)) * 0.1).astype(np.float32)
+    pcm = (np.clip(clip, -1, 1) * 32767).astype("<i2")
+    wav = encode(pcm, 16000, subtype="PCM_16")
+    for settings, query in (({}, "?timestamps=true"), ({"decoder": "greedy"}, "?timestamps=true&decoder=greedy")):
+        want = lm_server.post(wav, "audio/wav", path="/invocations" + query)
+        assert want.status == 200 and want.json["text"], want.body  # a random model hears some words in noise
+        with connect(f"ws://127.0.0.1:{lm_server.port}/invocations-bidirectional-stream?timestamps=true",
+                     open_timeout=30) as conn:
+            if settings:
+                conn.send(json.dumps({"type": "settings", **settings}))
+            conn.send(pcm.tobytes())
+            conn.send(json.dumps({"type": "end"}))
+            events = []
+            try:
+                while True:
+                    events.append(json.loads(conn.recv(timeout=60)))
+            except ConnectionClosed:
+                pass
+            assert conn.close_code == 1000, events
+        finals = [e for e in events if e["type"] == "final"]
+        assert len(finals) == 1 and finals[0]["last"], events
+        assert (finals[0]["text"], finals[0]["words"]) == (want.json["text"], want.json.get("words", [])), settings
 
 
 def test_sigterm_drains_a_beam_search_and_stops_its_processes(lm_model_dir, tmp_path):
