@@ -179,4 +179,5 @@ def test_gpu_check_rehearsal_runs_every_stage(tmp_path, gpu_check_assets):
     lm = f["stages"]["4_future"]["lm_decoding"]
     assert lm["status"] == "measured", lm
     assert lm["errors"] == {"greedy": {"4": 0}, "beam16": {"4": 0}} and positive(lm["ratio_to_greedy"]["beam16"]["4"])
+    assert f["stages"]["4_future"]["streaming"]["status"] == "measured", f["stages"]["4_future"]["streaming"]
     assert not [k for k, v in f["checks"].items() if v["result"] == "FAIL"]

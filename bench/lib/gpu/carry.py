@@ -34,13 +34,16 @@ CARRIED = [
     "soxr",                                       # both: resampling
     "jiwer", "rapidfuzz",                         # training metrics (WER/CER); also the check's CER
     "datasets", "dill", "multiprocess",           # training: Hugging Face datasets channels
+    "miniaudio",                                  # both: MP3 decoding (common/audio.py imports it)
+    "websockets",                                 # serving: the live-transcription route
 ]
 
 # Modules the check imports, and what each stands for.
 MODULES = {
     "torch": "both", "transformers": "both", "numpy": "both", "safetensors": "both", "soundfile": "both",
     "soxr": "both", "flask": "serving", "gunicorn": "serving", "accelerate": "training",
-    "datasets": "training", "jiwer": "training", "matplotlib": "training",
+    "datasets": "training", "jiwer": "training", "matplotlib": "training", "miniaudio": "both",
+    "websockets": "serving",
 }
 
 

@@ -3,9 +3,11 @@ issue #13).
 
 Each feature has a probe that looks for it through the serving program's public surface (its `--help`, which
 lists every setting, and nothing that imports torch) and a measurement that drives it through HTTP with the
-feature's own benchmark (LM decoding: `bench/serving --lm` on the carried trained tiny model, greedy against
-beam + LM at concurrency 4 on the GPU-served logits; streaming: first-partial latency and RTFx per concurrent
-stream, "present, not measured" until its measurement is added here) and returns its figures as a dict.
+feature's own benchmark on the carried trained tiny model, returning its figures as a dict:
+- LM decoding: `bench/serving --lm`, greedy against beam + LM at concurrency 4 on the GPU-served logits (an LM
+  estimated from the carried training transcripts): RTFx ratio and WER/CER;
+- streaming: `bench/streaming`, finals against /invocations and partial/final latency at 1, 4 and 16 real-time
+  streams over the WebSocket route.
 """
 from __future__ import annotations
 
@@ -45,7 +47,7 @@ def _lm_missing(env: dict[str, str]) -> list[str]:
     return missing
 
 
-def measure_lm_decoding(env: dict[str, str], work: Path, assets: Path) -> dict:
+def measure_lm_decoding(env: dict[str, str], work: Path, assets: Path, small: bool = False) -> dict:
     """Greedy against beam + LM (width 16, the default) through one server at concurrency 4, with an LM
     estimated from the carried training transcripts (`bench/serving --lm`): its RTFx ratio (target >= 0.40 on
     the tiny model) and WER/CER. "present, not measured" when this environment cannot build an LM."""
@@ -55,7 +57,8 @@ def measure_lm_decoding(env: dict[str, str], work: Path, assets: Path) -> dict:
                           "(pip install -r requirements/lm.txt; KenLM's lmplz/build_binary, see setup.sh)"}
     cmd = [sys.executable, str(ROOT / "bench" / "serving"), "--lm", "--trained-model", str(assets / "tiny_model"),
            "--data", str(assets / "data"), "--beam-widths", "16", "--rounds", "1", "--concurrency", "4",
-           "--clips", "4", "--shortest-s", "2", "--longest-s", "8", "--tuning-seconds", "20",
+           "--clips", "2" if small else "4", "--shortest-s", "2", "--longest-s", "4" if small else "8",
+           "--tuning-seconds", "5" if small else "20",
            "--workdir", str(work / "lm")]
     try:
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=LM_TIMEOUT_S)
@@ -70,14 +73,34 @@ def measure_lm_decoding(env: dict[str, str], work: Path, assets: Path) -> dict:
             "target": f["target"], "errors": f["errors"]}
 
 
-def measure_streaming(env: dict[str, str], work: Path) -> dict:
-    return {"status": "present, not measured: add its measurement in bench/lib/gpu/future.py"}
+STREAM_TIMEOUT_S = 900
 
 
-def run(env: dict[str, str], work: Path, assets: Path) -> dict:
+def measure_streaming(env: dict[str, str], work: Path, assets: Path, small: bool = False) -> dict:
+    """Live transcription through the WebSocket route with `bench/streaming` on the carried trained tiny model:
+    finals against /invocations (CER difference, target <= 0.02) on a few held-out clips, then partial and
+    final latency p50/p95 with 1, 4 and 16 real-time streams, and the most streams whose p95 partial latency
+    stays under 1 s (issue 13's target: 16)."""
+    cmd = [sys.executable, str(ROOT / "bench" / "streaming"), "--trained-model", str(assets / "tiny_model"),
+           "--data", str(assets / "data"), "--models", "tiny",
+           "--streams", "1,2" if small else "1,4,16", "--clips", "2" if small else "4",
+           "--stream-s", "4" if small else "6", "--workdir", str(work / "streaming")]
+    try:
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=STREAM_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        return {"status": f"failed: bench/streaming ran past {STREAM_TIMEOUT_S} s"}
+    if proc.returncode != 0:
+        return {"status": f"failed: bench/streaming exited {proc.returncode}",
+                "output_tail": (proc.stdout + proc.stderr)[-2000:]}
+    f = json.loads(proc.stdout.strip().splitlines()[-1])
+    return {"status": "measured", **{k: v for k, v in f.items() if k not in ("bench", "machine")}}
+
+
+def run(env: dict[str, str], work: Path, assets: Path, small: bool = False) -> dict:
+    """small: --rehearse's sizes (fewer clips and streams, a shorter tuning budget)."""
     found = probe(env)
     return {
-        "lm_decoding": measure_lm_decoding(env, work, assets) if found["lm_decoding"]
+        "lm_decoding": measure_lm_decoding(env, work, assets, small) if found["lm_decoding"]
         else {"status": "not present (issue #12)"},
-        "streaming": measure_streaming(env, work) if found["streaming"] else {"status": "not present (issue #13)"},
+        "streaming": measure_streaming(env, work, assets, small) if found["streaming"] else {"status": "not present (issue #13)"},
     }
