@@ -3,7 +3,6 @@ filters, lazy items, skip accounting. No training runs here (see test_train_layo
 from __future__ import annotations
 
 import json
-import re
 import types
 
 import numpy as np
