@@ -22,9 +22,9 @@ AWS (ECR only; otherwise from AWS_PROFILE, AWS_REGION/AWS_DEFAULT_REGION or `aws
   --account ID           12-digit account id (default: aws sts get-caller-identity)
   --profile NAME         AWS CLI profile
 Build:
-  --base-image IMAGE     base image (default nvidia/cuda:12.6.3-base-ubuntu24.04; any Debian/Ubuntu with
+  --base-image IMAGE     base image (default nvidia/cuda:12.8.1-base-ubuntu24.04; any Debian/Ubuntu with
                          Python >= 3.11, e.g. local/debian:bookworm from docker/make-base.sh)
-  --torch REQUIREMENT    torch pip requirement (default torch==2.7.1, PyPI's CUDA 12.6 wheel)
+  --torch REQUIREMENT    torch pip requirement (default torch==2.10.0, PyPI's CUDA 12.8 wheel)
   --wheels DIR           extra *.whl files pip may use (e.g. a CPU torch wheel with --torch torch==X+cpu)
   --ca-bundle FILE       extra CA bundle for a TLS-intercepting proxy, given to the build as a BuildKit
                          secret and never stored in the image (default: $CA_BUNDLE)
@@ -40,7 +40,7 @@ EOF
 die() { printf 'build_and_push: %s\n' "$*" >&2; exit 1; }
 
 targets=() mode=ecr registry="" region="" account="" profile="" dry=false
-base_image=nvidia/cuda:12.6.3-base-ubuntu24.04 torch=torch==2.7.1 wheels="" ca=${CA_BUNDLE:-}
+base_image=nvidia/cuda:12.8.1-base-ubuntu24.04 torch=torch==2.10.0 wheels="" ca=${CA_BUNDLE:-}
 tag="" prefix=wav2vec2
 while (($#)); do
   case $1 in

@@ -34,7 +34,7 @@ timed() { took[$1]=$((SECONDS - step_start)); step_start=$SECONDS; }
 opt_ml=$root/local_test/test_dir
 data=$opt_ml/input/data
 port=${PORT:-8080}
-cuda_base=nvidia/cuda:12.6.3-base-ubuntu24.04
+cuda_base=nvidia/cuda:12.8.1-base-ubuntu24.04
 local_base=local/debian:bookworm
 
 say "1/6 Python environment and espeak-ng (./setup.sh)"
@@ -73,7 +73,7 @@ fi
 ca=${CA_BUNDLE:-}
 [ -n "$ca" ] || [ ! -r /etc/ssl/certs/ca-certificates.crt ] || ca=/etc/ssl/certs/ca-certificates.crt
 [ -z "$ca" ] || build+=(--ca-bundle "$ca")
-echo "[quickstart] base $base; torch ${torch:-torch==2.7.1 (CUDA 12.6, from PyPI)}"
+echo "[quickstart] base $base; torch ${torch:-torch==2.10.0 (CUDA 12.8, from PyPI)}"
 ./build_and_push.sh "${build[@]}" >/tmp/quickstart-build.log 2>&1 \
   || { tail -40 /tmp/quickstart-build.log; echo "quickstart: image build failed (log: /tmp/quickstart-build.log)" >&2; exit 1; }
 grep '^\[build\]' /tmp/quickstart-build.log

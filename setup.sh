@@ -2,6 +2,9 @@
 # Set up everything the programs and tests need, natively; safe to re-run (skips what is in place).
 #   - system tools: espeak-ng (synthetic speech), sox; installed with apt-get when missing
 #   - .venv at the repo root with every Python dependency pinned (requirements/)
+#   - KenLM (requirements/lm.txt): its Python module and its estimation tools lmplz and build_binary
+#     (into .venv/bin), compiled from KenLM's PyPI source; the compilers and headers this needs are
+#     installed with apt-get when missing, and only while something of KenLM is missing
 # Environment: PYTHON (default python3), TORCH_INDEX_URL (e.g. https://download.pytorch.org/whl/cpu to
 # get a small CPU-only torch instead of PyPI's CUDA build).
 set -euo pipefail
@@ -23,6 +26,40 @@ if ((${#missing[@]})); then
 fi
 
 python=${PYTHON:-python3}
+
+# KenLM: what its build needs, only while its module (at the pinned version) or its tools are missing.
+kenlm_version=$(sed -n 's/^kenlm==\([^ ]*\).*/\1/p' requirements/lm.txt)
+kenlm_module_ok() {  # every pin of requirements/lm.txt installed, and kenlm importable
+  [ -x .venv/bin/python ] && .venv/bin/python - requirements/lm.txt <<'PY' 2>/dev/null
+import importlib.metadata as m, re, sys
+import kenlm, pyctcdecode  # noqa: F401
+pins = re.findall(r"^([A-Za-z0-9_.-]+)==([^\s]+)", open(sys.argv[1]).read(), re.M)
+sys.exit(any(m.version(name) != version for name, version in pins))
+PY
+}
+kenlm_tools_ok() {
+  [ -x .venv/bin/lmplz ] && [ -x .venv/bin/build_binary ] && [ "$(cat .venv/.kenlm-tools 2>/dev/null)" = "$kenlm_version" ]
+}
+if ! kenlm_module_ok || ! kenlm_tools_ok; then
+  build_deps=(g++ make cmake zlib1g-dev libbz2-dev liblzma-dev libboost-program-options-dev libboost-system-dev
+              libboost-thread-dev libboost-test-dev)
+  "$python" -c 'import os, sys, sysconfig; sys.exit(not os.path.isfile(os.path.join(sysconfig.get_paths()["include"], "Python.h")))' \
+    || build_deps+=(python3-dev)
+  missing=()
+  for pkg in "${build_deps[@]}"; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || missing+=("$pkg")
+  done
+  if ((${#missing[@]})); then
+    if ! command -v apt-get >/dev/null 2>&1; then
+      echo "setup: building KenLM needs ${missing[*]} (no apt-get here: install the equivalents)" >&2; exit 1
+    fi
+    sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    log "installing KenLM's build tools: ${missing[*]}"
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  fi
+fi
+
 if [ ! -x .venv/bin/python ]; then
   "$python" -c 'import sys; sys.exit(sys.version_info < (3, 10))' \
     || { echo "setup: Python >= 3.10 is needed ($python is $("$python" --version 2>&1))" >&2; exit 1; }
@@ -43,5 +80,26 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   fi
   "${pip[@]}" -r requirements/dev.txt
   echo "$want" >"$stamp"
+fi
+if ! kenlm_module_ok; then
+  # On its own and without dependencies: see requirements/lm.txt (pyctcdecode's numpy<2 declaration).
+  log "installing pyctcdecode and KenLM $kenlm_version into .venv (KenLM compiles: a few minutes, once)"
+  .venv/bin/python -m pip install -q --disable-pip-version-check --no-deps --require-hashes -r requirements/lm.txt
+fi
+if ! kenlm_tools_ok; then
+  log "building KenLM's lmplz and build_binary $kenlm_version from its PyPI source into .venv/bin"
+  kenlm_tmp=$(mktemp -d)
+  trap 'rm -rf "$kenlm_tmp"' EXIT
+  grep '^kenlm==' requirements/lm.txt >"$kenlm_tmp/kenlm.txt"
+  .venv/bin/python -m pip download -q --disable-pip-version-check --no-deps --no-binary kenlm --require-hashes \
+    -d "$kenlm_tmp" -r "$kenlm_tmp/kenlm.txt"
+  tar -xzf "$kenlm_tmp/kenlm-$kenlm_version.tar.gz" -C "$kenlm_tmp"
+  # Boost linked statically: the tools then need only the C/C++ runtime, zlib, bzip2 and xz.
+  cmake -S "$kenlm_tmp/kenlm-$kenlm_version" -B "$kenlm_tmp/build" -DCMAKE_BUILD_TYPE=Release \
+    -DBoost_USE_STATIC_LIBS=ON >"$kenlm_tmp/cmake.log" 2>&1 || { cat "$kenlm_tmp/cmake.log" >&2; exit 1; }
+  cmake --build "$kenlm_tmp/build" --target lmplz build_binary -j "$(nproc)" >"$kenlm_tmp/build.log" 2>&1 \
+    || { tail -40 "$kenlm_tmp/build.log" >&2; exit 1; }
+  install -m 755 "$kenlm_tmp/build/bin/lmplz" "$kenlm_tmp/build/bin/build_binary" .venv/bin/
+  echo "$kenlm_version" >.venv/.kenlm-tools
 fi
 log "ready: $(.venv/bin/python -c 'import torch, transformers; print(f"torch {torch.__version__}, transformers {transformers.__version__}")')"

@@ -1,12 +1,16 @@
 """CTC greedy decoding: argmax, merge repeats and drop blanks on the device; only tokens go to the host.
 
-`decode_text` equals `tokenizer.batch_decode(argmax_ids)` (the repeats are already merged, so the
-tokenizer is asked not to group again: two equal characters split by a blank stay two characters).
+Transcripts are what transformers' `tokenizer.batch_decode(argmax_ids)` gives, less the special tokens
+(`<s>`, `</s>`, `<unk>`/`[UNK]`, pad): a frame whose argmax is one of them counts as a blank, which
+drops the token after repeats are merged, exactly as deleting it from the decoded text would. The tokenizer
+is asked not to group again (the repeats are already merged: two equal characters split by a blank stay
+two characters).
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any, Sequence
 
 import torch
 
@@ -26,8 +30,10 @@ def frame_seconds(config) -> float:
     return math.prod(config.conv_stride) / TARGET_RATE
 
 
-def collapse(ids: torch.Tensor, blank_id: int, lengths: torch.Tensor | None = None) -> list[Collapsed]:
-    """Collapse argmax ids (batch x frames, on any device); frames at or past `lengths` count as blank."""
+def collapse(ids: torch.Tensor, blank_id: int, lengths: torch.Tensor | None = None,
+             drop: Sequence[int] = ()) -> list[Collapsed]:
+    """Collapse argmax ids (batch x frames, on any device); frames at or past `lengths`, and frames whose
+    id is in `drop`, count as blank."""
     if ids.ndim != 2:
         raise ValueError(f"ids must be batch x frames, got shape {tuple(ids.shape)}")
     batch, frames = ids.shape
@@ -37,6 +43,8 @@ def collapse(ids: torch.Tensor, blank_id: int, lengths: torch.Tensor | None = No
         lengths = torch.as_tensor(lengths, device=ids.device)
         past_end = torch.arange(frames, device=ids.device)[None, :] >= lengths[:, None]
         ids = ids.masked_fill(past_end, blank_id)
+    if len(drop):
+        ids = ids.masked_fill(torch.isin(ids, torch.as_tensor(list(drop), device=ids.device)), blank_id)
     previous = torch.nn.functional.pad(ids[:, :-1], (1, 0), value=-1)
     row, start = (ids != previous).nonzero(as_tuple=True)  # every run of equal ids, row-major order
     token = ids[row, start]
@@ -55,39 +63,79 @@ def collapse(ids: torch.Tensor, blank_id: int, lengths: torch.Tensor | None = No
     return out
 
 
-def greedy(logits: torch.Tensor, blank_id: int, lengths: torch.Tensor | None = None) -> list[Collapsed]:
+class Vocabulary:
+    """What decoding needs of one language's CTC tokenizer (Wav2Vec2CTCTokenizer) and head.
+
+    size: the CTC head's outputs; blank_id: the tokenizer's pad token; dropped: ids of special tokens
+    (never in a transcript); words are split where the tokenizer puts a space (its word delimiter, or a
+    literal space token), and lower-cased when the tokenizer does (do_lower_case)."""
+
+    def __init__(self, tokenizer: Any, size: int):
+        self.tokenizer = tokenizer
+        self.size = size
+        self.blank_id = int(tokenizer.pad_token_id)
+        self.delimiter = tokenizer.word_delimiter_token
+        self.space = getattr(tokenizer, "replace_word_delimiter_char", " ")
+        self.lower = bool(getattr(tokenizer, "do_lower_case", False))
+        self.strings = tokenizer.convert_ids_to_tokens(list(range(size)))
+        keep = {self.delimiter, tokenizer.pad_token}
+        special = set(tokenizer.all_special_tokens) - keep
+        vocab_ids = set(tokenizer.encoder.values())
+        # Special tokens, and tokens transformers added beyond vocab.json (<s>, </s>) that the head can emit.
+        self.dropped = tuple(i for i, s in enumerate(self.strings)
+                             if i != self.blank_id and (s in special or (i not in vocab_ids and s != self.delimiter)))
+
+    def text(self, seq: Collapsed) -> str:
+        return self.tokenizer.decode(seq.tokens, group_tokens=False)
+
+    def chars(self, tokens: Sequence[int]) -> list[str]:
+        """Each token as it appears in text: the word delimiter as a space."""
+        return [self.space if self.strings[t] == self.delimiter else self.strings[t] for t in tokens]
+
+    def words(self, seq: Collapsed) -> list[tuple[str, int, int]]:
+        """(word, first frame, end frame) for each word, split as transformers' word offsets split them."""
+        words: list[tuple[str, int, int]] = []
+        current: list[str] = []
+        first = last = 0
+        for char, start, end in zip(self.chars(seq.tokens), seq.starts, seq.ends):
+            if char == self.space:
+                if current:
+                    words.append(self._word(current, first, last))
+                    current = []
+                continue
+            if not current:
+                first = start
+            current.append(char)
+            last = end
+        if current:
+            words.append(self._word(current, first, last))
+        return words
+
+    def is_space(self, token: int) -> bool:
+        return self.strings[token] == self.delimiter or self.strings[token] == self.space
+
+    def labels(self) -> list[str]:
+        """id -> text for decoders that work on characters (beam search): "" for the blank and dropped
+        tokens, " " for the word delimiter."""
+        dropped = set(self.dropped) | {self.blank_id}
+        return ["" if i in dropped else c for i, c in enumerate(self.chars(range(self.size)))]
+
+    def _word(self, chars: list[str], start: int, end: int) -> tuple[str, int, int]:
+        word = "".join(chars)
+        return (word.lower() if self.lower else word), start, end
+
+
+def greedy(logits: torch.Tensor, blank_id: int, lengths: torch.Tensor | None = None,
+           drop: Sequence[int] = ()) -> list[Collapsed]:
     """argmax over the vocabulary (batch x frames x vocab) then `collapse`, all on the logits' device."""
-    return collapse(logits.argmax(dim=-1), blank_id, lengths)
+    return collapse(logits.argmax(dim=-1), blank_id, lengths, drop)
 
 
 def decode_text(tokenizer, seq: Collapsed) -> str:
     return tokenizer.decode(seq.tokens, group_tokens=False)
 
 
-def word_offsets(tokenizer, seq: Collapsed, seconds_per_frame: float) -> list[dict]:
-    """Words (split at the tokenizer's word delimiter) with start and end in seconds."""
-    delimiter = tokenizer.word_delimiter_token
-    words: list[dict] = []
-    current: list[str] = []
-    first = last = 0
-    for token, start, end in zip(tokenizer.convert_ids_to_tokens(seq.tokens), seq.starts, seq.ends):
-        if token == delimiter:
-            if current:
-                words.append(_word(current, first, last, seconds_per_frame))
-                current = []
-            continue
-        if not current:
-            first = start
-        current.append(token)
-        last = end
-    if current:
-        words.append(_word(current, first, last, seconds_per_frame))
-    return words
-
-
-def _word(chars: list[str], start: int, end: int, seconds_per_frame: float) -> dict:
-    return {
-        "word": "".join(chars),
-        "start": round(start * seconds_per_frame, 3),
-        "end": round(end * seconds_per_frame, 3),
-    }
+def word_offsets(vocab: Vocabulary, seq: Collapsed, seconds_per_frame: float) -> list[dict]:
+    """Words with start and end in seconds."""
+    return [{"word": w, "start": round(s * seconds_per_frame, 3), "end": round(e * seconds_per_frame, 3)}
+            for w, s, e in vocab.words(seq)]

@@ -170,8 +170,34 @@ def bucket(target: Target, session) -> str:
     return target.bucket or session.default_bucket()
 
 
+def _validate_sdk_config_once() -> None:
+    """The SDK (sagemaker 2.257.7) validates its defaults config against its whole JSON schema on every config
+    lookup (sagemaker.utils.get_sagemaker_config_value -> validate_sagemaker_config -> jsonschema.validate,
+    which re-checks the schema itself each time): about 25 lookups per `deploy`, a minute of CPU on a busy
+    2-core machine. The config does not change during a run, so each distinct config is validated once.
+    Depends on the private module global sagemaker.utils.validate_sagemaker_config."""
+    import json
+
+    import sagemaker.utils
+
+    validate = sagemaker.utils.validate_sagemaker_config
+    if getattr(validate, "wav2vec2_once", False):
+        return
+    seen: set[str] = set()
+
+    def once(config=None):
+        key = json.dumps(config, sort_keys=True, default=str)
+        if key not in seen:
+            validate(config)  # raises on an invalid config, as before
+            seen.add(key)
+
+    once.wav2vec2_once = True
+    sagemaker.utils.validate_sagemaker_config = once
+
+
 def sdk_session(target: Target, *, container_root: str | None = None, serving_port: int | None = None):
     """A sagemaker.Session (AWS) or LocalSession (local mode) with telemetry off."""
+    _validate_sdk_config_once()
     if target.local:
         from sagemaker.local import LocalSession
 

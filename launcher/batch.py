@@ -4,17 +4,23 @@ Each input file is sent whole (SplitType None) in its own request (BatchStrategy
 cannot be concatenated into one body). MaxConcurrentTransforms and MaxPayloadInMB are left unset unless
 given, so SageMaker takes them from the container's GET /execution-parameters. Output: one FILE.out per
 input file, under the output path, next to each other, holding that file's JSON answer (or plain text).
+
+On GPU families whose default driver cannot run the images' CUDA 12 torch, the job asks for a machine image with
+a newer one (TransformResources.TransformAmiVersion, launcher/limits.py). SDK v2's Transformer (sagemaker 2.257.7)
+has no parameter for it, so the field is added to the CreateTransformJob request through boto3's documented
+`provide-client-params` event on the SDK session's sagemaker_client (see _with_transform_ami).
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import aws, hosting, options
-from .errors import LaunchError
+from . import aws, hosting, limits, options
+from .errors import JobFailed, LaunchError
 
 DEFAULT_INSTANCE = "ml.g5.xlarge"
 ACCEPT = ("application/json", "text/plain")
@@ -44,6 +50,11 @@ def add_parser(sub, parents) -> None:
                    help="requests in flight per instance (default: the container's /execution-parameters)")
     p.add_argument("--max-payload-mb", type=int,
                    help=f"largest file in MB, up to {MAX_PAYLOAD_MB} (default: the container's /execution-parameters)")
+    p.add_argument("--transform-ami-version", metavar="VERSION",
+                   help="SageMaker machine image (TransformAmiVersion), i.e. the NVIDIA driver, of a GPU job: "
+                        f"{limits.TRANSFORM_AMI} (driver 535; the other documented value, -batch-gpu-470, is too old "
+                        "for the images). Default: that one on ml.p3, g4dn, g5, p4d and p4de, whose default driver "
+                        "470 cannot run the images' CUDA 12 torch; SageMaker's default elsewhere")
     p.add_argument("--env", action="append", metavar="NAME=VALUE", help="serving setting; repeatable")
     p.add_argument("--job-name", help="transform job name (default wav2vec2-transform-TIMESTAMP)")
     p.add_argument("--no-wait", action="store_true", help="start the job and return")
@@ -67,6 +78,7 @@ class TransformOptions:
     job_name: str | None = None
     wait: bool = True
     serving_port: int = 8080
+    ami: limits.AmiChoice = limits.AmiChoice(None, "")
 
     @classmethod
     def from_args(cls, ns: argparse.Namespace) -> "TransformOptions":
@@ -83,18 +95,22 @@ class TransformOptions:
         inp = options.location(ns.input, "--input", local=a.local)
         if a.local and not any(p.is_file() for p in Path(inp[len("file://"):]).rglob("*")):
             raise LaunchError(f"--input {ns.input!r} holds no files")
+        instance_type = options.instance_type(ns.instance_type, DEFAULT_INSTANCE, local=a.local,
+                                              local_type="local_gpu" if a.local_gpu else "local")
+        if a.local and ns.transform_ami_version is not None:
+            raise LaunchError("--transform-ami-version is an AWS setting: local mode uses this machine's driver")
+        ami = limits.AmiChoice(None, "") if a.local else \
+            limits.choose_ami(instance_type, ns.transform_ami_version, transform=True)
         out = ns.output_path
         if out is not None:
             out = options.location(out, "--output-path", local=a.local, must_exist=False) if a.local \
                 else options.check_s3(out, "--output-path")
         return cls(aws=a, model_data=hosting._model_data(ns.model_data, a.local), image=ns.image, input=inp,
                    output_path=out, content_type=ns.content_type, accept=ns.accept,
-                   instance_type=options.instance_type(ns.instance_type, DEFAULT_INSTANCE, local=a.local,
-                                                       local_type="local_gpu" if a.local_gpu else "local"),
-                   instance_count=options.positive(ns.instance_count, "--instance-count"),
+                   instance_type=instance_type, instance_count=options.positive(ns.instance_count, "--instance-count"),
                    max_concurrent=ns.max_concurrent, max_payload_mb=ns.max_payload_mb,
                    env=options.pairs(ns.env, "--env", env_names=True), job_name=ns.job_name, wait=not ns.no_wait,
-                   serving_port=ns.serving_port)
+                   serving_port=ns.serving_port, ami=ami)
 
 
 def run(opts: TransformOptions) -> int:
@@ -120,14 +136,55 @@ def _transform(opts: TransformOptions, target: aws.Target, session, name: str, o
         instance_count=opts.instance_count, instance_type=opts.instance_type, strategy="SingleRecord",
         output_path=output_path, accept=opts.accept, max_concurrent_transforms=opts.max_concurrent,
         max_payload=opts.max_payload_mb, env=opts.env or None)
-    print(f"[launch] transform job {name}: {opts.input} -> {output_path}", flush=True)
-    transformer.transform(opts.input, data_type="S3Prefix", content_type=opts.content_type, split_type=None,
-                          job_name=name, wait=opts.wait,
-                          logs=opts.wait and not target.local)  # local mode has no CloudWatch
+    image = f"; machine image {opts.ami.version} ({opts.ami.reason})" if opts.ami.version else \
+        f"; {opts.ami.reason}" if opts.ami.reason else ""
+    print(f"[launch] transform job {name}: {opts.input} -> {output_path}, {opts.instance_count} x "
+          f"{opts.instance_type}{image}", flush=True)
+    with _with_transform_ami(session, name, opts.ami.version):
+        # On AWS the job is created first, then waited for with its log (local mode has no CloudWatch).
+        transformer.transform(opts.input, data_type="S3Prefix", content_type=opts.content_type, split_type=None,
+                              job_name=name, wait=opts.wait and target.local, logs=False)
     if opts.wait and not target.local:
+        transformer.wait(logs=True)
         _delete_model(session, name)  # only needed by this job (a failed job keeps it, for inspection; models are free)
     print(f"[launch] transcripts: {output_path}")
     return 0
+
+
+@contextlib.contextmanager
+def _with_transform_ami(session, name: str, ami: str | None):
+    """Add TransformResources.TransformAmiVersion to the CreateTransformJob request the SDK sends.
+
+    sagemaker 2.257.7's Transformer.transform has no such parameter; it sends the request through
+    Session.transform -> session.sagemaker_client.create_transform_job (an SDK internal this relies on). The field
+    goes in through boto3's `provide-client-params` event, the extension point boto3's Extensibility guide shows
+    for adding request parameters, registered on that client only while the job is created. Were the request to
+    bypass that client, the job would run on the default driver: it is stopped and the launcher fails instead."""
+    if ami is None:
+        yield
+        return
+    client = session.sagemaker_client
+    event, handler_id = "provide-client-params.sagemaker.CreateTransformJob", "wav2vec2-transform-ami"
+    added: list[str] = []
+
+    def add_ami(params, **_):
+        if params.get("TransformJobName") == name:
+            params["TransformResources"].setdefault("TransformAmiVersion", ami)
+            added.append(params["TransformResources"]["TransformAmiVersion"])
+
+    client.meta.events.register(event, add_ami, unique_id=handler_id)
+    try:
+        yield
+    finally:
+        client.meta.events.unregister(event, unique_id=handler_id)
+    if added != [ami]:
+        try:
+            client.stop_transform_job(TransformJobName=name)
+        except Exception as exc:  # botocore ClientError: not created, or already stopping
+            print(f"[launch] could not stop transform job {name}: {exc}")
+        raise JobFailed(f"the SageMaker SDK did not send CreateTransformJob through its sagemaker_client, so "
+                        f"TransformAmiVersion {ami} was not set (job {name} stopped): install the SDK version "
+                        "requirements/launch.txt pins")
 
 
 def _delete_model(session, name: str) -> None:

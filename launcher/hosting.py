@@ -1,9 +1,11 @@
-"""`launch deploy | invoke | delete`: a real-time endpoint of the serving image (sagemaker.model.Model)."""
+"""`launch deploy | invoke | delete`: endpoints of the serving image (sagemaker.model.Model) in the three
+SageMaker hosting modes: real-time (instances, 6 MB, 60 s), asynchronous (`--async`: requests and answers in
+S3, up to 1 GB and an hour each, scales to zero) and serverless (`--serverless`: CPU only, 1-6 GB of memory,
+4 MB, 60 s, billed per request). Every limit is checked before any AWS call (launcher/limits.py cites them).
+"""
 from __future__ import annotations
 
 import argparse
-import json
-import mimetypes
 import os
 import shutil
 import signal
@@ -12,16 +14,28 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import aws, options
+from . import asyncinvoke, aws, limits, options, scaling
 from .errors import JobFailed, LaunchError
 
 SERVE_REPOSITORY = "wav2vec2-serve"
 DEFAULT_INSTANCE = "ml.g5.xlarge"
-# SageMaker's bounds for ContainerStartupHealthCheckTimeoutInSeconds.
-STARTUP_TIMEOUT_RANGE_S = (60, 3600)
+STARTUP_TIMEOUT_RANGE_S = limits.STARTUP_TIMEOUT_RANGE_S
+DEFAULT_STARTUP_TIMEOUT_S = 600
 CONTENT_TYPES = {".wav": "audio/wav", ".flac": "audio/flac", ".ogg": "audio/ogg", ".mp3": "audio/mpeg",
                  ".json": "application/json"}
-REALTIME_MAX_BYTES = 6 * 1024 * 1024
+REALTIME_MAX_BYTES = limits.REALTIME_MAX_BYTES
+DEFAULT_MAX_CONCURRENT_INVOCATIONS = 4  # per instance: each may hold a body of up to 1 GB and its decoded audio
+DEFAULT_SERVERLESS_CONCURRENCY = 5
+ENDPOINT_POLL_S = 15
+
+# The serving program's settings (serve/settings.py) that each mode needs; --env values win.
+MODE_ENV = {
+    # Bodies up to SageMaker's 1 GB, answers within its one-hour invocation limit (limits [async]).
+    "async": {"SAGEMAKER_MAX_PAYLOAD_IN_MB": "1024", "MODEL_SERVER_TIMEOUT": "3600"},
+    # 4 MB bodies, 60 s per call, and one worker with one copy of the model, as AWS recommends (limits [sl]).
+    "serverless": {"SAGEMAKER_MAX_PAYLOAD_IN_MB": "4", "MODEL_SERVER_TIMEOUT": "60", "MODEL_SERVER_WORKERS": "1"},
+    "realtime": {},
+}
 
 
 def _model_data(value: str, local: bool) -> str:
@@ -39,46 +53,126 @@ def _model_data(value: str, local: bool) -> str:
 
 def add_deploy_parser(sub, parents) -> None:
     p = sub.add_parser(
-        "deploy", parents=parents, help="create a real-time endpoint from a model artifact",
+        "deploy", parents=parents, help="create an endpoint (real-time, --async or --serverless) from a model artifact",
         description="Create a SageMaker model, endpoint config and endpoint (all named --endpoint-name) from a "
-                    "model.tar.gz and the serving image. In local mode the endpoint lives while this command "
-                    "runs: Ctrl-C (or --local-seconds) stops and removes it.",
-        epilog="example: launcher/launch deploy --model-data s3://my-bucket/wav2vec2/output/JOB/output/model.tar.gz "
-               "--endpoint-name asr --instance-type ml.g5.xlarge")
+                    "model.tar.gz and the serving image: real-time by default (instances, 6 MB and 60 s per "
+                    "request), --async (recordings up to 1 GB and an hour, answers in S3, can scale to zero) or "
+                    "--serverless (CPU, 1-6 GB of memory, 4 MB and 60 s per request, billed per request). Every "
+                    "limit is checked before anything is created. In local mode the endpoint lives while this "
+                    "command runs: Ctrl-C (or --local-seconds) stops and removes it.",
+        epilog="examples: launcher/launch deploy --model-data s3://b/JOB/output/model.tar.gz --endpoint-name asr | "
+               "... --async --autoscale 0:4 | ... --serverless --memory-mb 3072")
     p.add_argument("--model-data", required=True, help="model.tar.gz: s3:// URI (local mode: a path)")
     p.add_argument("--image", help=f"serving image URI (default: ACCOUNT.dkr.ecr.REGION.amazonaws.com/"
                                    f"{SERVE_REPOSITORY}:latest, or {SERVE_REPOSITORY}:latest in local mode)")
     p.add_argument("--endpoint-name", help="name of the endpoint, its config and its model (default wav2vec2-TIMESTAMP)")
-    p.add_argument("--instance-type", help=f"instance type (default {DEFAULT_INSTANCE})")
-    p.add_argument("--instance-count", type=int, default=1, help="instances behind the endpoint (default 1)")
-    p.add_argument("--startup-timeout-s", type=int, default=600,
-                   help="seconds the container has to pass /ping after start (60-3600, default 600)")
+    p.add_argument("--instance-type", help=f"instance type (default {DEFAULT_INSTANCE}; not with --serverless)")
+    p.add_argument("--instance-count", type=int, default=None, help="instances to start with (default 1)")
+    p.add_argument("--startup-timeout-s", type=int, default=None,
+                   help=f"seconds the container has to pass /ping after start (60-3600, default "
+                        f"{DEFAULT_STARTUP_TIMEOUT_S}; serverless endpoints have a fixed 3 minutes)")
     p.add_argument("--env", action="append", metavar="NAME=VALUE",
-                   help="serving setting, e.g. MODEL_SERVER_WORKERS=2 (README lists them); repeatable")
+                   help="serving setting, e.g. MODEL_SERVER_WORKERS=2 (README lists them); repeatable; wins over "
+                        "the settings --async and --serverless set")
     p.add_argument("--tag", action="append", metavar="KEY=VALUE", help="tag the model and endpoint; repeatable")
+    p.add_argument("--inference-ami-version", metavar="VERSION",
+                   help="SageMaker machine image (InferenceAmiVersion), i.e. the NVIDIA driver, of a GPU endpoint: "
+                        f"one of {', '.join(limits.INFERENCE_AMI_VERSIONS)}. Default: "
+                        f"{limits.ENDPOINT_AMI} (driver 535) on ml.p3, g4dn, g5, p4d and p4de, whose default "
+                        "driver 470 cannot run the images' CUDA 12 torch; SageMaker's default elsewhere")
     p.add_argument("--no-wait", action="store_true", help="return once the endpoint is being created (AWS only)")
-    p.add_argument("--serving-port", type=int, default=8080, help="local mode: host port of the endpoint (default 8080)")
-    p.add_argument("--local-seconds", type=float,
+    g = p.add_argument_group("asynchronous endpoint (--async)")
+    g.add_argument("--async", dest="is_async", action="store_true",
+                   help="an asynchronous endpoint: `invoke --async` puts recordings in S3 (up to 1 GB, an hour of "
+                        "processing each), answers and failures are written to S3; the server is set to take "
+                        "1 GB bodies and answer within an hour")
+    g.add_argument("--output-path", help="s3:// prefix for answers (default s3://BUCKET/wav2vec2/async/ENDPOINT/output)")
+    g.add_argument("--failure-path",
+                   help="s3:// prefix for failures (default s3://BUCKET/wav2vec2/async/ENDPOINT/failure)")
+    g.add_argument("--max-concurrent-invocations", type=int, default=None,
+                   help=f"requests SageMaker sends to one instance at a time, 1-1000 "
+                        f"(default {DEFAULT_MAX_CONCURRENT_INVOCATIONS})")
+    g.add_argument("--success-topic", help="SNS topic ARN notified when a request succeeds")
+    g.add_argument("--error-topic", help="SNS topic ARN notified when a request fails")
+    g = p.add_argument_group("serverless endpoint (--serverless)")
+    g.add_argument("--serverless", action="store_true",
+                   help="a serverless endpoint: CPU only, no instances to manage, billed per request; 4 MB and "
+                        "60 s per request")
+    g.add_argument("--memory-mb", type=int, default=None,
+                   help="1024, 2048, 3072, 4096, 5120 or 6144 (default: the smallest that holds the model, from "
+                        "the size of model.tar.gz)")
+    g.add_argument("--max-concurrency", type=int, default=None,
+                   help=f"requests served at once, 1-200 (default {DEFAULT_SERVERLESS_CONCURRENCY})")
+    g.add_argument("--provisioned-concurrency", type=int, default=None,
+                   help="requests kept warm (no cold start), 1..--max-concurrency; billed while the endpoint exists")
+    g = p.add_argument_group("autoscaling (real-time and --async)")
+    g.add_argument("--autoscale", metavar="MIN:MAX",
+                   help="scale between MIN and MAX instances: real-time endpoints on invocations per instance "
+                        "(MIN >= 1), async endpoints on the backlog per instance (MIN 0 allowed: no instance, no "
+                        "cost, while the queue is empty)")
+    g.add_argument("--scale-target", type=float, default=None,
+                   help="the target: invocations per instance per minute (real-time, required) or requests in "
+                        f"the backlog per instance (async, default {scaling.DEFAULT_ASYNC_BACKLOG_TARGET:g})")
+    g = p.add_argument_group("local mode")
+    g.add_argument("--serving-port", type=int, default=8080, help="local mode: host port of the endpoint (default 8080)")
+    g.add_argument("--local-seconds", type=float,
                    help="local mode: keep the endpoint up this long, then remove it (default: until Ctrl-C)")
 
 
 def add_invoke_parser(sub, parents) -> None:
     p = sub.add_parser("invoke", parents=parents, help="send an audio file to an endpoint, print the transcript",
-                       description="Send FILE's bytes to the endpoint and print the transcript (or the whole JSON "
-                                   "answer with --json).")
-    p.add_argument("file", type=Path, help="an audio file (wav, flac, ogg, mp3) or a JSON request body")
+                       description="Send FILE to the endpoint and print the transcript (or the whole JSON answer "
+                                   "with --json). Real-time endpoints take up to 6 MB, serverless ones 4 MB; "
+                                   "--async uploads FILE to S3 (up to 1 GB), queues it and waits for the answer.")
+    p.add_argument("file", help="an audio file (wav, flac, ogg, mp3) or a JSON request body; with --async also an "
+                                "s3:// URI of one")
     p.add_argument("--endpoint-name", help="the endpoint (required on AWS; local mode talks to --serving-port)")
     p.add_argument("--content-type", help="Content-Type (default: from the file's suffix, else "
                                           "application/octet-stream)")
     p.add_argument("--json", action="store_true", help="print the full JSON answer, not just the text")
     p.add_argument("--serving-port", type=int, default=8080, help="local mode: port of the local endpoint")
+    g = p.add_argument_group("asynchronous endpoints (--async)")
+    g.add_argument("--async", dest="is_async", action="store_true",
+                   help="InvokeEndpointAsync: upload FILE, queue it, wait for the output or failure object")
+    g.add_argument("--input-path", help="s3:// prefix FILE is uploaded under (default s3://BUCKET/wav2vec2/async/"
+                                        "ENDPOINT/input/, BUCKET: --bucket, else the endpoint's output bucket)")
+    g.add_argument("--invocation-timeout-s", type=int, default=limits.INVOCATION_TIMEOUT_RANGE_S[1],
+                   help="seconds the container may take for this request, 1-3600 (default 3600)")
+    g.add_argument("--request-ttl-s", type=int, default=None,
+                   help="seconds the request may wait in the queue, 60-21600 (default SageMaker's 21600)")
+    g.add_argument("--wait-s", type=float, default=None,
+                   help="stop waiting after this long (default: queue time-to-live + invocation timeout)")
+    g.add_argument("--no-wait", action="store_true", help="print the output location and return")
 
 
 def add_delete_parser(sub, parents) -> None:
-    p = sub.add_parser("delete", parents=parents, help="delete an endpoint, its endpoint config and its model(s)",
-                       description="Delete the endpoint, then its endpoint config and every model the config names.")
+    p = sub.add_parser("delete", parents=parents,
+                       help="delete an endpoint and what deploy made for it (config, model, autoscaling)",
+                       description="Delete what `launch deploy` created for the endpoint: its scaling policies, the "
+                                   "scale-out-from-zero alarm and the registered scalable target, then the endpoint, "
+                                   "its endpoint config and every model the config names. Safe to re-run: what is "
+                                   "already gone is skipped.")
     p.add_argument("--endpoint-name", required=True, help="the endpoint to delete")
-    p.add_argument("--keep-model", action="store_true", help="delete endpoint and config only")
+    p.add_argument("--keep-model", action="store_true", help="keep the model(s)")
+
+
+@dataclass
+class AsyncSettings:
+    output_path: str | None
+    failure_path: str | None
+    max_concurrent_invocations: int
+    success_topic: str | None = None
+    error_topic: str | None = None
+
+
+@dataclass
+class ServerlessSettings:
+    memory_mb: int | None  # None: the smallest size that holds the model
+    max_concurrency: int
+    provisioned_concurrency: int | None = None
+
+
+SNS_ARN = r"^arn:aws[a-z-]*:sns:[a-z0-9-]+:\d{12}:[A-Za-z0-9_-]{1,256}(\.fifo)?$"
 
 
 @dataclass
@@ -87,37 +181,139 @@ class DeployOptions:
     model_data: str
     image: str | None
     endpoint_name: str
-    instance_type: str
+    instance_type: str | None
     instance_count: int
-    startup_timeout_s: int
+    startup_timeout_s: int | None
     env: dict[str, str] = field(default_factory=dict)
     tags: dict[str, str] = field(default_factory=dict)
     serving_port: int = 8080
     local_seconds: float | None = None
     wait: bool = True
+    async_: AsyncSettings | None = None
+    serverless: ServerlessSettings | None = None
+    autoscale: scaling.Autoscale | None = None
+    ami: limits.AmiChoice = limits.AmiChoice(None, "")
+
+    @property
+    def mode(self) -> str:
+        return "async" if self.async_ else "serverless" if self.serverless else "realtime"
+
+    @property
+    def server_env(self) -> dict[str, str]:
+        return {**MODE_ENV[self.mode], **self.env}
 
     @classmethod
     def from_args(cls, ns: argparse.Namespace) -> "DeployOptions":
         a = options.aws_options(ns)
-        lo, hi = STARTUP_TIMEOUT_RANGE_S
-        if not lo <= ns.startup_timeout_s <= hi:
-            raise LaunchError(f"--startup-timeout-s must be between {lo} and {hi} seconds (SageMaker's limits), "
-                              f"got {ns.startup_timeout_s}")
+        if ns.is_async and ns.serverless:
+            raise LaunchError("--async and --serverless exclude each other: pick one hosting mode")
+        if a.local and (ns.is_async or ns.serverless):
+            raise LaunchError(f"--{'async' if ns.is_async else 'serverless'} is an AWS hosting mode; the SDK's local "
+                              "mode runs real-time endpoints only. For a local asynchronous endpoint (S3 and "
+                              "SageMaker's queue stood in for) run local_test/async_local.py")
+        _refuse_flags(ns, "--async", not ns.is_async, ("output_path", "failure_path", "max_concurrent_invocations",
+                                                      "success_topic", "error_topic"))
+        _refuse_flags(ns, "--serverless", not ns.serverless,
+                      ("memory_mb", "max_concurrency", "provisioned_concurrency"))
+        if ns.startup_timeout_s is not None:
+            lo, hi = STARTUP_TIMEOUT_RANGE_S
+            if not lo <= ns.startup_timeout_s <= hi:
+                raise LaunchError(f"--startup-timeout-s must be between {lo} and {hi} seconds (SageMaker's limits), "
+                                  f"got {ns.startup_timeout_s}")
         if ns.local_seconds is not None and not a.local:
             raise LaunchError("--local-seconds only applies with --local")
-        if a.local and ns.instance_count != 1:
+        if a.local and ns.instance_count not in (None, 1):
             raise LaunchError("local mode serves from one container: drop --instance-count")
         if a.local and ns.no_wait:
             raise LaunchError("--no-wait does not apply to local endpoints (they live while `deploy` runs)")
+        if a.local and ns.autoscale:
+            raise LaunchError("--autoscale is an AWS feature: drop it in local mode")
         name = ns.endpoint_name or f"wav2vec2-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}"
         _check_name(name)
+        serverless = _serverless_settings(ns) if ns.serverless else None
+        if serverless:
+            instance_type, instance_count = None, 1
+        else:
+            instance_type = options.instance_type(ns.instance_type, DEFAULT_INSTANCE, local=a.local,
+                                                  local_type="local_gpu" if a.local_gpu else "local")
+            instance_count = options.positive(1 if ns.instance_count is None else ns.instance_count,
+                                              "--instance-count")
+        autoscale = None
+        if ns.autoscale:
+            if ns.serverless:
+                raise LaunchError("--autoscale does not apply to serverless endpoints: they scale by themselves, up "
+                                  "to --max-concurrency requests at once")
+            if ns.no_wait:
+                raise LaunchError("--autoscale needs the endpoint InService before scaling can be set up: drop "
+                                  "--no-wait")
+            autoscale = scaling.parse(ns.autoscale, is_async=ns.is_async, target=ns.scale_target,
+                                      instance_count=instance_count)
+        elif ns.scale_target is not None:
+            raise LaunchError("--scale-target only applies with --autoscale MIN:MAX")
+        ami = limits.AmiChoice(None, "")
+        if ns.inference_ami_version is not None and serverless:
+            raise LaunchError("--inference-ami-version does not apply to serverless endpoints: they run on CPUs")
+        if ns.inference_ami_version is not None and a.local:
+            raise LaunchError("--inference-ami-version is an AWS setting: local mode uses this machine's driver")
+        if not serverless and not a.local:
+            ami = limits.choose_ami(instance_type, ns.inference_ami_version, transform=False)
         return cls(aws=a, model_data=_model_data(ns.model_data, a.local), image=ns.image, endpoint_name=name,
-                   instance_type=options.instance_type(ns.instance_type, DEFAULT_INSTANCE, local=a.local,
-                                                       local_type="local_gpu" if a.local_gpu else "local"),
-                   instance_count=options.positive(ns.instance_count, "--instance-count"),
-                   startup_timeout_s=ns.startup_timeout_s, env=options.pairs(ns.env, "--env", env_names=True),
-                   tags=options.pairs(ns.tag, "--tag"), serving_port=ns.serving_port,
-                   local_seconds=ns.local_seconds, wait=not ns.no_wait)
+                   instance_type=instance_type, instance_count=instance_count,
+                   startup_timeout_s=None if serverless else (ns.startup_timeout_s or DEFAULT_STARTUP_TIMEOUT_S),
+                   env=options.pairs(ns.env, "--env", env_names=True), tags=options.pairs(ns.tag, "--tag"),
+                   serving_port=ns.serving_port, local_seconds=ns.local_seconds, wait=not ns.no_wait,
+                   async_=_async_settings(ns) if ns.is_async else None, serverless=serverless, autoscale=autoscale,
+                   ami=ami)
+
+
+def _refuse_flags(ns: argparse.Namespace, mode: str, refuse: bool, names: tuple[str, ...]) -> None:
+    given = [n for n in names if getattr(ns, n) is not None]
+    if refuse and given:
+        flags = ", ".join("--" + n.replace("_", "-") for n in given)
+        raise LaunchError(f"{flags} only {'applies' if len(given) == 1 else 'apply'} with {mode}")
+
+
+def _async_settings(ns: argparse.Namespace) -> AsyncSettings:
+    import re
+
+    for flag, value in (("--output-path", ns.output_path), ("--failure-path", ns.failure_path)):
+        if value is not None:
+            options.check_s3(value, flag)
+    count = DEFAULT_MAX_CONCURRENT_INVOCATIONS if ns.max_concurrent_invocations is None \
+        else ns.max_concurrent_invocations
+    if not limits.in_range(count, limits.MAX_CONCURRENT_INVOCATIONS_RANGE):
+        raise LaunchError(f"--max-concurrent-invocations must be between 1 and 1000 (SageMaker's limits), got {count}")
+    for flag, value in (("--success-topic", ns.success_topic), ("--error-topic", ns.error_topic)):
+        if value is not None and not re.match(SNS_ARN, value):
+            raise LaunchError(f"{flag} {value!r} is not an SNS topic ARN (arn:aws:sns:REGION:ACCOUNT:NAME)")
+    return AsyncSettings(ns.output_path, ns.failure_path, count, ns.success_topic, ns.error_topic)
+
+
+def _serverless_settings(ns: argparse.Namespace) -> ServerlessSettings:
+    if ns.instance_type:
+        if limits.is_accelerated(ns.instance_type):
+            raise LaunchError(f"--serverless runs on CPUs only: {ns.instance_type} is a GPU/accelerator instance type. "
+                              "Drop --instance-type (serverless endpoints take none), or deploy real-time or --async "
+                              "for a GPU")
+        raise LaunchError("--serverless endpoints take no --instance-type: SageMaker gives them CPUs in proportion "
+                          "to --memory-mb")
+    if ns.instance_count not in (None, 1):
+        raise LaunchError("--serverless endpoints have no instances: drop --instance-count (--max-concurrency sets "
+                          "how many requests run at once)")
+    if ns.startup_timeout_s is not None:
+        raise LaunchError("--startup-timeout-s does not apply to serverless endpoints: SageMaker gives their "
+                          "container a fixed 3 minutes to download the model and pass /ping")
+    if ns.memory_mb is not None and ns.memory_mb not in limits.SERVERLESS_MEMORY_MB:
+        raise LaunchError(f"--memory-mb {ns.memory_mb}: serverless memory is one of "
+                          f"{', '.join(map(str, limits.SERVERLESS_MEMORY_MB))} MB")
+    concurrency = DEFAULT_SERVERLESS_CONCURRENCY if ns.max_concurrency is None else ns.max_concurrency
+    if not limits.in_range(concurrency, limits.SERVERLESS_CONCURRENCY_RANGE):
+        raise LaunchError(f"--max-concurrency must be between 1 and 200 (SageMaker's limits), got {concurrency}")
+    provisioned = ns.provisioned_concurrency
+    if provisioned is not None and not 1 <= provisioned <= concurrency:
+        raise LaunchError(f"--provisioned-concurrency must be between 1 and --max-concurrency ({concurrency}), "
+                          f"got {provisioned}")
+    return ServerlessSettings(ns.memory_mb, concurrency, provisioned)
 
 
 def _check_name(name: str) -> None:
@@ -150,11 +346,51 @@ def make_model(target: aws.Target, session, image: str | None, model_data: str, 
 
 def deploy(opts: DeployOptions) -> int:
     target = aws.resolve(opts.aws, need_role=True)
-    session = aws.sdk_session(target, serving_port=opts.serving_port)
     if target.local:
+        session = aws.sdk_session(target, serving_port=opts.serving_port)
         with tempfile.TemporaryDirectory(prefix="wav2vec2-model-") as work:
-            return _deploy(opts, target, session, local_model_copy(opts.model_data, work))
-    return _deploy(opts, target, session, opts.model_data)
+            return _deploy_local(opts, target, session, local_model_copy(opts.model_data, work))
+    serverless = None
+    if opts.serverless:
+        # Before anything is created: the memory must hold the model (HeadObject only reads its size).
+        serverless = _serverless_config(opts.serverless, target, opts.model_data)
+    session = aws.sdk_session(target)
+    return _deploy_aws(opts, target, session, serverless)
+
+
+def _serverless_config(settings: ServerlessSettings, target: aws.Target, model_data: str):
+    """The ServerlessInferenceConfig, its memory checked against (or, unset, chosen from) the size of
+    model.tar.gz with the serving program's measured needs (limits.serverless_memory_needed_mb)."""
+    archive = asyncinvoke.object_size(target.boto_session.client("s3", region_name=target.region), model_data)
+    needed = limits.serverless_memory_needed_mb(archive)
+    fits = limits.smallest_serverless_memory_mb(needed)
+    size = f"{archive / limits.MB:,.0f} MB"
+    if fits is None:
+        raise LaunchError(f"the model ({size} model.tar.gz) needs about {needed:,} MB to serve, more than "
+                          "serverless endpoints' 6,144 MB: deploy it real-time or --async")
+    memory = settings.memory_mb or fits
+    if memory < needed:
+        raise LaunchError(f"--memory-mb {memory} is too small for this model ({size} model.tar.gz needs about "
+                          f"{needed:,} MB to serve a 4 MB request): use --memory-mb {fits}")
+    from sagemaker.serverless import ServerlessInferenceConfig
+
+    print(f"[launch] serverless memory {memory} MB (the model needs about {needed:,} MB)", flush=True)
+    return ServerlessInferenceConfig(memory_size_in_mb=memory, max_concurrency=settings.max_concurrency,
+                                     provisioned_concurrency=settings.provisioned_concurrency)
+
+
+def _async_config(settings: AsyncSettings, target: aws.Target, session, name: str):
+    from sagemaker.async_inference import AsyncInferenceConfig
+
+    base = None
+    if settings.output_path is None or settings.failure_path is None:
+        base = f"s3://{aws.bucket(target, session)}/wav2vec2/async/{name}"
+    notification = {k: v for k, v in (("SuccessTopic", settings.success_topic),
+                                      ("ErrorTopic", settings.error_topic)) if v}
+    return AsyncInferenceConfig(output_path=settings.output_path or f"{base}/output",
+                                failure_path=settings.failure_path or f"{base}/failure",
+                                max_concurrent_invocations_per_instance=settings.max_concurrent_invocations,
+                                notification_config=notification or None)
 
 
 class _Stop(Exception):
@@ -165,19 +401,60 @@ def _raise_stop(*_):
     raise _Stop()
 
 
-def _deploy(opts: DeployOptions, target: aws.Target, session, model_data: str) -> int:
-    model = make_model(target, session, opts.image, model_data, opts.env, name=opts.endpoint_name)
+def _deploy_aws(opts: DeployOptions, target: aws.Target, session, serverless) -> int:
+    name = opts.endpoint_name
+    model = make_model(target, session, opts.image, opts.model_data, opts.server_env, name=name)
+    kind = {"async": "asynchronous", "serverless": "serverless", "realtime": "real-time"}[opts.mode]
+    where = "serverless" if serverless else f"{opts.instance_count} x {opts.instance_type}"
+    image = f"; machine image {opts.ami.version} ({opts.ami.reason})" if opts.ami.version else \
+        f"; {opts.ami.reason}" if opts.ami.reason else ""
+    print(f"[launch] deploying {kind} endpoint {name}: {where}, image {model.image_uri}{image}", flush=True)
+    async_config = _async_config(opts.async_, target, session, name) if opts.async_ else None
+    model.deploy(initial_instance_count=None if serverless else opts.instance_count,
+                 instance_type=None if serverless else opts.instance_type, endpoint_name=name,
+                 container_startup_health_check_timeout=opts.startup_timeout_s,
+                 async_inference_config=async_config, serverless_inference_config=serverless,
+                 inference_ami_version=opts.ami.version,
+                 tags=[{"Key": k, "Value": v} for k, v in opts.tags.items()] or None, wait=False)
+    if async_config:
+        print(f"[launch] answers go to {async_config.output_path}, failures to {async_config.failure_path}", flush=True)
+    if not opts.wait:
+        print(f"[launch] endpoint {name} is being created")
+    else:
+        wait_in_service(target, name)
+        if opts.autoscale:
+            scaling.apply(target.boto_session, target.region, name, opts.autoscale, is_async=bool(opts.async_))
+    flag = " --async" if opts.async_ else ""
+    print(f"[launch] try: launcher/launch invoke{flag} CLIP.wav --endpoint-name {name}")
+    print(f"[launch] remove: launcher/launch delete --endpoint-name {name}")
+    print(name)
+    return 0
+
+
+def wait_in_service(target: aws.Target, name: str) -> None:
+    """Poll DescribeEndpoint until InService (a line a minute meanwhile); Failed ends with its reason."""
+    sm = target.boto_session.client("sagemaker", region_name=target.region)
+    started = time.monotonic()
+    last_line = -60.0
+    while True:
+        desc = sm.describe_endpoint(EndpointName=name)
+        status = desc["EndpointStatus"]
+        if status == "InService":
+            print(f"[launch] endpoint {name} is InService", flush=True)
+            return
+        if status in ("Failed", "OutOfService", "Deleting"):
+            raise JobFailed(f"endpoint {name} is {status}: {desc.get('FailureReason', 'no reason given')}")
+        elapsed = time.monotonic() - started
+        if elapsed - last_line >= 60:
+            print(f"[launch] endpoint {name}: {status} ({elapsed / 60:.0f} min)", flush=True)
+            last_line = elapsed
+        time.sleep(ENDPOINT_POLL_S)
+
+
+def _deploy_local(opts: DeployOptions, target: aws.Target, session, model_data: str) -> int:
+    model = make_model(target, session, opts.image, model_data, opts.server_env, name=opts.endpoint_name)
     print(f"[launch] deploying {opts.endpoint_name}: {opts.instance_count} x {opts.instance_type}, image "
           f"{model.image_uri}", flush=True)
-    if not target.local:
-        model.deploy(initial_instance_count=opts.instance_count, instance_type=opts.instance_type,
-                     endpoint_name=opts.endpoint_name, container_startup_health_check_timeout=opts.startup_timeout_s,
-                     tags=[{"Key": k, "Value": v} for k, v in opts.tags.items()] or None, wait=opts.wait)
-        print(f"[launch] endpoint {opts.endpoint_name} is {'InService' if opts.wait else 'being created'}", flush=True)
-        print(f"[launch] try: launcher/launch invoke CLIP.wav --endpoint-name {opts.endpoint_name}")
-        print(f"[launch] remove: launcher/launch delete --endpoint-name {opts.endpoint_name}")
-        print(opts.endpoint_name)
-        return 0
     # Local endpoints live in this process (the SDK runs docker compose from a thread): SIGTERM and Ctrl-C
     # must unwind through `finally` so that the containers go with it, even during start-up.
     signal.signal(signal.SIGTERM, _raise_stop)
@@ -225,33 +502,91 @@ def _delete_local(session, name: str) -> None:
 @dataclass
 class InvokeOptions:
     aws: aws.AwsOptions
-    file: Path
+    file: Path | None
     endpoint_name: str | None
     content_type: str
     as_json: bool
     serving_port: int
+    is_async: bool = False
+    s3_input: str | None = None
+    input_path: str | None = None
+    invocation_timeout_s: int = limits.INVOCATION_TIMEOUT_RANGE_S[1]
+    request_ttl_s: int | None = None
+    wait_s: float | None = None
+    wait: bool = True
 
     @classmethod
     def from_args(cls, ns: argparse.Namespace) -> "InvokeOptions":
         a = options.aws_options(ns)
-        if not ns.file.is_file():
-            raise LaunchError(f"{ns.file} is not a file")
-        size = ns.file.stat().st_size
-        if size == 0:
-            raise LaunchError(f"{ns.file} is empty")
+        if not ns.is_async:
+            given = [f for f, v in (("--input-path", ns.input_path), ("--request-ttl-s", ns.request_ttl_s),
+                                    ("--wait-s", ns.wait_s)) if v is not None] + (["--no-wait"] if ns.no_wait else [])
+            if given or ns.invocation_timeout_s != limits.INVOCATION_TIMEOUT_RANGE_S[1]:
+                raise LaunchError(f"{', '.join(given) or '--invocation-timeout-s'} only applies with --async")
+            return cls._sync(ns, a)
+        if a.local:
+            raise LaunchError("--async needs an asynchronous endpoint on AWS; for a local one (S3 and SageMaker's "
+                              "queue stood in for) run local_test/async_local.py")
+        if not ns.endpoint_name:
+            raise LaunchError("--endpoint-name is required (the name `launch deploy --async` printed)")
+        if not limits.in_range(ns.invocation_timeout_s, limits.INVOCATION_TIMEOUT_RANGE_S):
+            raise LaunchError(f"--invocation-timeout-s must be between 1 and 3600 seconds (SageMaker's limits), "
+                              f"got {ns.invocation_timeout_s}")
+        if ns.request_ttl_s is not None and not limits.in_range(ns.request_ttl_s, limits.REQUEST_TTL_RANGE_S):
+            raise LaunchError(f"--request-ttl-s must be between 60 and 21600 seconds (SageMaker's limits), "
+                              f"got {ns.request_ttl_s}")
+        if ns.wait_s is not None and ns.wait_s <= 0:
+            raise LaunchError(f"--wait-s must be positive, got {ns.wait_s}")
+        if ns.input_path is not None:
+            options.check_s3(ns.input_path, "--input-path")
+        ctype = asyncinvoke.content_type_of(ns.file, ns.content_type, CONTENT_TYPES)
+        common = dict(aws=a, endpoint_name=ns.endpoint_name, content_type=ctype, as_json=ns.json,
+                      serving_port=ns.serving_port, is_async=True, input_path=ns.input_path,
+                      invocation_timeout_s=ns.invocation_timeout_s, request_ttl_s=ns.request_ttl_s, wait_s=ns.wait_s,
+                      wait=not ns.no_wait)
+        if options.is_s3(ns.file):
+            if ns.input_path is not None:
+                raise LaunchError("--input-path is where FILE is uploaded: drop it when FILE is already in S3")
+            return cls(file=None, s3_input=options.check_s3(ns.file, "FILE"), **common)
+        path = _local_file(ns.file)
+        size = path.stat().st_size
+        if size > limits.ASYNC_MAX_BYTES:
+            raise LaunchError(f"{path} is {size / limits.MB:,.0f} MB: asynchronous endpoints take at most 1 GB "
+                              "(1,024 MB) per request; split the recording")
+        return cls(file=path, **common)
+
+    @classmethod
+    def _sync(cls, ns: argparse.Namespace, a: aws.AwsOptions) -> "InvokeOptions":
+        if options.is_s3(ns.file):
+            raise LaunchError("an s3:// FILE needs --async (real-time and serverless endpoints take the bytes)")
+        path = _local_file(ns.file)
+        size = path.stat().st_size
         if size > REALTIME_MAX_BYTES and not a.local:
-            raise LaunchError(f"{ns.file} is {size / 2**20:.1f} MB: real-time endpoints take at most 6 MB; use "
-                              "`launch transform` (batch) or a shorter clip")
+            raise LaunchError(f"{path} is {size / limits.MB:.1f} MB: real-time endpoints take at most 6 MB (serverless "
+                              "ones 4 MB); use `invoke --async` on an endpoint deployed with --async (up to 1 GB), or "
+                              "`launch transform` (batch)")
         if not a.local and not ns.endpoint_name:
             raise LaunchError("--endpoint-name is required (the name `launch deploy` printed)")
-        ctype = ns.content_type or CONTENT_TYPES.get(ns.file.suffix.lower()) \
-            or mimetypes.guess_type(ns.file.name)[0] or "application/octet-stream"
-        return cls(aws=a, file=ns.file, endpoint_name=ns.endpoint_name, content_type=ctype, as_json=ns.json,
-                   serving_port=ns.serving_port)
+        return cls(aws=a, file=path, endpoint_name=ns.endpoint_name,
+                   content_type=asyncinvoke.content_type_of(path.name, ns.content_type, CONTENT_TYPES),
+                   as_json=ns.json, serving_port=ns.serving_port)
+
+
+def _local_file(value: str) -> Path:
+    path = Path(value).expanduser()
+    if not path.is_file():
+        raise LaunchError(f"{value} is not a file")
+    if path.stat().st_size == 0:
+        raise LaunchError(f"{value} is empty")
+    return path
 
 
 def invoke(opts: InvokeOptions) -> int:
     target = aws.resolve(opts.aws, need_role=False)
+    if opts.is_async:
+        return asyncinvoke.invoke(opts, target)
+    if not target.local and opts.file.stat().st_size > limits.SERVERLESS_MAX_BYTES:
+        _refuse_if_serverless(target, opts.endpoint_name, opts.file)
     session = aws.sdk_session(target, serving_port=opts.serving_port)
     import botocore.exceptions
 
@@ -271,16 +606,22 @@ def invoke(opts: InvokeOptions) -> int:
     status = getattr(response["Body"], "status", 200)
     if status >= 400:
         raise LaunchError(f"the endpoint answered {status}: {body.decode(errors='replace')[:500]}")
+    return asyncinvoke._print_output(body, opts.as_json)
+
+
+def _refuse_if_serverless(target: aws.Target, name: str, file: Path) -> None:
+    """A body between 4 and 6 MB: refused here if the endpoint is serverless (one DescribeEndpoint; when that is
+    not allowed, the request goes and SageMaker answers)."""
+    import botocore.exceptions
+
+    sm = target.boto_session.client("sagemaker", region_name=target.region)
     try:
-        answer = json.loads(body)
-    except json.JSONDecodeError:
-        print(body.decode(errors="replace"))
-        return 0
-    if opts.as_json or not isinstance(answer, dict) or "text" not in answer:
-        print(json.dumps(answer, indent=2))
-    else:
-        print(answer["text"])
-    return 0
+        variants = sm.describe_endpoint(EndpointName=name).get("ProductionVariants", [])
+    except botocore.exceptions.ClientError:
+        return
+    if any("CurrentServerlessConfig" in v or "DesiredServerlessConfig" in v for v in variants):
+        raise LaunchError(f"{file} is {file.stat().st_size / limits.MB:.1f} MB: serverless endpoints take at most 4 MB "
+                          "per request; use a shorter clip or compressed audio (FLAC), or an --async endpoint")
 
 
 @dataclass
@@ -299,32 +640,59 @@ class DeleteOptions:
         return cls(aws=a, endpoint_name=ns.endpoint_name, keep_model=ns.keep_model)
 
 
+def _missing(exc) -> bool:
+    """SageMaker answers ValidationException "Could not find ..." for names that do not exist."""
+    error = exc.response.get("Error", {})
+    code, message = error.get("Code", ""), error.get("Message", "").lower()
+    return code == "ResourceNotFound" or (code == "ValidationException" and
+                                           ("could not find" in message or "not found" in message))
+
+
 def delete(opts: DeleteOptions) -> int:
+    """Everything deploy made for the endpoint, scaling first (as AWS asks before an endpoint goes), then the
+    endpoint, its config and its models. Names come from the endpoint; when the endpoint is already gone, from
+    deploy's naming (config and model are named like the endpoint), so an interrupted delete can be re-run."""
     target = aws.resolve(opts.aws, need_role=False)
     import botocore.exceptions
 
     sm = target.boto_session.client("sagemaker", region_name=target.region)
     name = opts.endpoint_name
     try:
-        config_name = sm.describe_endpoint(EndpointName=name)["EndpointConfigName"]
+        endpoint = sm.describe_endpoint(EndpointName=name)
     except botocore.exceptions.ClientError as exc:
-        raise LaunchError(f"endpoint {name} not found in {target.region}: {exc.response['Error']['Message']}") from None
+        if not _missing(exc):
+            raise
+        endpoint = None
+    config_name = endpoint["EndpointConfigName"] if endpoint else name
     try:
-        models = [v["ModelName"] for v in sm.describe_endpoint_config(EndpointConfigName=config_name)["ProductionVariants"]]
-    except botocore.exceptions.ClientError:
-        models = []  # config already gone
-    sm.delete_endpoint(EndpointName=name)
-    print(f"[launch] deleted endpoint {name}")
-    try:
+        config = sm.describe_endpoint_config(EndpointConfigName=config_name)
+    except botocore.exceptions.ClientError as exc:
+        if not _missing(exc):
+            raise
+        config = None
+    variants = [v["VariantName"] for v in (config or endpoint or {}).get("ProductionVariants", [])] or [scaling.VARIANT]
+    scaling.remove(target.boto_session, target.region, name, variants)
+    found = False
+    if endpoint:
+        sm.delete_endpoint(EndpointName=name)
+        print(f"[launch] deleted endpoint {name}")
+        found = True
+    if config:
         sm.delete_endpoint_config(EndpointConfigName=config_name)
         print(f"[launch] deleted endpoint config {config_name}")
-    except botocore.exceptions.ClientError as exc:
-        print(f"[launch] endpoint config {config_name}: {exc.response['Error']['Message']}")
+        found = True
+    models = [v["ModelName"] for v in config["ProductionVariants"]] if config else [name]
     if not opts.keep_model:
         for model in models:
             try:
+                if not config:  # the model deploy named like the endpoint, if an earlier delete left it
+                    sm.describe_model(ModelName=model)
                 sm.delete_model(ModelName=model)
                 print(f"[launch] deleted model {model}")
+                found = True
             except botocore.exceptions.ClientError as exc:
-                print(f"[launch] model {model}: {exc.response['Error']['Message']}")
+                if not _missing(exc):
+                    raise
+    if not found:
+        print(f"[launch] nothing of {name} is left in {target.region}")
     return 0

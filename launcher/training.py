@@ -53,7 +53,8 @@ def add_parser(sub, parents) -> None:
     p.add_argument("--tag", action="append", metavar="KEY=VALUE", help="tag the job; repeatable")
     p.add_argument("--no-wait", action="store_true", help="start the job and return without streaming its log")
     p.add_argument("--dry-run", action="store_true",
-                   help="print the job settings (with the metric definitions) as JSON; nothing is checked or created")
+                   help="print the job settings (with the metric definitions) as JSON; the arguments and "
+                        "hyperparameters are checked, nothing is created")
 
 
 @dataclass
@@ -98,6 +99,7 @@ class TrainOptions:
                 raise LaunchError(f"--hyperparameters-file {ns.hyperparameters_file} must hold a JSON object")
             hps.update({str(k): str(v) for k, v in loaded.items()})
         hps.update(options.pairs(ns.hyperparameters, "--hp"))
+        check_hyperparameters(hps)
         options.positive(ns.instance_count, "--instance-count")
         options.positive(ns.volume_size_gb, "--volume-size-gb")
         options.positive(ns.max_run_s, "--max-run-s")
@@ -130,6 +132,18 @@ class TrainOptions:
                    checkpoint_s3_uri=ns.checkpoint_s3_uri, output_path=output_path,
                    env=options.pairs(ns.env, "--env", env_names=True), tags=options.pairs(ns.tag, "--tag"),
                    job_name=ns.job_name, wait=not ns.no_wait, dry_run=ns.dry_run)
+
+
+def check_hyperparameters(hps: dict[str, str]) -> None:
+    """The training program's own parser (train/hyperparameters.py, no torch import), so that a typo or a bad
+    value fails here, in a second, with the message the job would have failed with after its instance started."""
+    from train.failure import TrainingError
+    from train.hyperparameters import parse
+
+    try:
+        parse(hps)
+    except TrainingError as exc:
+        raise LaunchError(f"{exc} (checked with the training program's parser; nothing was created)") from None
 
 
 def job_name(base: str = TRAIN_REPOSITORY) -> str:

@@ -30,9 +30,19 @@ def main(argv: list[str]) -> int:
     except SettingsError as exc:
         print(f"serve: {exc}", file=sys.stderr)
         return 2
-    if not (settings.model_dir / "config.json").is_file():
-        print(f"serve: no model in {settings.model_dir} (config.json missing): SageMaker extracts model.tar.gz "
-              "there; natively, set OPT_ML to a folder whose model/ holds the training output", file=sys.stderr)
+    # Checks that need no torch, in the master, before any worker forks: a clear message at once.
+    from common import modeldir
+
+    if not settings.model_dir.is_dir():
+        print(f"serve: no model in {settings.model_dir}: SageMaker extracts model.tar.gz there; natively, set "
+              "OPT_ML to a folder whose model/ holds the training output", file=sys.stderr)
+        return 2
+    try:
+        found = modeldir.find(settings.model_dir)
+        modeldir.ctc_class_name(modeldir.read_config(found), serving=True)
+    except modeldir.ModelDirError as exc:
+        print(f"serve: cannot serve the model in {settings.model_dir} (OPT_ML={settings.opt_ml}): {exc}",
+              file=sys.stderr)
         return 2
     from .server import Server
 

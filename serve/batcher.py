@@ -1,8 +1,10 @@
 """Dynamic batching inside one worker: request threads queue clips, one thread runs the model.
 
+Every clip comes with a key; only clips of the same key share a forward pass (the model's key says what a
+pass must agree on: the adapter language, and the clip length where padding would change the result).
 The first clip waiting opens a window of `max_wait_s`; whatever arrives meanwhile (up to `max_batch_size`)
-joins it. Among the waiting clips, the batch is the run of similar lengths that holds the oldest clip, so
-padding stays small and no clip waits behind ever newer ones.
+joins it. Among the waiting clips of the oldest clip's key, the batch is the run of similar lengths that
+holds the oldest clip, so padding stays small and no clip waits behind ever newer ones.
 """
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ import threading
 import time
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Callable, Hashable, Sequence
 
 import numpy as np
 
@@ -24,9 +26,13 @@ LOOKAHEAD = 4
 
 @dataclass
 class _Job:
+    key: Hashable
     audio: np.ndarray
     future: Future = field(default_factory=Future)
     enqueued: float = field(default_factory=time.monotonic)
+
+
+_STOP = _Job(key=None, audio=np.zeros(0, np.float32))
 
 
 @dataclass(frozen=True)
@@ -36,7 +42,10 @@ class Outcome:
 
 
 class Batcher:
-    def __init__(self, run: Callable[[list[np.ndarray]], Sequence[object]], max_batch_size: int, max_wait_s: float):
+    """run(key, clips) -> one result per clip, called on the batcher's own thread."""
+
+    def __init__(self, run: Callable[[Hashable, list[np.ndarray]], Sequence[object]], max_batch_size: int,
+                 max_wait_s: float):
         self._run = run
         self._max = max_batch_size
         self._wait = max_wait_s
@@ -53,19 +62,31 @@ class Batcher:
     def alive(self) -> bool:
         return self._thread.is_alive()
 
-    def submit(self, clips: Sequence[np.ndarray]) -> list[Future]:
-        jobs = [_Job(c) for c in clips]
-        for job in jobs:
+    def stop(self) -> None:
+        """Let the thread end once the clips already queued have run (for tests and tools; the server's
+        workers simply exit)."""
+        self._queue.put(_STOP)
+
+    def submit(self, jobs: Sequence[tuple[Hashable, np.ndarray]]) -> list[Future]:
+        """Queue (key, clip) pairs; one future per clip, resolving to an Outcome."""
+        queued = [_Job(key, audio) for key, audio in jobs]
+        for job in queued:
             self._queue.put(job)
-        return [job.future for job in jobs]
+        return [job.future for job in queued]
 
     def _loop(self) -> None:
         pending: list[_Job] = []
         while True:
             try:
                 if not pending:
-                    pending.append(self._queue.get())
+                    job = self._queue.get()
+                    if job is _STOP:
+                        return
+                    pending.append(job)
                 self._gather(pending)
+                if any(j is _STOP for j in pending):
+                    pending = [j for j in pending if j is not _STOP]
+                    self._queue.put(_STOP)  # after the clips already gathered
                 batch = [j for j in self._pick(pending) if j.future.set_running_or_notify_cancel()]
                 chosen = set(map(id, batch))
                 pending = [j for j in pending if id(j) not in chosen and not j.future.cancelled()]
@@ -76,7 +97,8 @@ class Batcher:
 
     def _gather(self, pending: list[_Job]) -> None:
         deadline = pending[0].enqueued + self._wait
-        while len(pending) < self._max:
+        key = pending[0].key
+        while sum(j.key == key for j in pending) < self._max:
             left = deadline - time.monotonic()
             try:
                 pending.append(self._queue.get(timeout=left) if left > 0 else self._queue.get_nowait())
@@ -89,10 +111,13 @@ class Batcher:
                 break
 
     def _pick(self, pending: list[_Job]) -> list[_Job]:
-        """The window of at most max_batch_size length-sorted clips that holds the oldest, least spread."""
-        k = min(self._max, len(pending))
-        ordered = sorted(pending, key=lambda j: len(j.audio))
-        oldest = next(i for i, j in enumerate(ordered) if j is pending[0])
+        """The oldest clip's key; of its clips, the window of at most max_batch_size length-sorted clips that
+        holds the oldest, least spread."""
+        oldest_job = pending[0]
+        same = [j for j in pending if j.key == oldest_job.key]
+        k = min(self._max, len(same))
+        ordered = sorted(same, key=lambda j: len(j.audio))
+        oldest = next(i for i, j in enumerate(ordered) if j is oldest_job)
         best, best_spread = 0, None
         for lo in range(max(0, oldest - k + 1), min(oldest, len(ordered) - k) + 1):
             spread = len(ordered[lo + k - 1].audio) / max(1, len(ordered[lo].audio))
@@ -102,7 +127,7 @@ class Batcher:
 
     def _execute(self, batch: list[_Job]) -> None:
         try:
-            results = self._run([j.audio for j in batch])
+            results = self._run(batch[0].key, [j.audio for j in batch])
         except Exception as exc:
             log.exception("forward pass failed for a batch of %d", len(batch))
             for job in batch:

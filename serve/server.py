@@ -61,16 +61,23 @@ class Server(BaseApplication):
         _heartbeat_while_loading(worker, self.settings.timeout_s)
 
     def load(self):
-        from .app import create_app  # in the worker: torch and the model are imported here, after the fork
+        # In the worker: torch and the model are imported here, after the fork.
+        from common.modeldir import ModelDirError
+
+        from . import model as model_side
+        from .app import create_app
 
         logging.getLogger("serve").setLevel(self.settings.log_level.upper())
         gpu = os.environ.get("CUDA_VISIBLE_DEVICES", "-") if self.gpus else "none"
         log.info("worker %d loading the model (GPU %s)", os.getpid(), gpu)
         try:
-            app = create_app(self.settings, workers=self.workers)
+            model = model_side.load(self.settings, self.workers)
+        except ModelDirError as exc:
+            log.error("cannot serve the model in %s: %s", self.settings.model_dir, exc)
+            raise
         finally:
             _loaded.set()
-        return app
+        return create_app(model, self.settings, workers=self.workers)
 
 
 _loaded = threading.Event()

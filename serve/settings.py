@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping
@@ -89,6 +90,26 @@ class Settings:
              "faster here, same CER, a few characters differ), else float32; `true` or `false` force it "
              "(`false`: transcripts exactly as float32).",
     )
+    language: str | None = _setting(
+        None, "SERVE_LANGUAGE", shown="the tokenizer's `target_lang`",
+        help="Adapter models (MMS: `adapter.<lang>.safetensors` beside a vocab.json nested by language): the "
+             "language of requests that name none (the `language` request option). Unset: the tokenizer's "
+             "`target_lang`, or the only language; a model with several and no `target_lang` needs it.",
+    )
+    max_adapters: int = _setting(
+        16, "SERVE_MAX_ADAPTERS",
+        help="Adapter languages kept loaded at once (the least recently used is dropped and read again from its "
+             "file when asked for).",
+    )
+    beam_processes: int | None = _setting(
+        None, "SERVE_BEAM_PROCESSES", shown="CPU cores / workers - 1, at least 1, at most `SERVE_THREADS`",
+        help="Processes per worker that run beam search (the `decoder` request option), so that the forward-pass "
+             "thread never waits for it. The default leaves each worker one core for its request threads and "
+             "model thread; more processes than request threads would sit idle. They are started (spawned, "
+             "never forked: they never import torch or touch CUDA) after the worker forks, each loading the LM "
+             "once (a KenLM binary is memory-mapped and shared, an ARPA file is held by every process); for a "
+             "model without an LM, on the first `decoder=beam` request.",
+    )
     log_level: str = _setting("info", "SERVE_LOG_LEVEL", help="gunicorn and application log level.")
     opt_ml: Path = _setting(
         Path("/opt/ml"), "OPT_ML", help="Root of the SageMaker tree; the model is read from its `model/`."
@@ -102,6 +123,15 @@ class Settings:
         if self.max_batch_size is not None:
             return self.max_batch_size
         return 8 if device_type == "cuda" else 1
+
+    def beam_processes_for(self, workers: int, cores: int | None = None) -> int:
+        """SERVE_BEAM_PROCESSES, or the default for `workers` workers sharing `cores` CPU cores (default: the
+        cores this process may run on)."""
+        if self.beam_processes is not None:
+            return self.beam_processes
+        if cores is None:
+            cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        return max(1, min(self.threads, cores // max(1, workers) - 1))
 
     @property
     def max_payload_bytes(self) -> int:
@@ -144,6 +174,10 @@ class Settings:
         need(self.cpu_bf16 in ("auto", "true", "false"), "SERVE_CPU_BF16 must be auto, true or false")
         need(self.gpu_dtype in ("float16", "bfloat16", "float32"),
              "SERVE_GPU_DTYPE must be float16, bfloat16 or float32")
+        need(self.max_adapters >= 1, "SERVE_MAX_ADAPTERS must be at least 1")
+        need(self.beam_processes is None or self.beam_processes >= 1, "SERVE_BEAM_PROCESSES must be at least 1")
+        need(self.language is None or bool(re.fullmatch(r"[A-Za-z0-9_-]{1,64}", self.language)),
+             "SERVE_LANGUAGE must be a language code such as eng or fra (letters, digits, - and _)")
         need(self.log_level in ("debug", "info", "warning", "error", "critical"),
              "SERVE_LOG_LEVEL must be debug, info, warning, error or critical")
 
@@ -179,7 +213,7 @@ def markdown_table() -> str:
     rows = ["| variable | default | meaning |", "| --- | --- | --- |"]
     for f in dataclasses.fields(Settings):
         names = " or ".join(f"`{n}`" for n in f.metadata["env"])
-        default = f.metadata["shown"] or f.default
+        default = f.metadata["shown"] or ("none" if f.default is None else f.default)
         if isinstance(default, bool):
             default = "true" if default else "false"
         rows.append(f"| {names} | {default} | {f.metadata['help']} |")

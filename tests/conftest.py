@@ -60,3 +60,29 @@ def tiny_model_dir(tmp_path_factory, synthetic_data) -> Path:
     out = tmp_path_factory.mktemp("tiny_model")
     modeldir.save(out, Wav2Vec2ForCTC(cfg).eval(), processor)
     return out
+
+
+@pytest.fixture(scope="session")
+def checkpoint_dirs(tmp_path_factory):
+    """get(kind, layout="flat") -> the root of a tiny checkpoint directory of that kind, as it would sit in
+    /opt/ml/model (tests/checkpoints.py: every supported architecture and layout), built once per session."""
+    import checkpoints
+
+    built: dict[tuple[str, str], Path] = {}
+
+    def get(kind: str, layout: str = "flat") -> Path:
+        if (kind, layout) not in built:
+            root = tmp_path_factory.mktemp(f"ckpt_{kind}_{layout}")
+            checkpoints.build(kind, root, layout)
+            built[kind, layout] = root
+        return built[kind, layout]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def speech_clip(synthetic_data):
+    """One held-out synthetic utterance, 16 kHz mono float32."""
+    from common.audio import load_file
+
+    return load_file(sorted((synthetic_data / "test" / "audio").glob("*.wav"))[0])

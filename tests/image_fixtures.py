@@ -4,7 +4,7 @@ The images are built exactly as users build them (build_and_push.sh --local), fr
 debootstrap (no registry needed) and, when a local CPU torch wheel is available, that wheel instead of the
 multi-GB CUDA one. Without a usable engine the tests skip, except under CI=true where they fail.
 Environment: IMAGE_TORCH_WHEELS (directory with a torch wheel, default /opt/wheels), IMAGE_TORCH_REQUIREMENT
-(default: the torch version of the wheel found there, else the image default torch==2.7.1).
+(default: the torch version of the wheel found there, else the image default torch==2.10.0).
 """
 from __future__ import annotations
 
@@ -67,7 +67,7 @@ def _torch_choice() -> tuple[str, Path | None]:
     found = sorted(wheels.glob("torch-*-cp311-*linux*x86_64.whl")) if wheels.is_dir() else []
     requirement = os.environ.get("IMAGE_TORCH_REQUIREMENT")
     if requirement is None:
-        requirement = f"torch=={found[-1].name.split('-')[1]}" if found else "torch==2.7.1"
+        requirement = f"torch=={found[-1].name.split('-')[1]}" if found else "torch==2.10.0"
     return requirement, (wheels if found else None)
 
 

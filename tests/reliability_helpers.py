@@ -503,16 +503,22 @@ def model_load_seconds(log: str) -> float:
 
 
 def reference_text(model_dir: Path):
-    """transformers' own path (processor -> model -> batch_decode of the argmax), in this process."""
+    """transformers' own path (processor -> model -> batch_decode of the argmax), in this process, less the
+    special tokens' text."""
     import torch
 
     model, processor = modeldir.load(model_dir)
     model.eval()
+    tok = processor.tokenizer
+    specials = sorted(set(tok.all_special_tokens) - {tok.word_delimiter_token}, key=len, reverse=True)
 
     def text(audio: np.ndarray) -> str:
         with torch.inference_mode():
             inputs = processor(audio, sampling_rate=16_000, return_tensors="pt")
-            return processor.batch_decode(model(**inputs).logits.argmax(-1))[0]
+            decoded = processor.batch_decode(model(**inputs).logits.argmax(-1))[0]
+        for special in specials:  # transcripts never contain <s>, </s>, [UNK], [PAD]
+            decoded = decoded.replace(special, "")
+        return decoded.strip()
 
     return text
 

@@ -140,3 +140,274 @@ def test_decoding_stops_at_max_seconds():
     with pytest.raises(AudioTooLong, match="longer than 5 s"):
         decode_bytes(long_flac, max_seconds=5)
     assert len(decode_bytes(long_flac, max_seconds=20)) == TARGET_RATE * 20
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Files as tools write them: the length decoded is the length present (issue #11). Speech from espeak-ng.
+
+import logging  # noqa: E402
+import shutil  # noqa: E402
+import subprocess  # noqa: E402
+
+import audio_variants as av  # noqa: E402
+import soxr  # noqa: E402
+
+from common.audio import AudioTooLong, probe_seconds  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def speech():
+    """(espeak-ng's own streamed WAV bytes, its samples as float32, 22050): about 7.5 s of speech."""
+    wav = av.espeak_wav()
+    x, rate = sf.read(io.BytesIO(wav), dtype="float32")
+    return wav, x, rate
+
+
+def saved(tmp_path, name: str, data: bytes):
+    path = tmp_path / name
+    path.write_bytes(data)
+    return path
+
+
+@pytest.mark.parametrize("data_size", [0, 0xFFFFFFFF, 0x7FFFF000, 0x80000000])
+@pytest.mark.parametrize("riff_size", ["right", "placeholder", 0, 0xFFFFFFFF])
+def test_wav_streamed_with_unknown_length_decodes_the_samples_present(speech, tmp_path, data_size, riff_size):
+    """Pipe writers leave 0, 0xFFFFFFFF (ffmpeg) or 0x7FFFF000 (sox, espeak-ng) as the data size, and the RIFF
+    size to match or the same placeholder: the samples present decode, sample for sample."""
+    _, x, rate = speech
+    whole = av.encode(x, rate, "WAV", "PCM_16")
+    riff = {"right": None, "placeholder": (data_size + 36) & 0xFFFFFFFF}.get(riff_size, riff_size)
+    streamed = av.wav_with_sizes(whole, data_size, riff)
+    expected = decode_bytes(whole)
+    np.testing.assert_array_equal(decode_bytes(streamed), expected)
+    path = saved(tmp_path, "streamed.wav", streamed)
+    np.testing.assert_array_equal(load_file(path), expected)
+    assert probe_seconds(path) == len(x) / rate
+    # A writer stopped in the middle of a sample frame: the whole frames decode.
+    odd = saved(tmp_path, "odd.wav", streamed + b"\x01")
+    np.testing.assert_array_equal(load_file(odd), expected)
+
+
+def test_wav_from_streaming_tools(speech, tmp_path):
+    """espeak-ng --stdout and sox writing to a pipe (WAV, FLAC, OGG): every sample present decodes."""
+    wav, x, rate = speech
+    assert wav[40:44] == (0x7FFFF000).to_bytes(4, "little") and len(x) == (len(wav) - 44) // 2
+    expected = to_model_input(x, rate)
+    np.testing.assert_array_equal(decode_bytes(wav), expected)
+    assert probe_seconds(saved(tmp_path, "espeak.wav", wav)) == len(x) / rate
+    if shutil.which("sox") is None:
+        pytest.skip("sox is not installed")
+    for kind in ("wav", "flac", "ogg"):
+        piped = subprocess.run(f"sox -t wav - -t {kind} - | cat", shell=True, input=wav, capture_output=True,
+                               check=True).stdout
+        path = saved(tmp_path, f"piped.{kind}", piped)
+        out = load_file(path)
+        if kind == "ogg":  # lossy: same length
+            assert abs(len(out) - len(expected)) <= 1
+        else:
+            np.testing.assert_array_equal(out, expected)
+        assert probe_seconds(path) == pytest.approx(len(x) / rate, abs=1e-9)
+    flac = (tmp_path / "piped.flac").read_bytes()
+    assert int.from_bytes(flac[18:26], "big") & ((1 << 36) - 1) == 0  # sox could not write the sample count
+
+
+def test_wav_whose_header_and_body_disagree_otherwise_is_refused(speech, tmp_path):
+    _, x, rate = speech
+    whole = av.encode(x, rate, "WAV", "PCM_16")
+    for data in (whole[: len(whole) // 2], av.wav_with_sizes(whole[:5000], 0x7FFFEFFF)):
+        with pytest.raises(AudioError, match="WAV is truncated: its header declares"):
+            decode_bytes(data)
+        with pytest.raises(AudioError, match="truncated"):
+            load_file(saved(tmp_path, "cut.wav", data))
+
+
+@pytest.fixture(scope="module")
+def mp3_of(speech):
+    """(samples, MP3 bytes) of the speech's first `seconds` at `rate` Hz with `channels`, encoded once per module
+    (LAME is the slow part of these tests)."""
+    _, x, src_rate = speech
+    cache = {}
+
+    def make(rate: int, channels: int = 1, mode: str = "CONSTANT", seconds: float | None = None):
+        key = (rate, channels, mode, seconds)
+        if key not in cache:
+            y = soxr.resample(x[: int(seconds * src_rate)] if seconds else x, src_rate, rate).astype(np.float32)
+            if channels == 2:
+                y = np.stack([y, 0.5 * y[::-1]], axis=1)
+            cache[key] = y, av.mp3(y, rate, mode)
+        return cache[key]
+    return make
+
+
+@pytest.mark.parametrize("rate", [22050, 44100, 48000])
+@pytest.mark.parametrize("channels", [1, 2])
+@pytest.mark.parametrize("mode", ["CONSTANT", "VARIABLE"])
+def test_mp3_decodes_to_the_end_of_its_stream(mp3_of, tmp_path, rate, channels, mode):
+    """With and without the Xing/Info frame, ID3v2 cover art and ID3v1: never shortened, never refused.
+    With the Info frame (and its LAME tag) the length is the encoded audio's, to the sample. Without it every
+    frame decodes: the encoder's delay and padding stay in (LAME: 1105 samples + padding, 1-3 frames),
+    as in mpg123 and ffmpeg, since only that tag records them."""
+    y, made = mp3_of(rate, channels, mode, seconds=2.0)
+    truth, frame = len(y) / rate, av.samples_per_frame(rate) / rate
+    bare = av.strip_info(made)
+    in_frames = len(av.mp3_frames(bare)) * frame
+    reference = to_model_input(y, rate)
+    variants = {
+        "info": made, "info+cover": av.with_id3v2_cover(made), "info+id3v1": av.with_id3v1(made),
+        "no info": bare, "no info+cover": av.with_id3v2_cover(bare), "no info+id3v1": av.with_id3v1(bare),
+        "no info+cover+id3v1": av.with_id3v1(av.with_id3v2_cover(bare)),
+    }
+    for name, data in variants.items():
+        path = saved(tmp_path, "x.mp3", data)
+        out = load_file(path)
+        if name.endswith("cover"):  # training and serving decode the same way
+            np.testing.assert_array_equal(decode_bytes(data), out)
+        seconds, probed = len(out) / TARGET_RATE, probe_seconds(path)
+        if name.startswith("info"):
+            assert seconds == pytest.approx(truth, abs=2 / TARGET_RATE), name
+            assert probed == pytest.approx(truth, abs=1e-9), name
+            assert np.corrcoef(out[: len(reference)], reference[: len(out)])[0, 1] > 0.95, name
+        else:
+            assert seconds == pytest.approx(in_frames, abs=2 / TARGET_RATE), name
+            assert 0 < seconds - truth < 3 * frame, name
+            assert probed == pytest.approx(in_frames, abs=1e-9), name
+
+
+def test_mp3_reported_cases(speech, mp3_of):
+    """The two reports: a VBR MP3 without a Xing frame (libsndfile stopped at 3.2 of 7.5 s, its estimate from
+    the first frame's bitrate), and an MP3 without an Info frame behind ID3v2 cover art (refused as truncated:
+    the estimate counted the picture as audio)."""
+    _, x, src_rate = speech
+    truth = len(x) / src_rate
+    _, vbr = mp3_of(44100, 1, "VARIABLE")
+    _, cbr = mp3_of(22050, 1, "CONSTANT")
+    for data in (av.strip_info(vbr), av.with_id3v2_cover(av.strip_info(cbr))):
+        with sf.SoundFile(io.BytesIO(data)) as f:
+            assert abs(f.frames / f.samplerate - truth) > 0.5  # libsndfile's estimate is far off
+        assert len(decode_bytes(data)) / TARGET_RATE == pytest.approx(truth, abs=0.2)
+
+
+def test_truncated_mp3_is_refused_and_extra_frames_decode(speech, mp3_of, caplog):
+    _, x, src_rate = speech
+    _, made = mp3_of(44100, 1, "CONSTANT")
+    frames = av.mp3_frames(made)
+    mid = frames[len(frames) // 2][0]
+    with pytest.raises(AudioError, match=r"MP3 is truncated: its Xing/Info header counts \d+ frames"):
+        decode_bytes(made[:mid])  # cut between two frames: the Info frame's count tells
+    with pytest.raises(AudioError, match="MP3 is truncated: its last frame is cut short"):
+        decode_bytes(made[: mid + 100])
+    bare = av.strip_info(made)
+    with pytest.raises(AudioError, match="MP3 is truncated: its last frame is cut short"):
+        decode_bytes(av.with_id3v1(bare[: len(bare) // 2 + 7]))
+    # Without a frame count, a cut between two frames cannot be told from a whole file: it decodes what is there.
+    cut = bare[: av.mp3_frames(bare)[100][0]]
+    assert len(decode_bytes(cut)) == round(100 * 1152 * TARGET_RATE / 44100)
+    # Two files concatenated: the first one's Info frame counts only its own frames; all decode, logged.
+    with caplog.at_level(logging.WARNING, logger="common.audio"):
+        both = decode_bytes(made + made)
+    assert len(both) / TARGET_RATE > 2 * len(x) / src_rate
+    assert "Xing/Info header counts" in caplog.text
+
+
+def test_mp3_length_limit_and_header_claims(mp3_of):
+    """SERVE_MAX_AUDIO_S applies to MP3 before decoding; an absurd Xing frame count allocates nothing."""
+    _, made = mp3_of(22050, 1, "CONSTANT")  # 7.5 s
+    for data in (made, av.strip_info(made)):
+        with pytest.raises(AudioTooLong, match="longer than 5 s"):
+            decode_bytes(data, max_seconds=5)
+        assert len(decode_bytes(data, max_seconds=8)) >= 7 * TARGET_RATE
+    at = made.index(b"Info") + 8
+    claim = made[:at] + (0xFFFFFFFF).to_bytes(4, "big") + made[at + 4:]
+    with pytest.raises(AudioError, match="truncated"):
+        decode_bytes(claim)
+
+
+def test_flac_length_comes_from_its_frames(speech, tmp_path, caplog):
+    """STREAMINFO's count is 0 when written to a pipe: every frame decodes (and probe_seconds counts them);
+    a count above the frames present is a truncated file; one below them loses nothing, logged."""
+    _, x, rate = speech
+    flac = av.encode(x, rate, "FLAC", "PCM_16")
+    expected = decode_bytes(flac)
+    np.testing.assert_array_equal(expected, to_model_input(x, rate))
+    unknown = av.flac_with_total(flac, 0)
+    np.testing.assert_array_equal(decode_bytes(unknown), expected)
+    assert probe_seconds(saved(tmp_path, "u.flac", unknown)) == len(x) / rate
+    with caplog.at_level(logging.WARNING, logger="common.audio"):
+        np.testing.assert_array_equal(decode_bytes(av.flac_with_total(flac, len(x) // 2)), expected)
+    assert "STREAMINFO declares" in caplog.text
+    with pytest.raises(AudioError, match="FLAC is truncated: its STREAMINFO declares"):
+        decode_bytes(av.flac_with_total(flac, 2 * len(x)))
+    with pytest.raises(AudioError, match="FLAC is truncated"):
+        load_file(saved(tmp_path, "cut.flac", flac[: len(flac) * 2 // 3]))
+
+
+@pytest.mark.parametrize("subtype,rate", [("VORBIS", 22050), ("OPUS", 48000)])
+def test_ogg_cut_short_or_chained_is_refused(speech, tmp_path, subtype, rate):
+    """OGG has no length in a header: a stream is whole when its last page ends it. libsndfile decodes the
+    pages present of a cut file, and only the first of two concatenated files, without a word."""
+    _, x, src_rate = speech
+    y = soxr.resample(x, src_rate, rate).astype(np.float32)
+    ogg = av.encode(y, rate, "OGG", subtype)
+    out = load_file(saved(tmp_path, "x.ogg", ogg))
+    assert len(out) / TARGET_RATE == pytest.approx(len(y) / rate, abs=2 / TARGET_RATE)
+    assert probe_seconds(tmp_path / "x.ogg") == pytest.approx(len(y) / rate, abs=1e-9)
+    with pytest.raises(AudioError, match="OGG is truncated"):
+        decode_bytes(ogg[: len(ogg) * 3 // 5])
+    pages = [i for i in range(len(ogg)) if ogg.startswith(b"OggS", i)]
+    with pytest.raises(AudioError, match="OGG is truncated: it ends without an end-of-stream page"):
+        decode_bytes(ogg[: pages[len(pages) // 2]])  # cut between two pages
+    with pytest.raises(AudioError, match="chained"):
+        decode_bytes(ogg + ogg)
+
+
+def test_mutated_files_raise_audio_error_only(speech):
+    """Untrusted bytes: seeded mutations of each container (bytes changed, cut out, inserted) decode or raise
+    AudioError, never another exception, a crash or an allocation from a damaged header."""
+    import random
+
+    _, x, rate = speech
+    x = x[: rate // 2]
+    seeds = [av.mp3(x, rate), av.strip_info(av.mp3(x, rate, "VARIABLE")), av.with_id3v2_cover(av.mp3(x, rate), 2000),
+             av.encode(x, rate, "FLAC"), av.flac_with_total(av.encode(x, rate, "FLAC"), 0),
+             av.encode(x, rate, "OGG", "VORBIS"), av.encode(x, rate, "WAV", "PCM_16"),
+             av.wav_with_sizes(av.encode(x, rate, "WAV", "PCM_16"), 0xFFFFFFFF, 0xFFFFFFFF)]
+    rng = random.Random(11)
+    for _ in range(300):
+        data = bytearray(rng.choice(seeds))
+        for _ in range(rng.randint(1, 6)):
+            at, op = rng.randrange(len(data)), rng.random()
+            if op < 0.6:
+                data[at] = rng.randrange(256)
+            elif op < 0.8:
+                del data[at:at + rng.randint(1, 400)]
+            else:
+                data[at:at] = rng.randbytes(rng.randint(1, 40))
+        try:
+            out = decode_bytes(bytes(data), max_seconds=60)
+        except AudioError:
+            continue
+        assert out.dtype == np.float32 and out.ndim == 1
+
+
+def test_probe_benchmark_runs(tmp_path):
+    """bench/audio_probe end to end with 2 clips per variant (its figures are not asserted)."""
+    import json
+    import sys
+    from pathlib import Path
+
+    bench = Path(__file__).resolve().parent.parent / "bench" / "audio_probe"
+    proc = subprocess.run([sys.executable, str(bench), "--clips", "2", "--workdir", str(tmp_path)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    figures = json.loads(proc.stdout.strip().splitlines()[-1])
+    for variant in ("mp3_info", "mp3_no_info", "mp3_no_info_and_cover", "wav_streamed"):
+        assert figures[variant]["probe_files_per_s"] > 0
+        assert figures[variant]["probe_vs_decoded_max_ms"] < 0.1  # probe says what load_file decodes
+
+
+def test_probe_of_mp3_whose_size_disagrees_with_its_info_frame(mp3_of, tmp_path):
+    """Two MP3s concatenated: the Info frame counts the first one's frames and bytes only; probe_seconds then
+    walks the frames and agrees with load_file."""
+    _, made = mp3_of(44100, 1, "CONSTANT")
+    path = saved(tmp_path, "two.mp3", made + made)
+    assert probe_seconds(path) == pytest.approx(len(load_file(path)) / TARGET_RATE, abs=2 / TARGET_RATE)

@@ -66,6 +66,20 @@ def test_efficiency_reports_fractions_of_the_measured_peak(bench_dir):
     assert f["bare_fraction"]["fp32"] == pytest.approx(f["bare_gflops"]["fp32"] / f["peak_gflops"]["fp32"], rel=0.01)
 
 
+def test_batching_compares_one_clip_exact_and_plain_batches(bench_dir):
+    f = run_bench("batching", "--models", "tiny", "--dtypes", "fp32", "--batch-sizes", "1,2", "--clips", "3",
+                  "--shortest-s", "0.5", "--longest-s", "1.5", "--repeats", "1", "--workdir", str(bench_dir))
+    speeds = f["audio_s_per_s"]["tiny"]["fp32"]
+    assert positive(speeds["one_clip"])
+    for way in ("exact", "plain"):
+        assert all(positive(speeds[way][b]) for b in ("1", "2")), way
+        # Exact batches give one-clip logits; the tiny model's layer-norm encoder is exact with the mask too.
+        assert f["clips_argmax_differ"]["tiny"]["fp32"][way] == {"1": 0, "2": 0}
+        assert f["max_diff_vs_one_clip"]["tiny"]["fp32"][way]["2"] < 1e-4
+    assert f["padding_fraction"]["tiny"]["fp32"]["1"] == 0 and f["padding_fraction"]["tiny"]["fp32"]["2"] > 0
+    assert f["clips_s"] == [0.5, 1.0, 1.5]
+
+
 def test_training_compares_with_the_seed_style_script(tmp_path):
     f = run_bench("training", "--utterances", "8", "--epochs", "1", "--batch", "8", "--warmup", "0",
                   "--workdir", str(tmp_path))
@@ -92,3 +106,60 @@ def test_coldstart_says_not_measured_without_the_image(tmp_path):
     assert proc.returncode == 1
     figures = json.loads(proc.stdout.strip().splitlines()[-1])
     assert figures["ping_seconds"] is None and "not found" in figures["error"]
+
+
+# bench/gpu_check: its CPU rehearsal runs every stage of the GPU path (servers over HTTP, train/train, torchrun)
+# at tiny sizes, with this venv's packages instead of carried wheels (--no-install).
+@pytest.fixture(scope="module")
+def gpu_check_assets(tmp_path_factory, synthetic_data, tiny_model_dir):
+    """The layout --prepare writes, made from the session's synthetic speech and tiny model."""
+    import shutil
+
+    out = tmp_path_factory.mktemp("gpu_check_assets")
+    for split in ("train", "test"):
+        shutil.copytree(synthetic_data / split, out / "data" / split)
+    shutil.copytree(tiny_model_dir, out / "tiny_model")
+    (out / "info.json").write_text(json.dumps({"tiny_model": "random (test)"}))
+    return out
+
+
+def run_gpu_check(*args: str, timeout: float = 900) -> tuple[int, dict, str]:
+    proc = subprocess.run([sys.executable, str(BENCH / "gpu_check"), "--no-install", *args], env=program_env(),
+                          capture_output=True, text=True, timeout=timeout)
+    return proc.returncode, json.loads(proc.stdout.strip().splitlines()[-1]), proc.stdout + proc.stderr
+
+
+def test_gpu_check_without_a_gpu_checks_its_setup(tmp_path, gpu_check_assets):
+    code, f, out = run_gpu_check("--assets", str(tmp_path / "none"), "--json", str(tmp_path / "a.json"))
+    assert code == 1 and f["mode"] == "no-gpu", out[-3000:]
+    assert f["checks"]["setup_assets"]["result"] == "FAIL" and "--prepare" in f["checks"]["setup_assets"]["detail"]
+    code, f, out = run_gpu_check("--assets", str(gpu_check_assets), "--json", str(tmp_path / "b.json"))
+    assert code == 0 and f["mode"] == "no-gpu" and "no GPU here" in out, out[-3000:]
+    assert json.loads((tmp_path / "b.json").read_text())["checks"] == f["checks"]
+    assert all(v["result"] == "pass" for v in f["checks"].values())
+    assert f["setup"]["modules"]["flask"]["version"] and not f["setup"]["modules"]["flask"]["carried"]
+
+
+def test_gpu_check_rehearsal_runs_every_stage(tmp_path, gpu_check_assets):
+    code, f, out = run_gpu_check(
+        "--rehearse", "--assets", str(gpu_check_assets), "--workdir", str(tmp_path), "--clips", "2",
+        "--models", "tiny_trained", "--cells", "fp32:2", "--concurrency", "1,2", "--window-s", "0.5",
+        "--anchor-batch", "2", "--train-runs", "torchrun_bf16", "--torchrun-steps", "2")
+    assert code == 0, out[-5000:]
+    assert f["mode"] == "rehearsal" and f["device"]["cuda_available"] is False
+    s1 = f["stages"]["1_precision"]["tiny_trained"]
+    assert s1["errors"] == {"fp32": 0, "fp16": 0, "bf16": 0}
+    # The server's transcripts are transformers' own decoding of the same model (fp16 runs in fp32 on a CPU).
+    assert s1["dtypes"]["fp32"]["equal_to_transformers_decode"] == 2 == s1["dtypes"]["fp16"]["equal_to_fp32"]
+    cell = f["stages"]["2_throughput"]["cells"][0]
+    for c in ("1", "2"):
+        r = cell["by_concurrency"][c]
+        assert r["errors"] == 0 and positive(r["rtfx"]) and positive(r["ratio_to_bare"]), r
+    assert cell["memory"]["method"] == "host RSS" and positive(cell["memory"]["peak_mib"])
+    assert {(b["dtype"], b["batch"]) for b in f["stages"]["2_throughput"]["bare"]} == {("fp32", 1), ("fp32", 2), ("bf16", 2)}
+    # One training run keeps the test short: the torchrun path, which runs train/train inside it.
+    t = f["stages"]["3_training"]["torchrun_bf16"]
+    assert t["exit"] == 0 and t["processes"] == 1 and t["steps"] == 2 and t["loss_first"] is not None, out[-5000:]
+    assert f["stages"]["1_precision"]["tiny_trained"]["model"]["source"] == "carried (--prepare)"
+    assert f["stages"]["4_future"]["lm_decoding"]["status"].startswith("not present")
+    assert not [k for k, v in f["checks"].items() if v["result"] == "FAIL"]

@@ -23,6 +23,21 @@ def test_outputs_and_gradients_equal_conv1d_in_float32():
         torch.testing.assert_close(mm.weight.grad, conv.weight.grad, rtol=1e-4, atol=1e-3)
 
 
+def test_the_matmul_is_as_accurate_as_the_convolution_in_float32():
+    """Against a float64 reference, the matmul's float32 error is of the convolution's own size (they add the
+    same products in different orders, so they need not be bit-identical)."""
+    torch.manual_seed(0)
+    conv = torch.nn.Conv1d(1, 128, 10, stride=5)
+    mm = MatmulConv1d(1, 128, 10, stride=5)
+    mm.load_state_dict(conv.state_dict())
+    x = torch.randn(2, 1, 32_000)
+    with torch.inference_mode():
+        ref = torch.nn.functional.conv1d(x.double(), conv.weight.double(), conv.bias.double(), stride=5)
+        conv_err = (conv(x).double() - ref).abs().max().item()
+        mm_err = (mm(x).double() - ref).abs().max().item()
+    assert mm_err <= 2 * max(conv_err, 1e-7), (mm_err, conv_err)
+
+
 def test_swap_shares_parameters_and_keeps_the_state_dict():
     from transformers import Wav2Vec2ForCTC
 

@@ -10,6 +10,7 @@ import json
 import re
 import socket
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -87,8 +88,12 @@ def test_top_level_help_lists_every_command():
     ("prepare", ["--hf-dataset", "--as-is", "--max-skipped-fraction"]),
     ("train", ["--channel", "--hp", "--instance-count", "--spot", "--max-wait-s", "--checkpoint-s3-uri",
                "--output-path", "--local"]),
-    ("deploy", ["--model-data", "--instance-type", "--instance-count", "--startup-timeout-s", "--env"]),
-    ("invoke", ["--endpoint-name", "--content-type"]),
+    ("deploy", ["--model-data", "--instance-type", "--instance-count", "--startup-timeout-s", "--env", "--async",
+                "--output-path", "--failure-path", "--max-concurrent-invocations", "--success-topic", "--error-topic",
+                "--serverless", "--memory-mb", "--max-concurrency", "--provisioned-concurrency", "--autoscale",
+                "--scale-target"]),
+    ("invoke", ["--endpoint-name", "--content-type", "--async", "--input-path", "--invocation-timeout-s",
+                "--request-ttl-s", "--wait-s", "--no-wait"]),
     ("delete", ["--endpoint-name", "--keep-model"]),
     ("transform", ["--input", "--output-path", "--max-concurrent", "--max-payload-mb", "--accept"]),
 ])
@@ -145,7 +150,100 @@ def test_invoke_refuses_bodies_over_the_realtime_cap(tmp_path):
     clip.write_bytes(b"\0" * (6 * 1024 * 1024 + 1))
     r = launch("invoke", str(clip), "--endpoint-name", "x", env=clean_env(tmp_path))
     assert r.returncode == 2
-    assert "at most 6 MB" in r.stderr and "launch transform" in r.stderr
+    assert "at most 6 MB" in r.stderr and "invoke --async" in r.stderr and "launch transform" in r.stderr
+
+
+MODEL = "s3://bucket-x/job/output/model.tar.gz"
+SNS = "arn:aws:sns:eu-west-1:123456789012:done"
+
+
+def _hosting_refusals(tmp_path: Path) -> list[tuple[list[str], str]]:
+    clip = tmp_path / "clip.wav"
+    clip.write_bytes(b"RIFF" + b"\0" * 100)
+    huge = tmp_path / "huge.wav"  # sparse: 1 GB + 1 byte without using the disk
+    with huge.open("wb") as f:
+        f.truncate(1024 * 1024 * 1024 + 1)
+    dep = ["deploy", "--model-data", MODEL]
+    return [
+        (dep + ["--serverless", "--instance-type", "ml.g5.xlarge"], "--serverless runs on CPUs only: ml.g5.xlarge"),
+        (dep + ["--serverless", "--instance-type", "ml.inf2.xlarge"], "GPU/accelerator instance type"),
+        (dep + ["--serverless", "--instance-type", "ml.c5.xlarge"], "take no --instance-type"),
+        (dep + ["--serverless", "--instance-count", "2"], "have no instances"),
+        (dep + ["--serverless", "--memory-mb", "1500"], "1024, 2048, 3072, 4096, 5120, 6144 MB"),
+        (dep + ["--serverless", "--memory-mb", "8192"], "1024, 2048, 3072, 4096, 5120, 6144 MB"),
+        (dep + ["--serverless", "--max-concurrency", "201"], "between 1 and 200"),
+        (dep + ["--serverless", "--max-concurrency", "0"], "between 1 and 200"),
+        (dep + ["--serverless", "--provisioned-concurrency", "6"], "between 1 and --max-concurrency (5)"),
+        (dep + ["--serverless", "--startup-timeout-s", "300"], "fixed 3 minutes"),
+        (dep + ["--serverless", "--autoscale", "1:2"], "scale by themselves"),
+        (dep + ["--memory-mb", "2048"], "--memory-mb only applies with --serverless"),
+        (dep + ["--async", "--serverless"], "exclude each other"),
+        (dep + ["--async", "--max-concurrent-invocations", "0"], "between 1 and 1000"),
+        (dep + ["--async", "--max-concurrent-invocations", "1001"], "between 1 and 1000"),
+        (dep + ["--async", "--output-path", "/tmp/out"], "is not an S3 URI"),
+        (dep + ["--async", "--error-topic", "my-topic"], "is not an SNS topic ARN"),
+        (dep + ["--success-topic", SNS], "--success-topic only applies with --async"),
+        (dep + ["--async", "--local"], "local_test/async_local.py"),
+        (dep + ["--autoscale", "0:2"], "only asynchronous endpoints (--async) scale to zero"),
+        (dep + ["--autoscale", "1:4"], "needs --scale-target"),
+        (dep + ["--autoscale", "3:1", "--scale-target", "60"], "0 <= MIN <= MAX"),
+        (dep + ["--autoscale", "4", "--scale-target", "60"], "must look like MIN:MAX"),
+        (dep + ["--autoscale", "2:4", "--scale-target", "60"], "outside --autoscale 2:4"),
+        (dep + ["--async", "--autoscale", "0:2", "--scale-target", "0"], "--scale-target must be positive"),
+        (dep + ["--async", "--autoscale", "0:2", "--no-wait"], "drop --no-wait"),
+        (dep + ["--scale-target", "60"], "only applies with --autoscale"),
+        # machine images (NVIDIA drivers): values the API accepts, families AWS lists them for
+        (dep + ["--inference-ami-version", "al2-ami-sagemaker-inference-gpu-9"], "is not one SageMaker accepts"),
+        (dep + ["--inference-ami-version", "al2-ami-sagemaker-inference-neuron-2"], "AWS Neuron"),
+        (dep + ["--instance-type", "ml.m5.xlarge", "--inference-ami-version", "al2-ami-sagemaker-inference-gpu-2"],
+         "only applies to NVIDIA GPU instance types (ml.g*, ml.p*), not ml.m5.xlarge"),
+        (dep + ["--instance-type", "ml.p5e.48xlarge", "--inference-ami-version", "al2-ami-sagemaker-inference-gpu-2"],
+         "AWS lists it for ml.g4dn, ml.g5, ml.g6, ml.p3, ml.p4d, ml.p4de, ml.p5 only, not ml.p5e"),
+        (dep + ["--serverless", "--inference-ami-version", "al2-ami-sagemaker-inference-gpu-2"],
+         "does not apply to serverless endpoints"),
+        (dep + ["--instance-type", "ml.p2.xlarge"], "ml.p2.xlarge cannot run the images"),
+        (dep + ["--local", "--inference-ami-version", "al2-ami-sagemaker-inference-gpu-2"], "this machine's driver"),
+        (["transform", "--model-data", MODEL, "--input", "s3://bucket-x/in/", "--transform-ami-version",
+          "al2-ami-sagemaker-batch-gpu-470"], "runs NVIDIA driver 470, too old"),
+        (["transform", "--model-data", MODEL, "--input", "s3://bucket-x/in/", "--instance-type", "ml.c5.xlarge",
+          "--transform-ami-version", "al2-ami-sagemaker-batch-gpu-535"], "only applies to NVIDIA GPU instance types"),
+        (["invoke", "--async", str(clip), "--endpoint-name", "e", "--invocation-timeout-s", "3601"],
+         "between 1 and 3600"),
+        (["invoke", "--async", str(clip), "--endpoint-name", "e", "--invocation-timeout-s", "0"], "between 1 and 3600"),
+        (["invoke", "--async", str(clip), "--endpoint-name", "e", "--request-ttl-s", "59"], "between 60 and 21600"),
+        (["invoke", "--async", str(clip), "--endpoint-name", "e", "--request-ttl-s", "21601"], "between 60 and 21600"),
+        (["invoke", "--async", str(huge), "--endpoint-name", "e"], "at most 1 GB"),
+        (["invoke", "--async", str(clip)], "--endpoint-name is required"),
+        (["invoke", "--async", "s3://bucket-x/a.wav", "--endpoint-name", "e", "--input-path", "s3://bucket-x/in/"],
+         "drop it when FILE is already in S3"),
+        (["invoke", str(clip), "--endpoint-name", "e", "--request-ttl-s", "100"], "only applies with --async"),
+        (["invoke", "s3://bucket-x/a.wav", "--endpoint-name", "e"], "needs --async"),
+        (["train", "--channel", "train=s3://bucket-x/t", "--hp", "max_step=3"], "unknown hyperparameter max_step"),
+        (["train", "--channel", "train=s3://bucket-x/t", "--hp", "learning_rate=fast"],
+         "hyperparameter learning_rate='fast' is not a valid float"),
+        (["train", "--channel", "train=s3://bucket-x/t", "--hp", "precision=fp8"], "must be one of auto, fp32"),
+    ]
+
+
+def test_aws_limits_are_refused_before_any_aws_call(tmp_path, aws_listener):
+    """With credentials, region and role all set, every limit the launcher knows fails in one line, status 2,
+    and no connection reaches the (stand-in) AWS endpoint."""
+    env = clean_env(tmp_path, AWS_ENDPOINT_URL=aws_listener.url, AWS_ACCESS_KEY_ID="AKIAEXAMPLE",
+                    AWS_SECRET_ACCESS_KEY="example", AWS_REGION="eu-west-1", SAGEMAKER_ROLE_ARN=ROLE)
+    script = "import sys; from launcher.cli import main\nfor args in __import__('json').loads(sys.argv[1]):\n" \
+             "    code = main(args); print('EXIT', code, flush=True); sys.stderr.write('END\\n')"
+    cases = _hosting_refusals(tmp_path)
+    # One interpreter for all cases (each would otherwise pay the start-up); main() does not exit.
+    r = subprocess.run([sys.executable, "-c", script, json.dumps([a for a, _ in cases])], capture_output=True,
+                       text=True, env={**env, "PYTHONPATH": str(ROOT)}, timeout=300, cwd=str(ROOT))
+    codes = [int(line.split()[1]) for line in r.stdout.splitlines() if line.startswith("EXIT")]
+    errors = r.stderr.split("END\n")
+    assert len(codes) == len(cases), r.stderr[-3000:]
+    for (args, message), code, err in zip(cases, codes, errors):
+        assert code == 2, (args, err)
+        assert message in err, (args, err)
+        assert len(err.strip().splitlines()) == 1 and err.startswith("launch "), (args, err)
+    assert aws_listener.count == 0
 
 
 def test_metric_definitions_come_from_the_training_program(tmp_path):

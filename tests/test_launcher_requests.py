@@ -1,10 +1,12 @@
 """What the launcher asks SageMaker for: the real launcher, SDK and botocore send their requests over HTTP to a
 loopback recorder standing in for the AWS endpoints (AWS_ENDPOINT_URL), since AWS itself is out of reach here.
 The recorder answers STS GetCallerIdentity and the few calls whose answers the SDK needs to go on, and refuses
-the rest, so each test checks the request bodies the launcher builds (not AWS's behaviour)."""
+the rest, so each test checks the request bodies the launcher builds (not AWS's behaviour). Endpoints (deploy,
+invoke, delete, autoscaling) are tested against moto's stateful stand-in in test_launcher_hosting.py."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -22,13 +24,6 @@ STS_REPLY = (f'<GetCallerIdentityResponse xmlns="https://sts.amazonaws.com/doc/2
 # Minimal answers that let the SDK proceed to its next call.
 REPLIES = {
     "CreateModel": {"ModelArn": "arn:aws:sagemaker:eu-west-1:123456789012:model/m"},
-    "CreateEndpointConfig": {"EndpointConfigArn": "arn:aws:sagemaker:eu-west-1:123456789012:endpoint-config/c"},
-    "CreateEndpoint": {"EndpointArn": "arn:aws:sagemaker:eu-west-1:123456789012:endpoint/e"},
-    "DescribeEndpoint": {"EndpointName": "asr-demo", "EndpointArn": "a", "EndpointConfigName": "asr-demo-config",
-                         "EndpointStatus": "InService", "CreationTime": 0, "LastModifiedTime": 0},
-    "DescribeEndpointConfig": {"EndpointConfigName": "asr-demo-config", "EndpointConfigArn": "a", "CreationTime": 0,
-                               "ProductionVariants": [{"VariantName": "AllTraffic", "ModelName": "asr-demo-model"}]},
-    "DeleteEndpoint": {}, "DeleteEndpointConfig": {}, "DeleteModel": {},
     "CreateTransformJob": {"TransformJobArn": "a"},
 }
 
@@ -109,34 +104,6 @@ def test_training_job_request(recorder, tmp_path):
     assert channels["test"]["S3DataDistributionType"] == "FullyReplicated"
 
 
-def test_deploy_then_delete_requests(recorder, tmp_path):
-    r = launch(recorder, tmp_path, "deploy", "--model-data", "s3://my-bucket/out/asr-job/output/model.tar.gz",
-               "--endpoint-name", "asr-demo", "--startup-timeout-s", "900", "--instance-count", "2",
-               "--env", "MODEL_SERVER_WORKERS=2", "--no-wait")  # the SDK polls every 30 s when waiting
-    assert r.returncode == 0, r.stderr
-    assert r.stdout.strip().splitlines()[-1] == "asr-demo"
-    (model,) = recorder.bodies("CreateModel")
-    assert model["PrimaryContainer"]["Image"] == f"{ACCOUNT}.dkr.ecr.eu-west-1.amazonaws.com/wav2vec2-serve:latest"
-    assert model["PrimaryContainer"]["ModelDataUrl"] == "s3://my-bucket/out/asr-job/output/model.tar.gz"
-    assert model["PrimaryContainer"]["Environment"] == {"MODEL_SERVER_WORKERS": "2"}
-    (config,) = recorder.bodies("CreateEndpointConfig")
-    (variant,) = config["ProductionVariants"]
-    assert variant["ContainerStartupHealthCheckTimeoutInSeconds"] == 900
-    assert variant["InitialInstanceCount"] == 2
-    (endpoint,) = recorder.bodies("CreateEndpoint")
-    assert endpoint["EndpointName"] == "asr-demo"
-
-    recorder.calls.clear()
-    r = launch(recorder, tmp_path, "delete", "--endpoint-name", "asr-demo")
-    assert r.returncode == 0, r.stderr
-    # Whatever the endpoint's config and model are called, delete finds and removes them.
-    assert [(a, b) for a, b in recorder.calls if a.startswith("Delete")] == [
-        ("DeleteEndpoint", {"EndpointName": "asr-demo"}),
-        ("DeleteEndpointConfig", {"EndpointConfigName": "asr-demo-config"}),
-        ("DeleteModel", {"ModelName": "asr-demo-model"}),
-    ]
-
-
 def test_transform_request_leaves_limits_to_execution_parameters(recorder, tmp_path):
     r = launch(recorder, tmp_path, "transform", "--model-data", "s3://my-bucket/m/model.tar.gz",
                "--input", "s3://my-bucket/clips/", "--output-path", "s3://my-bucket/transcripts/", "--job-name", "tj",
@@ -157,3 +124,119 @@ def test_transform_request_leaves_limits_to_execution_parameters(recorder, tmp_p
     (job,) = recorder.bodies("CreateTransformJob")
     assert (job["MaxConcurrentTransforms"], job["MaxPayloadInMB"]) == (4, 50)
     assert job["TransformOutput"]["S3OutputPath"] == "s3://my-bucket/wav2vec2/transform/tj2"
+
+
+# --- The machine image (NVIDIA driver) of GPU endpoints and transform jobs -------------------------------------------
+# In this process (the SDK is imported once): the recorder answers CreateModel and CreateTransformJob and stops a
+# deploy at CreateEndpointConfig, whose body it has recorded by then.
+
+GPU_2, BATCH_535 = "al2-ami-sagemaker-inference-gpu-2", "al2-ami-sagemaker-batch-gpu-535"
+
+
+@pytest.fixture
+def launch_here(recorder, tmp_path, monkeypatch, capsys):
+    from launcher import cli
+
+    env = clean_env(tmp_path, AWS_ENDPOINT_URL=recorder.url, AWS_ACCESS_KEY_ID="AKIAEXAMPLE",
+                    AWS_SECRET_ACCESS_KEY="example", AWS_REGION="eu-west-1", SAGEMAKER_ROLE_ARN=ROLE)
+    for name in [n for n in os.environ if n.startswith(("AWS_", "SAGEMAKER_"))]:
+        monkeypatch.delenv(name)
+    for name in ("HOME", *[n for n in env if n.startswith(("AWS_", "SAGEMAKER_"))]):
+        monkeypatch.setenv(name, env[name])
+
+    def run(*args: str) -> tuple[int, str]:
+        recorder.calls.clear()
+        code = cli.main([*args, "--bucket", "my-bucket"])
+        return code, capsys.readouterr().out
+
+    return run
+
+
+@pytest.mark.parametrize("instance_type,extra,ami,why", [
+    # default driver 470 (AWS's table): the launcher asks for driver 535
+    ("ml.g5.xlarge", [], GPU_2, "ml.g5 runs driver 470 by default"),
+    ("ml.g4dn.xlarge", ["--async"], GPU_2, "ml.g4dn runs driver 470 by default"),
+    ("ml.p3.2xlarge", [], GPU_2, "ml.p3 runs driver 470 by default"),
+    ("ml.p4d.24xlarge", [], GPU_2, "ml.p4d runs driver 470 by default"),
+    # default driver new enough, or no GPU: SageMaker's default image
+    ("ml.g6.xlarge", [], None, "ml.g6 runs NVIDIA driver 535, enough"),
+    ("ml.p5.48xlarge", ["--async"], None, "ml.p5 runs NVIDIA driver 535, enough"),
+    ("ml.c5.xlarge", [], None, None),
+    # the user's choice wins
+    ("ml.g5.xlarge", ["--inference-ami-version", "al2-ami-sagemaker-inference-gpu-3-1"],
+     "al2-ami-sagemaker-inference-gpu-3-1", "NVIDIA driver 550, from --inference-ami-version"),
+])
+def test_endpoint_machine_image_follows_the_instance_family(recorder, launch_here, instance_type, extra, ami, why):
+    code, out = launch_here("deploy", "--model-data", "s3://my-bucket/m/model.tar.gz", "--endpoint-name", "asr",
+                            "--instance-type", instance_type, "--no-wait", *extra)
+    assert code == 1  # the recorder refuses CreateEndpointConfig after recording it
+    (config,) = recorder.bodies("CreateEndpointConfig")
+    (variant,) = config["ProductionVariants"]
+    assert variant["InstanceType"] == instance_type
+    assert variant.get("InferenceAmiVersion") == ami
+    assert ("AsyncInferenceConfig" in config) == ("--async" in extra)
+    (line,) = [x for x in out.splitlines() if x.startswith("[launch] deploying")]
+    if why is None:
+        assert line.endswith(f"image {ACCOUNT}.dkr.ecr.eu-west-1.amazonaws.com/wav2vec2-serve:latest")
+    else:
+        assert why in line and (ami is None or f"machine image {ami}" in line), line
+
+
+@pytest.mark.parametrize("instance_type,extra,ami", [
+    ("ml.g5.xlarge", [], BATCH_535),  # launch transform's default type; batch runs driver 470 there
+    ("ml.p4de.24xlarge", [], BATCH_535),
+    ("ml.g6.xlarge", [], None),  # AWS lists no batch driver for g6: left to SageMaker, and said so
+    ("ml.g6.xlarge", ["--transform-ami-version", BATCH_535], BATCH_535),
+    ("ml.m5.xlarge", [], None),
+])
+def test_transform_machine_image_follows_the_instance_family(recorder, launch_here, instance_type, extra, ami):
+    code, out = launch_here("transform", "--model-data", "s3://my-bucket/m/model.tar.gz", "--input",
+                            "s3://my-bucket/clips/", "--job-name", "tj", "--instance-type", instance_type,
+                            "--no-wait", *extra)
+    assert code == 0
+    (job,) = recorder.bodies("CreateTransformJob")
+    assert job["TransformResources"].get("TransformAmiVersion") == ami
+    assert job["TransformResources"]["InstanceType"] == instance_type
+    if ami:
+        assert f"machine image {ami}" in out
+    elif instance_type == "ml.g6.xlarge":
+        assert f"AWS lists no default NVIDIA driver for ml.g6; if the container cannot start, pass " \
+               f"--transform-ami-version {BATCH_535}" in out
+
+
+def test_transform_fails_and_stops_the_job_if_the_machine_image_was_not_sent(recorder, capsys):
+    """Were a later SDK to send CreateTransformJob past the session's client, the job would run on driver 470:
+    the launcher stops it and fails instead."""
+    import boto3
+
+    from launcher import batch
+    from launcher.errors import JobFailed
+
+    class Session:  # the one attribute _with_transform_ami uses
+        sagemaker_client = boto3.client("sagemaker", region_name="eu-west-1", endpoint_url=recorder.url,
+                                        aws_access_key_id="AKIAEXAMPLE", aws_secret_access_key="example")
+
+    with pytest.raises(JobFailed, match=rf"TransformAmiVersion {BATCH_535} was not set \(job tj stopped\)"):
+        with batch._with_transform_ami(Session(), "tj", BATCH_535):
+            pass  # nothing sent through the client
+    assert recorder.bodies("StopTransformJob") == [{"TransformJobName": "tj"}]
+
+
+def test_machine_image_tables_match_what_the_api_accepts():
+    """InferenceAmiVersion is an enum in botocore's service model: the launcher's table holds exactly its values.
+    TransformAmiVersion is a free string: the launcher's values are the documented ones and fit its pattern."""
+    import re
+
+    import botocore.session
+
+    from launcher import limits
+
+    model = botocore.session.get_session().get_service_model("sagemaker")
+    assert set(limits.INFERENCE_AMI_VERSIONS) == set(model.shape_for("ProductionVariantInferenceAmiVersion").enum)
+    shape = model.shape_for("TransformResources").members["TransformAmiVersion"]
+    for name in limits.TRANSFORM_AMI_VERSIONS:
+        assert name in shape.documentation and re.fullmatch(shape.metadata["pattern"], name)
+    for table in (limits.ENDPOINT_DEFAULT_DRIVER, limits.TRANSFORM_DEFAULT_DRIVER):
+        for fam, driver in table.items():
+            if driver < limits.IMAGES_MIN_DRIVER and fam not in limits.UNUSABLE_FAMILIES:  # the pick covers them
+                assert fam in limits.INFERENCE_AMI_VERSIONS[limits.ENDPOINT_AMI].families

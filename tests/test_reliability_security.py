@@ -1,4 +1,5 @@
-"""Security basics: weights from safetensors only, no remote code, nothing secret in the image layers."""
+"""Security basics: weights from safetensors or weights-only .bin, no remote code, nothing secret in the image
+layers."""
 from __future__ import annotations
 
 import re
@@ -32,18 +33,20 @@ def test_no_unsafe_loading_in_the_programs(pattern, why):
     assert not hits, f"{pattern} ({why}) in {hits}"
 
 
-def test_every_model_load_asks_for_safetensors():
-    calls = [(p, line) for p in python_sources() for line in p.read_text().splitlines()
-             if re.search(r"ForCTC\.from_pretrained\(", line)]
+def test_every_model_load_is_weights_only():
+    """Models load in one place per program (common/modeldir.py, train/model.py), each asking transformers for
+    safetensors first and torch's weights_only unpickler for a .bin."""
+    calls = [(p, n) for p in python_sources() for n, line in enumerate(p.read_text().splitlines())
+             if re.search(r"(\bcls|ForCTC)\.from_pretrained\(", line)]
     assert calls, "no model loading found: the check would prove nothing"
-    for p, _ in calls:
-        text = p.read_text()
-        assert "use_safetensors=True" in text, p
+    for p, n in calls:
+        call = "\n".join(p.read_text().splitlines()[n: n + 3])
+        assert "weights_only=True" in call and "use_safetensors=" in call, (p, call)
 
 
 @pytest.fixture(scope="module")
 def bin_only_model(tmp_path_factory):
-    """The tiny model saved the old way: pytorch_model.bin (a pickle), no model.safetensors."""
+    """The tiny model saved the old way: pytorch_model.bin (a pickle of tensors), no model.safetensors."""
     from transformers import Wav2Vec2ForCTC
 
     d = rh.tiny_model(tmp_path_factory.mktemp("bin_only"))
@@ -55,20 +58,23 @@ def bin_only_model(tmp_path_factory):
     return d
 
 
-def test_a_pickled_weights_only_model_is_refused_by_the_loader(bin_only_model):
+def test_a_pickled_weights_only_model_loads_through_the_weights_only_unpickler(bin_only_model):
     from common import modeldir
 
-    with pytest.raises(FileNotFoundError, match="safetensors only"):
-        modeldir.load(bin_only_model)
+    ckpt = modeldir.load_checkpoint(bin_only_model)
+    assert any("pytorch_model.bin read with torch's weights_only unpickler" in n for n in ckpt.notes)
 
 
-def test_the_server_refuses_to_start_on_a_pickled_weights_only_model(tmp_path, bin_only_model):
-    opt = rh.opt_ml_with_model(tmp_path / "opt_ml", bin_only_model)
+def test_the_server_refuses_to_start_on_a_bin_that_would_run_code(tmp_path):
+    import checkpoints
+
+    d = checkpoints.build_refused("evil-bin", tmp_path / "opt_ml" / "model")
     out = subprocess.run([str(SERVE), "serve"], capture_output=True, text=True, timeout=180,
-                         env=program_env(OPT_ML=str(opt), SAGEMAKER_BIND_TO_PORT=str(free_port()),
+                         env=program_env(OPT_ML=str(d.parent), SAGEMAKER_BIND_TO_PORT=str(free_port()),
                                          MODEL_SERVER_WORKERS="1"))
     assert out.returncode != 0
-    assert "safetensors only" in out.stdout + out.stderr
+    assert "refused by torch's weights_only unpickler" in out.stdout + out.stderr
+    assert not (d / "UNPICKLED").exists()
 
 
 IMAGES = ("wav2vec2-serve:latest", "wav2vec2-train:latest")

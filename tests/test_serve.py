@@ -45,15 +45,21 @@ def server(tmp_path_factory, tiny_model_dir):
 
 @pytest.fixture(scope="module")
 def reference(tiny_model_dir):
-    """transformers' own path: processor -> model -> processor.batch_decode(argmax), in this process."""
+    """transformers' own path: processor -> model -> processor.batch_decode(argmax), in this process, less
+    the special tokens' text (transcripts never contain <s>, </s>, [UNK] or [PAD])."""
     model, processor = modeldir.load(tiny_model_dir)
     model.eval()
+    tok = processor.tokenizer
+    specials = sorted(set(tok.all_special_tokens) - {tok.word_delimiter_token}, key=len, reverse=True)
 
     def transcribe(audio: np.ndarray) -> str:
         inputs = processor(audio, sampling_rate=RATE, return_tensors="pt")
         with torch.inference_mode():
             logits = model(inputs.input_values, attention_mask=inputs.attention_mask).logits
-        return processor.batch_decode(logits.argmax(-1))[0]
+        text = processor.batch_decode(logits.argmax(-1))[0]
+        for special in specials:
+            text = text.replace(special, "")
+        return text.strip()
 
     return transcribe
 
@@ -146,6 +152,10 @@ def test_content_types_and_rates(server, clips, content_type, container, subtype
     reply = server.post(body, content_type)
     assert reply.status == 200, reply.body
     decoded, file_rate = sf.read(io.BytesIO(body), dtype="float32")
+    if container == "MP3":  # the server decodes MP3 with dr_mp3 (README: Audio formats), not mpg123: its samples
+        import miniaudio    # differ by ~1e-5, enough to move a random model's argmax
+        mp3 = miniaudio.mp3_read_f32(body)
+        decoded, file_rate = np.asarray(mp3.samples, np.float32).reshape(-1, mp3.nchannels).squeeze(1), mp3.sample_rate
     assert file_rate == rate
     same = server.post_json({"speech_array": decoded.tolist(), "sampling_rate": rate})
     assert reply.json["text"] == same.json["text"]
@@ -180,6 +190,38 @@ def test_stereo_is_downmixed(server, clips):
     # JSON frames x channels downmixes the same way as the WAV.
     as_json = server.post_json({"speech_array": stereo.tolist(), "sampling_rate": RATE})
     assert as_json.json["text"] == reply.json["text"]
+
+
+def test_no_special_tokens_in_transcripts(server, clips):
+    for audio in clips[:6]:
+        text = server.post(wav(audio, subtype="FLOAT"), "audio/wav").json["text"]
+        assert not any(s in text for s in ("<s>", "</s>", "[UNK]", "[PAD]", "<unk>", "<pad>")), text
+
+
+def test_speech_array_channels_first_and_frames_first_both_transcribe(server, clips):
+    """[[l, r], ...] (soundfile) and [[l...], [r...]] (torchaudio, librosa): the same stereo, the same
+    transcript as the WAV; a square array is ambiguous and refused with the accepted shapes."""
+    audio = clips[4]
+    stereo = np.stack([audio, 0.5 * audio], axis=1)
+    want = server.post(wav(stereo, subtype="FLOAT"), "audio/wav").json
+    for array in (stereo, stereo.T):
+        reply = server.post_json({"speech_array": array.tolist(), "sampling_rate": RATE})
+        assert reply.status == 200, reply.body
+        assert reply.json == want
+    reply = server.post_json({"speech_array": [[0.1, 0.2], [0.2, 0.1]], "sampling_rate": RATE})
+    assert reply.status == 400 and "channels x frames" in reply.json["error"]
+
+
+def test_custom_attributes_carry_options_as_sagemaker_sends_them(server, clips):
+    """InvokeEndpoint forwards no query string; CustomAttributes arrives as X-Amzn-SageMaker-Custom-Attributes."""
+    audio = clips[5]
+    by_query = server.post(wav(audio, subtype="FLOAT"), "audio/wav", path="/invocations?timestamps=true").json
+    by_header = server.post(wav(audio, subtype="FLOAT"), "audio/wav",
+                            **{"X-Amzn-SageMaker-Custom-Attributes": "timestamps=true"}).json
+    assert by_header == by_query and "words" in by_header
+    bad = server.post(wav(audio), "audio/wav", **{"X-Amzn-SageMaker-Custom-Attributes": "timestamps:true"})
+    assert bad.status == 400 and "X-Amzn-SageMaker-Custom-Attributes" in bad.json["error"]
+    _good_request_works(server, clips)
 
 
 def test_base64_and_batch_json_keep_order(server, clips):

@@ -96,6 +96,13 @@ class Hyperparameters:
     dataloader_num_workers: int = _hp(-1, "Worker processes decoding audio for each training process; -1 = one "
                                       "less than the CPUs per process, 1 to 8; 0 decodes in the training loop.",
                                       min=-1)
+    # Language model (train/lm.py)
+    lm_order: int = _hp(3, "Order of the n-gram language model (KenLM) estimated after training from the training "
+                        "transcripts plus the `lm` channel's text, saved beside the model for beam-search decoding; "
+                        "0 = no language model.", min=0, max=6)
+    lm_tuning_seconds: float = _hp(300.0, "Time limit for tuning the LM weight (alpha) and word bonus (beta) on the "
+                                   "evaluation set after training (a grid search, each point logged); 0 = keep "
+                                   "pyctcdecode's defaults (0.5, 1.5).", min=0.0)
 
     @property
     def max_duration_limit(self) -> float:

@@ -15,6 +15,7 @@ class Request:
     body: bytes
     content_type: str
     seconds: float    # audio seconds in the body
+    headers: tuple[tuple[str, str], ...] = ()  # extra request headers (e.g. request options)
 
 
 @dataclass
@@ -66,7 +67,7 @@ def _text(body: bytes) -> str:
 def send(port: int, req: Request, timeout_s: float = 600) -> tuple[int, bytes, dict]:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout_s)
     try:
-        conn.request("POST", "/invocations", body=req.body, headers={"Content-Type": req.content_type})
+        conn.request("POST", "/invocations", body=req.body, headers={"Content-Type": req.content_type, **dict(req.headers)})
         resp = conn.getresponse()
         return resp.status, resp.read(), {k.lower(): v for k, v in resp.getheaders()}
     finally:

@@ -32,7 +32,30 @@ def build(size: str):
     cfg = config(size, len(probe.tokenizer), probe.tokenizer.pad_token_id)
     # As training saves it: layer-norm feature encoders take an attention mask, group-norm ones do not.
     processor = modeldir.make_processor(vocab, attention_mask=cfg.feat_extract_norm == "layer")
-    return Wav2Vec2ForCTC(cfg).eval(), processor
+    model = Wav2Vec2ForCTC(cfg).eval()
+    # A trained CTC head never emits the tokenizer's special tokens (<s>, </s>, [UNK]); random weights do, and
+    # transformers' decoders disagree on them (batch_decode keeps them, the ASR pipeline drops them before
+    # merging repeats, our server after), which would make the systems' transcripts differ for no reason the
+    # benchmarks measure.
+    with torch.no_grad():
+        for i in special_ids(processor.tokenizer, cfg.vocab_size):
+            model.lm_head.bias[i] = -100.0
+    return model, processor
+
+
+def special_ids(tokenizer, size: int) -> tuple[int, ...]:
+    """Ids of the head's outputs that never reach a transcript (common.ctc.Vocabulary.dropped)."""
+    from common.ctc import Vocabulary
+
+    return Vocabulary(tokenizer, size).dropped
+
+
+def without_special_tokens(text: str, tokenizer, size: int) -> str:
+    """`text` from transformers' batch_decode less the special tokens' strings, as our server writes it:
+    the benchmarks compare systems on what they transcribe, not on how they print tokens no transcript keeps."""
+    for i in special_ids(tokenizer, size):
+        text = text.replace(tokenizer.convert_ids_to_tokens(i), "")
+    return " ".join(text.split())
 
 
 def save(out: Path, size: str) -> Path:

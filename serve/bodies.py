@@ -1,0 +1,159 @@
+"""Request bodies -> 16 kHz mono float32 clips: a dispatch table keyed by content type.
+
+JSON items may carry request options next to the audio (`"timestamps": true`, `"language": "fra"`); they
+are returned per item, checked against the option table (serve/options.py).
+
+`speech_array` shapes: a list of numbers is mono. A list of equal-length lists is a 2-D array whose shorter
+side is the channels, when that side has at most MAX_JSON_CHANNELS entries and the longer side is longer:
+`[[l, r], [l, r], ...]` (frames x channels, as soundfile returns) and `[[l, l, ...], [r, r, ...]]`
+(channels x frames, as torchaudio and librosa return) both mean stereo. Anything else (a square array, both
+sides over MAX_JSON_CHANNELS, deeper nesting) is refused, saying which shapes are accepted.
+"""
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from common.audio import AudioError, AudioTooLong, decode_bytes, to_model_input
+
+from . import options
+from .errors import ServeError
+
+# Encoded audio: libsndfile sniffs the container, so the exact type only has to be one we accept.
+AUDIO_TYPES = (
+    "audio/wav", "audio/x-wav", "audio/wave", "audio/vnd.wave",
+    "audio/flac", "audio/x-flac", "audio/ogg", "audio/mpeg", "audio/mp3",
+    "audio/x-audio", "application/octet-stream",
+)
+JSON_TYPE = "application/json"
+AUDIO_FIELDS = ("speech_array", "sampling_rate", "audio")
+MAX_JSON_CHANNELS = 8
+SHAPES = (f'"speech_array" must be a list of numbers (mono), a list of [left, right, ...] frames (frames x '
+          f'channels) or a list of per-channel lists (channels x frames), with at most {MAX_JSON_CHANNELS} channels '
+          f'and more samples than channels')
+
+
+@dataclass
+class Clip:
+    audio: np.ndarray  # 16 kHz mono float32
+    options: dict[str, Any] = field(default_factory=dict)  # this item's own options (JSON fields)
+
+
+def media_type(content_type: str | None) -> str:
+    return (content_type or "").split(";", 1)[0].strip().lower()
+
+
+def decode(content_type: str | None, body: bytes, max_audio_s: float | None = None) -> tuple[list[Clip], bool]:
+    """Clips in request order, and whether the request was a batch (a JSON list). Encoded audio longer than
+    max_audio_s is refused (413) while it is decoded."""
+    kind = media_type(content_type)
+    decoder = DECODERS.get(kind)
+    if decoder is None:
+        shown = kind or "none"
+        raise ServeError(
+            f"unsupported content type {shown!r}; send audio as one of {', '.join(AUDIO_TYPES)}, "
+            f"or {JSON_TYPE}", 415,
+        )
+    if not body:
+        raise ServeError("request body is empty")
+    return decoder(body, max_audio_s)
+
+
+def _audio(body: bytes, max_audio_s: float | None) -> tuple[list[Clip], bool]:
+    return [Clip(_clip(decode_bytes, body, max_audio_s))], False
+
+
+def _json(body: bytes, max_audio_s: float | None = None) -> tuple[list[Clip], bool]:
+    try:
+        doc = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ServeError(f"body is not valid JSON: {exc}") from None
+    except RecursionError:
+        # The parser recurses once per nesting level; a valid request nests at most 3 deep.
+        raise ServeError("body is JSON nested too deeply; send an object or a list of objects") from None
+    if isinstance(doc, list):
+        if not doc:
+            raise ServeError("batch is an empty list; send at least one item")
+        return [_json_item(item, f"item {i}: ", max_audio_s) for i, item in enumerate(doc)], True
+    return [_json_item(doc, "", max_audio_s)], False
+
+
+def _json_item(item, where: str, max_audio_s: float | None = None) -> Clip:
+    if not isinstance(item, dict):
+        raise ServeError(f'{where}expected an object with "speech_array" and "sampling_rate", or "audio" (base64)')
+    item_options = {}
+    for name, value in item.items():
+        if name in AUDIO_FIELDS:
+            continue
+        if name not in options.NAMES:
+            raise ServeError(f"{where}unknown field {name!r}; an item holds {', '.join(AUDIO_FIELDS)} and the request "
+                             f"options {', '.join(options.NAMES)}")
+        item_options[name] = options.from_json(name, value, where)
+    has_array, has_audio = "speech_array" in item, "audio" in item
+    if has_array == has_audio:
+        raise ServeError(
+            f'{where}give exactly one of "speech_array" (with "sampling_rate") or "audio" (a base64 encoded file)'
+        )
+    if has_audio:
+        if "sampling_rate" in item:
+            raise ServeError(f'{where}"sampling_rate" goes with "speech_array"; an encoded "audio" file carries its own')
+        encoded = item["audio"]
+        if not isinstance(encoded, str):
+            raise ServeError(f'{where}"audio" must be a base64 string of an encoded audio file')
+        try:
+            payload = base64.b64decode(encoded, validate=True)
+        except (binascii.Error, ValueError) as exc:
+            raise ServeError(f'{where}"audio" is not valid base64: {exc}') from None
+        return Clip(_clip(decode_bytes, payload, max_audio_s, where=where), item_options)
+    if "sampling_rate" not in item:
+        raise ServeError(f'{where}missing "sampling_rate" (Hz) next to "speech_array"')
+    samples = item["speech_array"]
+    if not isinstance(samples, list):
+        raise ServeError(f"{where}{SHAPES}")
+    rate = item["sampling_rate"]
+    if isinstance(rate, bool) or not isinstance(rate, (int, float)):
+        raise ServeError(f'{where}"sampling_rate" must be a number, got {rate!r}')
+    first = samples[0] if samples else None
+    if isinstance(first, bool) or (isinstance(first, list) and first and isinstance(first[0], bool)):
+        raise ServeError(f'{where}"speech_array" must contain numbers, not true/false')
+    try:
+        # JSON numbers are samples as given (floats); no integer PCM scaling.
+        array = np.asarray(samples, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise ServeError(f'{where}"speech_array" must contain only numbers, in rows of equal length. {SHAPES}') \
+            from None
+    return Clip(_clip(to_model_input, frames_by_channels(array, where).astype(np.float32), rate, where=where),
+                item_options)
+
+
+def frames_by_channels(array: np.ndarray, where: str = "") -> np.ndarray:
+    """A JSON speech_array as 1-D (mono) or frames x channels, by the shape rule in this module's docstring."""
+    if array.ndim == 1:
+        return array
+    if array.ndim != 2:
+        raise ServeError(f"{where}{SHAPES}; got a {array.ndim}-D array")
+    rows, cols = array.shape
+    if cols < rows and cols <= MAX_JSON_CHANNELS:
+        return array  # frames x channels
+    if rows < cols and rows <= MAX_JSON_CHANNELS:
+        return array.T  # channels x frames
+    raise ServeError(f"{where}{SHAPES}; got {rows} x {cols}, which could be either")
+
+
+def _clip(fn, *args, where: str = "") -> np.ndarray:
+    try:
+        with np.errstate(over="ignore", invalid="ignore"):
+            return fn(*args)
+    except AudioTooLong as exc:
+        raise ServeError(f"{where}{exc} (SERVE_MAX_AUDIO_S)", 413) from None
+    except AudioError as exc:
+        raise ServeError(f"{where}{exc}") from None
+
+
+DECODERS = {kind: _audio for kind in AUDIO_TYPES}
+DECODERS[JSON_TYPE] = _json

@@ -1,0 +1,286 @@
+"""The decoder stage: a clip's frame logits -> text and words, after the forward pass.
+
+A decoder takes the logits of one clip (frames x vocabulary, on the model's device, chunk strides already
+dropped) and the language's `common.ctc.Vocabulary`, and returns a `Hypothesis` whose word times are in
+frames. `ServingModel.decoder(options)` picks one per request (the `decoder` request option):
+
+    greedy  best path on the model's device (`GreedyDecoder`);
+    beam    beam search with the model's KenLM n-gram and the request's hotwords (common/lm.py, pyctcdecode),
+            in a process pool beside the model (`BeamSearch`), so the thread that runs forward passes never
+            waits for it. `BeamSearch.bind(options)` gives the decoder of one request's options.
+
+`submit(logits, vocab, words=, deadline=)` starts decoding and returns a `Pending` whose `result()` is the
+Hypothesis (greedy is done at once; beam search waits for its pool process), so one request's clips decode
+in parallel. `decode(...)` is both in one call.
+
+A decoder may also offer `stream(vocab)`: an incremental decoder fed chunk by chunk that returns words as
+soon as they are complete, for results of long audio chunk by chunk (`ServingModel.transcribe_iter`).
+Decoders without it are run on segments (beam search: see `ServingModel.transcribe_iter`).
+
+Beam search processes: `lm.make_pool` spawns them (never forks: the worker has started torch's threads and
+maybe CUDA, and a spawned child imports only common.lm: no torch, no CUDA). A process that dies (killed,
+out of memory) breaks the whole pool (concurrent.futures' ProcessPoolExecutor); the requests decoding in it
+get `Unavailable` (503) and the next request gets a new pool. A job whose request has timed out is
+cancelled if it has not started, skipped by the process if it has not begun decoding (`lm.DeadlinePassed`),
+and otherwise runs to its end (pyctcdecode cannot be interrupted; SERVE_MAX_AUDIO_S and beam_width <= 256
+bound it).
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from concurrent.futures import CancelledError, Future, TimeoutError as FutureTimeout
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from common import ctc, lm
+
+from . import contract
+
+log = logging.getLogger("serve")
+
+
+@dataclass
+class Hypothesis:
+    text: str
+    words: list[tuple[str, int, int]] = field(default_factory=list)  # (word, first frame, end frame)
+
+
+class Pending:
+    """A decoding started by `submit`; `result()` waits for it (raising the contract's errors)."""
+
+    def __init__(self, get: Callable[[], Hypothesis], cancel: Callable[[], object] = lambda: None):
+        self._get, self._cancel = get, cancel
+
+    def result(self) -> Hypothesis:
+        return self._get()
+
+    def cancel(self) -> None:
+        self._cancel()
+
+
+class GreedyDecoder:
+    """Best path: argmax per frame, repeats merged, blanks and special tokens dropped, on the device."""
+    name = "greedy"
+
+    def decode(self, logits: torch.Tensor, vocab: ctc.Vocabulary, *, words: bool = False,
+               deadline: float | None = None) -> Hypothesis:
+        seq = ctc.greedy(logits[None], vocab.blank_id, drop=vocab.dropped)[0]
+        return Hypothesis(vocab.text(seq), vocab.words(seq) if words else [])
+
+    def submit(self, logits: torch.Tensor, vocab: ctc.Vocabulary, *, words: bool = False,
+               deadline: float | None = None) -> Pending:
+        with torch.inference_mode():
+            hyp = self.decode(logits, vocab, words=words)
+        return Pending(lambda: hyp)
+
+    def stream(self, vocab: ctc.Vocabulary) -> "GreedyStream":
+        return GreedyStream(vocab)
+
+
+class GreedyStream:
+    """Greedy decoding of consecutive pieces of one clip's frames, equal to decoding them joined: a token
+    whose frames run over a piece's edge is merged, and a word is returned once a space follows it."""
+
+    def __init__(self, vocab: ctc.Vocabulary):
+        self.vocab = vocab
+        self.frames = 0  # frames pushed so far
+        self.last_id: int | None = None  # argmax of the last frame pushed (as collapse saw it)
+        self.pending = ctc.Collapsed([], [], [])  # tokens after the last space, in absolute frames
+
+    def push(self, logits: torch.Tensor) -> list[tuple[str, int, int]]:
+        """Feed the next frames (frames x vocabulary); the words completed by them."""
+        v = self.vocab
+        ids = logits.argmax(dim=-1)
+        if len(v.dropped):
+            ids = ids.masked_fill(torch.isin(ids, torch.as_tensor(v.dropped, device=ids.device)), v.blank_id)
+        seq = ctc.collapse(ids[None], v.blank_id)[0]
+        offset, p = self.frames, self.pending
+        tokens, starts, ends = seq.tokens, seq.starts, seq.ends
+        if tokens and starts[0] == 0 and tokens[0] == self.last_id:
+            # The previous piece ended inside this token's run: one token, not two.
+            if p.tokens and p.tokens[-1] == tokens[0]:
+                p.ends[-1] = offset + ends[0]
+            tokens, starts, ends = tokens[1:], starts[1:], ends[1:]
+        p.tokens.extend(tokens)
+        p.starts.extend(offset + s for s in starts)
+        p.ends.extend(offset + e for e in ends)
+        self.frames += len(ids)
+        if len(ids):
+            self.last_id = int(ids[-1])
+        cut = max((i for i, t in enumerate(p.tokens) if v.is_space(t)), default=None)
+        if cut is None:
+            return []
+        done = ctc.Collapsed(p.tokens[:cut], p.starts[:cut], p.ends[:cut])
+        self.pending = ctc.Collapsed(p.tokens[cut:], p.starts[cut:], p.ends[cut:])
+        return v.words(done)
+
+    def finish(self) -> list[tuple[str, int, int]]:
+        words, self.pending = self.vocab.words(self.pending), ctc.Collapsed([], [], [])
+        return words
+
+
+class BeamSearch:
+    """Beam search (+ LM) of one model directory in a pool of `processes` spawned processes.
+
+    `start()` starts the pool and waits for its first process to load the decoder (LMError with the reason
+    if it cannot); `info` is then what it loaded (common.lm.pool_info). A model without an LM may skip
+    `start()`: the pool then starts on the first submit. Thread-safe.
+    """
+
+    def __init__(self, model_dir: str | Path, processes: int, *, labels: list[str] | None = None,
+                 has_lm: bool = False):
+        if processes < 1:
+            raise ValueError(f"processes must be >= 1, got {processes}")
+        self.model_dir, self.processes = Path(model_dir), processes
+        self.labels = labels  # alphabet (pyctcdecode form), for checking options before the forward pass
+        self.has_lm = has_lm
+        self.info: dict | None = None
+        self.restarts = 0
+        self._pool = None
+        self._closed = False
+        self._lock = threading.Lock()
+
+    # Life cycle ----------------------------------------------------------------------------------------
+    def start(self, timeout_s: float | None = None) -> dict:
+        """Start the pool; the first process's `lm.pool_info` (LMError when it cannot load the directory)."""
+        pool = self._current()
+        # One call per process, submitted at once: concurrent.futures spawns a process for each submit that
+        # finds none idle, so all start (and load the LM) now rather than on the first busy requests.
+        calls = [pool.submit(lm.pool_info) for _ in range(self.processes)]
+        try:
+            info = calls[0].result(timeout_s)
+        except BrokenProcessPool as exc:
+            self.close()
+            raise lm.LMError(f"the beam-search process could not start ({exc}); see the log above") from None
+        except BaseException:
+            self.close()
+            raise
+        self.info, self.labels, self.has_lm = info, info["labels"], info["has_lm"]
+        return info
+
+    def close(self, grace_s: float = 2.0) -> None:
+        """Stop the processes: queued decodings are cancelled, a running one gets `grace_s` to finish, then
+        its process is terminated. (A worker that simply exits needs none of this: concurrent.futures stops
+        the pool at interpreter exit, and a pool process whose parent is gone exits by itself.)"""
+        from multiprocessing.connection import wait as wait_any
+
+        with self._lock:
+            pool, self._pool, self._closed = self._pool, None, True
+        if pool is None:
+            return
+        # ProcessPoolExecutor has no public way to stop a running call before Python 3.14
+        # (terminate_workers): its processes are read from `_processes` (CPython 3.11-3.13).
+        processes = list((getattr(pool, "_processes", None) or {}).values())
+        pool.shutdown(wait=False, cancel_futures=True)
+        deadline = time.monotonic() + grace_s
+        alive = [p for p in processes if p.exitcode is None]
+        while alive and time.monotonic() < deadline:
+            wait_any([p.sentinel for p in alive], timeout=max(0.0, deadline - time.monotonic()))
+            alive = [p for p in alive if p.exitcode is None]
+        for process in alive:
+            process.terminate()
+
+    def _current(self):
+        with self._lock:
+            if self._closed:
+                raise contract.Unavailable("the server is shutting down")
+            if self._pool is None:
+                self._pool = lm.make_pool(self.model_dir, self.processes)
+            return self._pool
+
+    def _replace(self, broken) -> None:
+        """After a process died: a new pool for the next request (once, whichever request notices first)."""
+        with self._lock:
+            if self._pool is not broken or self._closed:
+                return
+            self.restarts += 1
+            log.error("beam search: a decoding process died (killed, or out of memory); the requests decoding "
+                      "in its pool get 503; starting a new pool of %d process(es) (restart %d)", self.processes,
+                      self.restarts)
+            self._pool = lm.make_pool(self.model_dir, self.processes)
+            fresh = self._pool
+        broken.shutdown(wait=False, cancel_futures=True)
+        for _ in range(self.processes):
+            fresh.submit(lm.pool_info)  # spawn and load now, not in the next request's time
+
+    # Decoding ------------------------------------------------------------------------------------------
+    def check(self, options: lm.DecodeOptions) -> None:
+        """BadRequest when the options cannot apply to this model (alpha/beta without an LM, letters)."""
+        try:
+            if self.labels is not None:
+                lm.check_options(options, self.labels, self.has_lm)
+            elif not self.has_lm and (options.alpha is not None or options.beta is not None):
+                lm.check_options(options, [], False)
+        except lm.OptionError as exc:
+            raise contract.BadRequest(str(exc)) from None
+
+    def bind(self, options: lm.DecodeOptions) -> "BoundBeam":
+        self.check(options)
+        return BoundBeam(self, options)
+
+    def submit_logits(self, logits: np.ndarray, options: lm.DecodeOptions, deadline: float | None) -> Pending:
+        """Decode one clip's logits (frames x vocabulary, float32 on the host); Hypothesis in frames."""
+        wall = None if deadline is None else time.time() + (deadline - time.monotonic())
+        for attempt in range(2):
+            pool = self._current()
+            try:
+                future = pool.submit(lm.pool_decode, [logits], options, 1.0, wall)
+                break
+            except BrokenProcessPool:
+                # A process died while no request of ours was in it (idle, say): nothing was lost, so this
+                # request goes to the new pool.
+                self._replace(pool)
+                if attempt:
+                    raise contract.Unavailable("the beam-search processes cannot start (see the server log): "
+                                               "retry the request") from None
+            except RuntimeError:  # submit after shutdown
+                raise contract.Unavailable("the server is shutting down") from None
+        return Pending(lambda: self._result(pool, future, deadline), future.cancel)
+
+    def _result(self, pool, future: Future, deadline: float | None) -> Hypothesis:
+        try:
+            timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+            transcript = future.result(timeout)[0]
+        except (FutureTimeout, lm.DeadlinePassed, CancelledError):
+            future.cancel()
+            raise contract.Timeout("beam search was not done by the deadline") from None
+        except BrokenProcessPool as exc:
+            self._replace(pool)
+            raise contract.Unavailable("the beam-search process decoding this request stopped (see the server "
+                                       "log); the decoder is being restarted: retry the request") from exc
+        except lm.LMError as exc:
+            raise contract.ModelFailure("the beam-search decoder cannot load this model's decoder files "
+                                        "(details in the server log)") from exc
+        except Exception as exc:
+            raise contract.ModelFailure("beam search failed on this audio (details in the server log)") from exc
+        # seconds_per_frame 1.0 above: word times come back in frames.
+        return Hypothesis(transcript.text, [(w["word"], int(round(w["start"])), int(round(w["end"])))
+                                            for w in transcript.words])
+
+
+class BoundBeam:
+    """Beam search with one request's options, with the decoders' interface (`submit`, `decode`)."""
+    name = "beam"
+
+    def __init__(self, search: BeamSearch, options: lm.DecodeOptions):
+        self.search, self.options = search, options
+
+    def submit(self, logits: torch.Tensor, vocab: ctc.Vocabulary, *, words: bool = False,
+               deadline: float | None = None) -> Pending:
+        host = logits.detach().to(device="cpu", dtype=torch.float32).numpy()
+        return self.search.submit_logits(host, self.options, deadline)
+
+    def decode(self, logits: torch.Tensor, vocab: ctc.Vocabulary, *, words: bool = False,
+               deadline: float | None = None) -> Hypothesis:
+        return self.submit(logits, vocab, words=words, deadline=deadline).result()
+
+
+GREEDY = GreedyDecoder()
+DECODERS = {"greedy": GREEDY}  # the stateless ones; "beam" is per model (ServingModel.beam)

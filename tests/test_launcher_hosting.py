@@ -1,0 +1,393 @@
+"""deploy / invoke / delete in every hosting mode, against moto's server standing in for AWS (S3, STS, SageMaker,
+Application Auto Scaling, CloudWatch) and local_test/async_local.py's AsyncRuntime for SageMaker's asynchronous
+runtime. The launcher runs in this process (launcher.cli.main); every AWS call it makes is recorded with its
+exact parameters through a botocore event on its boto3 session, so the tests check the request bodies, and moto
+checks that what deploy made is what delete removes."""
+from __future__ import annotations
+
+import copy
+import json
+import os
+import re
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from launcher import aws as launcher_aws, cli, hosting, scaling
+
+ACCOUNT = "123456789012"
+REGION = "us-east-1"
+ROLE = f"arn:aws:iam::{ACCOUNT}:role/Wav2Vec2SageMaker"
+MODEL_DATA = "s3://my-bucket/job/output/model.tar.gz"
+IMAGE = f"{ACCOUNT}.dkr.ecr.{REGION}.amazonaws.com/wav2vec2-serve:latest"
+# moto's instance-type list predates ml.g5, the launcher's default; ml.g4dn is valid in both.
+INSTANCE = "ml.g4dn.xlarge"
+WRITES = ("Create", "Put", "Register", "Delete", "Deregister", "Invoke", "Upload")
+
+
+class Stand:
+    def __init__(self, standin, calls):
+        self.standin, self.calls = standin, calls
+
+    def params(self, operation: str) -> list[dict]:
+        return [p for name, p in self.calls if name == operation]
+
+    def writes(self) -> list[str]:
+        return [name for name, _ in self.calls if name.startswith(WRITES)]
+
+    def client(self, service: str):
+        return self.standin.client(service)
+
+
+@pytest.fixture(scope="module")
+def standin():
+    from local_test.async_local import AwsStandIn
+
+    server = AwsStandIn()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def aws(standin, monkeypatch, tmp_path):
+    import urllib.request
+
+    urllib.request.urlopen(urllib.request.Request(f"{standin.url}/moto-api/reset", method="POST")).read()
+    for name in list(os.environ):
+        if name.startswith(("AWS_", "SAGEMAKER_")):
+            monkeypatch.delenv(name)
+    for name, value in standin.env(home=str(tmp_path)).items():
+        if name.startswith(("AWS_", "SAGEMAKER_")) or name in ("HOME",):
+            monkeypatch.setenv(name, value)
+    calls: list[tuple[str, dict]] = []
+    original = launcher_aws._boto_session
+
+    def recording_session(opts):
+        session = original(opts)
+        session.events.register("before-parameter-build", lambda params, model, **_: calls.append(
+            (model.name, {k: "<body>" if k == "Body" else copy.deepcopy(v) for k, v in params.items()})))
+        return session
+
+    monkeypatch.setattr(launcher_aws, "_boto_session", recording_session)
+    standin.client("s3").create_bucket(Bucket="my-bucket")
+    return Stand(standin, calls)
+
+
+def launch(capsys, *args: str) -> tuple[int, str, str]:
+    code = cli.main(list(args))
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def put_model(aws: Stand, size: int = 1024) -> None:
+    aws.client("s3").put_object(Bucket="my-bucket", Key="job/output/model.tar.gz", Body=b"\0" * size)
+
+
+def test_async_deploy_scales_to_zero_and_delete_removes_everything(aws, capsys):
+    from local_test.async_local import leftovers
+
+    topic = f"arn:aws:sns:{REGION}:{ACCOUNT}:asr-done"
+    code, out, err = launch(capsys, "deploy", "--async", "--model-data", MODEL_DATA, "--endpoint-name", "asr-async",
+                            "--instance-type", INSTANCE, "--autoscale", "0:3", "--bucket", "my-bucket",
+                            "--max-concurrent-invocations", "2", "--success-topic", topic,
+                            "--env", "SERVE_MAX_AUDIO_S=7200")
+    assert code == 0, err
+    assert out.strip().splitlines()[-1] == "asr-async"
+    # ml.g4dn's default driver (470) cannot run the images' CUDA 12 torch: the deploy line says what was asked for
+    assert "machine image al2-ami-sagemaker-inference-gpu-2 (NVIDIA driver 535: ml.g4dn runs driver 470" in out
+    (model,) = aws.params("CreateModel")
+    assert model["PrimaryContainer"] == {
+        "Image": IMAGE, "ModelDataUrl": MODEL_DATA,
+        # the async limits reach the server; --env adds to them
+        "Environment": {"SAGEMAKER_MAX_PAYLOAD_IN_MB": "1024", "MODEL_SERVER_TIMEOUT": "3600",
+                        "SERVE_MAX_AUDIO_S": "7200"}}
+    (config,) = aws.params("CreateEndpointConfig")
+    assert config == {
+        "EndpointConfigName": "asr-async",
+        "ProductionVariants": [{"VariantName": "AllTraffic", "ModelName": "asr-async", "InitialVariantWeight": 1,
+                                "InitialInstanceCount": 1, "InstanceType": INSTANCE,
+                                "ContainerStartupHealthCheckTimeoutInSeconds": 600,
+                                "InferenceAmiVersion": "al2-ami-sagemaker-inference-gpu-2"}],
+        "AsyncInferenceConfig": {
+            "OutputConfig": {"S3OutputPath": "s3://my-bucket/wav2vec2/async/asr-async/output",
+                             "S3FailurePath": "s3://my-bucket/wav2vec2/async/asr-async/failure",
+                             "NotificationConfig": {"SuccessTopic": topic}},
+            "ClientConfig": {"MaxConcurrentInvocationsPerInstance": 2}},
+    }
+    target = {"ServiceNamespace": "sagemaker", "ResourceId": "endpoint/asr-async/variant/AllTraffic",
+              "ScalableDimension": "sagemaker:variant:DesiredInstanceCount"}
+    assert aws.params("RegisterScalableTarget") == [{**target, "MinCapacity": 0, "MaxCapacity": 3}]
+    tracking, from_zero = aws.params("PutScalingPolicy")
+    assert tracking == {**target, "PolicyName": "wav2vec2-target-tracking", "PolicyType": "TargetTrackingScaling",
+                        "TargetTrackingScalingPolicyConfiguration": {
+                            "TargetValue": 5.0,
+                            "CustomizedMetricSpecification": {
+                                "MetricName": "ApproximateBacklogSizePerInstance", "Namespace": "AWS/SageMaker",
+                                "Dimensions": [{"Name": "EndpointName", "Value": "asr-async"}],
+                                "Statistic": "Average"},
+                            "ScaleInCooldown": 600, "ScaleOutCooldown": 300}}
+    assert from_zero == {**target, "PolicyName": "wav2vec2-scale-out-from-zero", "PolicyType": "StepScaling",
+                         "StepScalingPolicyConfiguration": {
+                             "AdjustmentType": "ChangeInCapacity", "MetricAggregationType": "Average",
+                             "Cooldown": 300,
+                             "StepAdjustments": [{"MetricIntervalLowerBound": 0, "ScalingAdjustment": 1}]}}
+    (alarm,) = aws.params("PutMetricAlarm")
+    (policy_arn,) = [p["PolicyARN"] for p in aws.client("application-autoscaling").describe_scaling_policies(
+        ServiceNamespace="sagemaker")["ScalingPolicies"] if p["PolicyName"] == "wav2vec2-scale-out-from-zero"]
+    assert alarm == {"AlarmName": "asr-async-wav2vec2-has-backlog-without-capacity",
+                     "MetricName": "HasBacklogWithoutCapacity", "Namespace": "AWS/SageMaker", "Statistic": "Average",
+                     "Period": 60, "EvaluationPeriods": 2, "DatapointsToAlarm": 2, "Threshold": 1,
+                     "ComparisonOperator": "GreaterThanOrEqualToThreshold", "TreatMissingData": "missing",
+                     "Dimensions": [{"Name": "EndpointName", "Value": "asr-async"}], "AlarmActions": [policy_arn]}
+    # Scaling is set up only once the endpoint is InService.
+    names = [n for n, _ in aws.calls]
+    assert names.index("DescribeEndpoint") < names.index("RegisterScalableTarget")
+    assert len(leftovers(aws.standin)) == 7  # endpoint, config, model, scalable target, 2 policies, alarm
+
+    aws.calls.clear()
+    code, out, err = launch(capsys, "delete", "--endpoint-name", "asr-async")
+    assert code == 0, err
+    assert [(n, p) for n, p in aws.calls if n.startswith("De") and not n.startswith("Describe")] == [
+        ("DeleteScalingPolicy", {**target, "PolicyName": "wav2vec2-target-tracking"}),
+        ("DeleteScalingPolicy", {**target, "PolicyName": "wav2vec2-scale-out-from-zero"}),
+        ("DeregisterScalableTarget", target),
+        ("DeleteAlarms", {"AlarmNames": ["asr-async-wav2vec2-has-backlog-without-capacity"]}),
+        ("DeleteEndpoint", {"EndpointName": "asr-async"}),
+        ("DeleteEndpointConfig", {"EndpointConfigName": "asr-async"}),
+        ("DeleteModel", {"ModelName": "asr-async"}),
+    ]
+    assert leftovers(aws.standin) == []
+
+    aws.calls.clear()  # safe to re-run: nothing to do, nothing attempted, status 0
+    code, out, err = launch(capsys, "delete", "--endpoint-name", "asr-async")
+    assert code == 0, err
+    assert "nothing of asr-async is left" in out
+    assert aws.writes() == []
+
+
+def test_realtime_autoscaling_on_invocations_per_instance(aws, capsys):
+    code, _, err = launch(capsys, "deploy", "--model-data", MODEL_DATA, "--endpoint-name", "asr-rt",
+                          "--instance-type", INSTANCE, "--instance-count", "2", "--autoscale", "2:6",
+                          "--scale-target", "120", "--startup-timeout-s", "900")
+    assert code == 0, err
+    (model,) = aws.params("CreateModel")
+    assert model["PrimaryContainer"]["Environment"] == {}  # real-time: the server's own defaults
+    (config,) = aws.params("CreateEndpointConfig")
+    assert "AsyncInferenceConfig" not in config
+    assert config["ProductionVariants"][0]["InitialInstanceCount"] == 2
+    assert config["ProductionVariants"][0]["ContainerStartupHealthCheckTimeoutInSeconds"] == 900
+    target = {"ServiceNamespace": "sagemaker", "ResourceId": "endpoint/asr-rt/variant/AllTraffic",
+              "ScalableDimension": "sagemaker:variant:DesiredInstanceCount"}
+    assert aws.params("RegisterScalableTarget") == [{**target, "MinCapacity": 2, "MaxCapacity": 6}]
+    assert aws.params("PutScalingPolicy") == [{
+        **target, "PolicyName": "wav2vec2-target-tracking", "PolicyType": "TargetTrackingScaling",
+        "TargetTrackingScalingPolicyConfiguration": {
+            "TargetValue": 120.0,
+            "PredefinedMetricSpecification": {"PredefinedMetricType": "SageMakerVariantInvocationsPerInstance"},
+            "ScaleInCooldown": 300, "ScaleOutCooldown": 60}}]
+    assert aws.params("PutMetricAlarm") == []  # real-time endpoints never scale from zero
+
+
+def test_serverless_deploy_sizes_memory_from_the_model(aws, capsys):
+    put_model(aws, 20 * 2**20)  # 714 + 2.28 x 20 MB: 1 GB holds it
+    code, _, err = launch(capsys, "deploy", "--serverless", "--model-data", MODEL_DATA, "--endpoint-name", "asr-sl",
+                          "--max-concurrency", "8", "--provisioned-concurrency", "2")
+    assert code == 0, err
+    (model,) = aws.params("CreateModel")
+    assert model["PrimaryContainer"]["Environment"] == {
+        "SAGEMAKER_MAX_PAYLOAD_IN_MB": "4", "MODEL_SERVER_TIMEOUT": "60", "MODEL_SERVER_WORKERS": "1"}
+    (config,) = aws.params("CreateEndpointConfig")
+    assert config == {"EndpointConfigName": "asr-sl", "ProductionVariants": [{
+        "VariantName": "AllTraffic", "ModelName": "asr-sl", "InitialVariantWeight": 1,
+        "ServerlessConfig": {"MemorySizeInMB": 1024, "MaxConcurrency": 8, "ProvisionedConcurrency": 2}}]}
+
+
+def test_serverless_refuses_a_memory_size_the_model_does_not_fit(aws, capsys):
+    put_model(aws, 140 * 2**20)  # needs about 714 + 2.28 x 140 = 1,033 MB
+    code, _, err = launch(capsys, "deploy", "--serverless", "--model-data", MODEL_DATA, "--memory-mb", "1024")
+    assert code == 2
+    assert "--memory-mb 1024 is too small" in err and "use --memory-mb 2048" in err
+    assert len(err.strip().splitlines()) == 1
+    assert aws.writes() == []  # refused after reading the archive's size, before anything was created
+
+    code, _, err = launch(capsys, "deploy", "--serverless", "--model-data", "s3://my-bucket/no/such/model.tar.gz")
+    assert code == 2 and "no such object" in err
+    assert aws.writes() == []
+
+
+class FakeContainer(ThreadingHTTPServer):
+    """/invocations as the serving program answers: a WAV body gets a transcript after a short delay (so the
+    launcher has to wait for the output object), anything else a 400 with a JSON error."""
+
+    def __init__(self, delay_s: float = 1.5):
+        super().__init__(("127.0.0.1", 0), _FakeHandler)
+        self.delay_s = delay_s
+        self.bodies: list[tuple[str, bytes]] = []
+        threading.Thread(target=self.serve_forever, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+
+class _FakeHandler(BaseHTTPRequestHandler):
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        self.server.bodies.append((self.headers["Content-Type"], body))
+        if body.startswith(b"RIFF"):
+            time.sleep(self.server.delay_s)
+            status, answer = 200, {"text": "the red cat runs", "audio_seconds": 2.5}
+        else:
+            status, answer = 400, {"error": "audio does not decode: not a WAV, FLAC, OGG or MP3 file"}
+        payload = json.dumps(answer).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+    def log_message(self, *args):
+        pass
+
+
+def _async_endpoint(aws: Stand, name: str = "asr-async") -> dict:
+    sm = aws.client("sagemaker")
+    sm.create_model(ModelName=name, ExecutionRoleArn=ROLE,
+                    PrimaryContainer={"Image": IMAGE, "ModelDataUrl": MODEL_DATA})
+    config = {"OutputConfig": {"S3OutputPath": f"s3://my-bucket/wav2vec2/async/{name}/output",
+                               "S3FailurePath": f"s3://my-bucket/wav2vec2/async/{name}/failure"},
+              "ClientConfig": {"MaxConcurrentInvocationsPerInstance": 2}}
+    sm.create_endpoint_config(EndpointConfigName=name, AsyncInferenceConfig=config, ProductionVariants=[
+        {"VariantName": "AllTraffic", "ModelName": name, "InitialInstanceCount": 1, "InstanceType": INSTANCE}])
+    sm.create_endpoint(EndpointName=name, EndpointConfigName=name)
+    return config
+
+
+@pytest.fixture
+def async_runtime(aws, monkeypatch):
+    from local_test.async_local import AsyncEndpoint, AsyncRuntime
+
+    config = _async_endpoint(aws)
+    container = FakeContainer()
+    runtime = AsyncRuntime(aws.client("s3"), {"asr-async": AsyncEndpoint(
+        container.url, config["OutputConfig"]["S3OutputPath"], config["OutputConfig"]["S3FailurePath"], 2)})
+    monkeypatch.setenv("AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME", runtime.url)
+    yield runtime, container
+    runtime.close()
+    container.shutdown()
+    container.server_close()
+
+
+def test_invoke_async_uploads_queues_and_waits_for_the_transcript(aws, async_runtime, capsys, tmp_path):
+    runtime, container = async_runtime
+    clip = tmp_path / "meeting.wav"
+    clip.write_bytes(b"RIFF" + os.urandom(5000))
+    started = time.monotonic()
+    code, out, err = launch(capsys, "invoke", "--async", str(clip), "--endpoint-name", "asr-async")
+    assert code == 0, err
+    assert out == "the red cat runs\n"  # stdout holds only the transcript
+    assert time.monotonic() - started >= container.delay_s  # it waited for the output object
+    (request,) = aws.params("InvokeEndpointAsync")
+    assert re.fullmatch(r"s3://my-bucket/wav2vec2/async/asr-async/input/[0-9a-f]{12}-meeting\.wav",
+                        request.pop("InputLocation"))
+    assert request == {"EndpointName": "asr-async", "ContentType": "audio/wav", "Accept": "application/json",
+                       "InvocationTimeoutSeconds": 3600}
+    assert container.bodies == [("audio/wav", clip.read_bytes())]  # the uploaded bytes reached the container
+    assert runtime.requests[0]["timeout_s"] == 3600
+    assert "waiting for the transcript" in err and "queued; output s3://my-bucket/wav2vec2/async/asr-async/output/" in err
+
+    # --json, an object already in S3, and a shorter timeout
+    aws.client("s3").put_object(Bucket="my-bucket", Key="calls/day1.flac", Body=b"RIFF" + b"\0" * 100)
+    code, out, err = launch(capsys, "invoke", "--async", "s3://my-bucket/calls/day1.flac", "--endpoint-name",
+                            "asr-async", "--json", "--invocation-timeout-s", "900", "--request-ttl-s", "3600")
+    assert code == 0, err
+    assert json.loads(out) == {"text": "the red cat runs", "audio_seconds": 2.5}
+    last = aws.params("InvokeEndpointAsync")[-1]
+    assert last == {"EndpointName": "asr-async", "InputLocation": "s3://my-bucket/calls/day1.flac",
+                    "ContentType": "audio/flac", "Accept": "application/json", "InvocationTimeoutSeconds": 900,
+                    "RequestTTLSeconds": 3600}
+    assert "PutObject" not in [n for n, _ in aws.calls[-8:]]  # nothing uploaded for an s3:// FILE
+
+
+def test_invoke_async_reports_the_failure_object(aws, async_runtime, capsys, tmp_path):
+    bad = tmp_path / "notes.wav"
+    bad.write_bytes(b"not audio at all")
+    code, out, err = launch(capsys, "invoke", "--async", str(bad), "--endpoint-name", "asr-async")
+    assert code == 1
+    assert out == ""
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("launch invoke: error: the endpoint failed the request (s3://my-bucket/wav2vec2/async/"
+                           "asr-async/failure/")
+    assert "audio does not decode" in last
+
+
+def test_invoke_async_no_wait_prints_the_output_location(aws, async_runtime, capsys, tmp_path):
+    clip = tmp_path / "a.wav"
+    clip.write_bytes(b"RIFF" + b"\0" * 64)
+    code, out, err = launch(capsys, "invoke", "--async", str(clip), "--endpoint-name", "asr-async", "--no-wait")
+    assert code == 0, err
+    assert re.fullmatch(r"s3://my-bucket/wav2vec2/async/asr-async/output/[\w-]+\.out\n", out)
+
+
+def test_invoke_async_refuses_an_endpoint_that_is_not_async(aws, capsys, tmp_path):
+    sm = aws.client("sagemaker")
+    sm.create_model(ModelName="asr-rt", ExecutionRoleArn=ROLE, PrimaryContainer={"Image": IMAGE})
+    sm.create_endpoint_config(EndpointConfigName="asr-rt", ProductionVariants=[
+        {"VariantName": "AllTraffic", "ModelName": "asr-rt", "InitialInstanceCount": 1, "InstanceType": INSTANCE}])
+    sm.create_endpoint(EndpointName="asr-rt", EndpointConfigName="asr-rt")
+    clip = tmp_path / "a.wav"
+    clip.write_bytes(b"RIFF" + b"\0" * 64)
+    code, _, err = launch(capsys, "invoke", "--async", str(clip), "--endpoint-name", "asr-rt")
+    assert code == 2 and "endpoint asr-rt is not asynchronous" in err
+    assert aws.writes() == []  # nothing uploaded
+
+
+def test_invoke_refuses_more_than_4_mb_for_a_serverless_endpoint(aws, capsys, tmp_path):
+    sm = aws.client("sagemaker")
+    sm.create_model(ModelName="asr-sl", ExecutionRoleArn=ROLE, PrimaryContainer={"Image": IMAGE})
+    sm.create_endpoint_config(EndpointConfigName="asr-sl", ProductionVariants=[
+        {"VariantName": "AllTraffic", "ModelName": "asr-sl",
+         "ServerlessConfig": {"MemorySizeInMB": 2048, "MaxConcurrency": 5}}])
+    sm.create_endpoint(EndpointName="asr-sl", EndpointConfigName="asr-sl")
+    clip = tmp_path / "five.wav"
+    clip.write_bytes(b"RIFF" + b"\0" * (5 * 2**20))
+    code, _, err = launch(capsys, "invoke", str(clip), "--endpoint-name", "asr-sl")
+    assert code == 2 and "serverless endpoints take at most 4 MB" in err
+    assert aws.params("InvokeEndpoint") == []
+
+
+def test_mode_settings_are_the_serving_programs_own():
+    """The variables deploy sets for --async and --serverless are settings serve/settings.py reads, and the
+    values it parses are the AWS limits."""
+    from launcher import limits
+    from serve.settings import Settings
+
+    for mode, env in hosting.MODE_ENV.items():
+        settings = Settings.from_env(env)
+        if mode == "async":
+            assert settings.max_payload_bytes == limits.ASYNC_MAX_BYTES
+            assert settings.timeout_s == limits.INVOCATION_TIMEOUT_RANGE_S[1]
+        if mode == "serverless":
+            assert settings.max_payload_bytes == limits.SERVERLESS_MAX_BYTES
+            assert settings.timeout_s == 60 and settings.workers == 1
+    assert scaling.resource_id("e") == "endpoint/e/variant/AllTraffic"
+
+
+def test_serverless_memory_bench_runs(tmp_path):
+    """bench/serverless_memory, whose figures are the memory check's constants, kept from rotting: tiny model,
+    a 0.5 MB request."""
+    import subprocess
+    import sys
+
+    from conftest import ROOT, program_env
+
+    r = subprocess.run([sys.executable, str(ROOT / "bench" / "serverless_memory"), "--models", "tiny",
+                        "--payload-mb", "0.5", "--workdir", str(tmp_path)], capture_output=True, text=True,
+                       env=program_env(), timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    figures = json.loads(r.stdout.strip().splitlines()[-1])
+    (row,) = figures["rows"]
+    assert row["model"] == "tiny" and 0 < row["idle_rss_mb"] <= row["peak_rss_mb"]
+    assert row["audio_s"] == pytest.approx(16.4, abs=0.1)
