@@ -173,7 +173,10 @@ def test_output_frames_match_the_model():
     n = np.array([400, 401, 16_000, 12_345, 33_333])
     assert data.output_frames(cfg, n).tolist() == model._get_feat_extract_output_lengths(torch.tensor(n)).tolist()
     assert data.output_frames(cfg, np.array([0, 399])).tolist() == [0, 0]
-    assert data.receptive_field(cfg) == 400
+    cfg.add_adapter, cfg.adapter_stride, cfg.num_adapter_layers, cfg.adapter_kernel_size = True, 2, 2, 3
+    adapted = Wav2Vec2ForCTC(cfg)
+    assert data.output_frames(cfg, n).tolist() == \
+        adapted._get_feat_extract_output_lengths(torch.tensor(n), add_adapter=True).tolist()
 
 
 def _examples(samples, labels):

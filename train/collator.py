@@ -18,7 +18,7 @@ EXTRA_KEYS = ("example_index", "input_lengths", "skipped")
 
 @dataclass
 class CTCCollator:
-    # Models with feat_extract_norm="group" (wav2vec2-base) were trained without an attention mask and
+    # Group-norm feature encoders (modeldir.feature_encoder_norm; wav2vec2-base) were trained without a mask and
     # expect zero padding instead; layer-norm models (large, the tiny model) take the mask.
     attention_mask: bool = True
     pad_to_multiple_of: int = 1

@@ -116,24 +116,15 @@ def encode(texts: list[str], vocab: dict[str, int]) -> tuple[Ragged, Counter]:
 # ---- 3. Examples -------------------------------------------------------------------------------------------
 
 def output_frames(config, samples: np.ndarray) -> np.ndarray:
-    """CTC output frames for inputs of `samples` 16 kHz samples: the feature encoder's convolutions
-    (config.conv_kernel / conv_stride, without padding), then the adapter's when the model has one."""
+    """CTC output frames (int64 array) for inputs of `samples` 16 kHz samples, any architecture:
+    common.batching.output_frames (serving's count: feature encoder, then the adapter) per distinct length."""
+    from common import batching  # imports torch: kept out of this module's import (launcher prepare)
+
     n = np.asarray(samples, dtype=np.int64)
-    layers = list(zip(config.conv_kernel, config.conv_stride))
-    if getattr(config, "add_adapter", False):
-        layers += [(1, config.adapter_stride)] * config.num_adapter_layers
-    for kernel, stride in layers:
-        n = np.where(n >= kernel, (n - kernel) // stride + 1, 0)
-    return n
-
-
-def receptive_field(config) -> int:
-    """Input samples one output frame sees (400 for wav2vec2); shorter clips give no frame at all."""
-    field_, jump = 1, 1
-    for kernel, stride in zip(config.conv_kernel, config.conv_stride):
-        field_ += (kernel - 1) * jump
-        jump *= stride
-    return field_
+    distinct, inverse = np.unique(n, return_inverse=True)
+    frames = np.fromiter((batching.output_frames(config, int(x)) for x in distinct), dtype=np.int64,
+                         count=len(distinct))
+    return frames[inverse].reshape(n.shape)
 
 
 @dataclass

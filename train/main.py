@@ -72,6 +72,7 @@ def load_model(source: str, hp, vocab: dict, processor):
     """(model, precision): the model with its CTC head for `vocab`, prepared for this machine."""
     import torch
 
+    from common import modeldir
     from common.convs import convs_as_matmuls
 
     from . import model as models, precision as precisions
@@ -80,7 +81,7 @@ def load_model(source: str, hp, vocab: dict, processor):
     model, pretrained = models.load(source, hp, vocab, len(tok), tok.pad_token_id, log=say)
     # Layer-norm feature encoders take an attention mask; group-norm ones (wav2vec2-base) were trained on
     # zero-padded batches without one. The saved processor records the choice for serving.
-    processor.feature_extractor.return_attention_mask = getattr(model.config, "feat_extract_norm", "layer") == "layer"
+    processor.feature_extractor.return_attention_mask = modeldir.feature_encoder_norm(model.config) == "layer"
     freeze = hp.freeze_feature_encoder == "true" or (hp.freeze_feature_encoder == "auto" and pretrained)
     if freeze:
         model.freeze_feature_encoder()
@@ -99,7 +100,7 @@ def run(paths: OptML, hp, sagemaker_hyperparameters: dict | None = None) -> int:
 
     from transformers import set_seed
 
-    from common import modeldir
+    from common import batching, modeldir
 
     from . import data, distributed, outputs, trainer as trainers
     from .progress import ProgressCallback
@@ -134,7 +135,7 @@ def run(paths: OptML, hp, sagemaker_hyperparameters: dict | None = None) -> int:
     skips = trainers.SkipTracker(indexes, hp.max_skipped_fraction)
     stop, progress = StopCallback(hp.max_train_seconds), ProgressCallback()
     trainer = trainers.build(model, processor, prepared.train, prepared.eval, hp, args, skips, [progress, stop],
-                             min_samples=data.receptive_field(model.config))
+                             min_samples=batching.min_samples(model.config))
     say(f"[data] {workers} DataLoader worker(s) per process decode audio as batches are drawn")
 
     # 7. Train, resuming from the newest checkpoint.
