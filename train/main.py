@@ -102,7 +102,7 @@ def run(paths: OptML, hp, sagemaker_hyperparameters: dict | None = None) -> int:
 
     from common import batching, modeldir
 
-    from . import data, distributed, outputs, trainer as trainers
+    from . import data, distributed, lm as lm_step, outputs, trainer as trainers
     from .progress import ProgressCallback
     from .stopping import SIGTERM_EXIT_CODE, StopCallback
 
@@ -111,6 +111,8 @@ def run(paths: OptML, hp, sagemaker_hyperparameters: dict | None = None) -> int:
     outputs.check_writable(paths.checkpoints_dir, *((paths.model_dir, paths.output_data_dir) if leader else ()))
     set_seed(hp.seed)
     resume = newest_checkpoint(paths.checkpoints_dir)
+    # The language model's settings and the `lm` channel checked before any training time is spent.
+    lm_plan = lm_step.plan(hp.lm_order, hp.lm_tuning_seconds, paths.channel("lm"))
 
     # 2. Channels indexed: layout, transcripts, durations; no audio decoded yet.
     indexes = data.index_channels(paths.channel, hp, log=say)
@@ -160,7 +162,13 @@ def run(paths: OptML, hp, sagemaker_hyperparameters: dict | None = None) -> int:
     if not leader:
         return 0
     final = progress.eval_history[-1] if progress.eval_history else {}
-    outputs.save_model(paths.model_dir, trainer.accelerator.unwrap_model(trainer.model), processor)
+    trained = trainer.accelerator.unwrap_model(trainer.model)
+    outputs.save_model(paths.model_dir, trained, processor)
+
+    # 9. The language model beside the model (first process only), tuned and scored on the evaluation set.
+    lm_metrics = {}
+    if lm_plan is not None:
+        lm_metrics = build_lm(lm_plan, paths.model_dir, trained, processor, prepared, hp, step)
     epochs_done = float(trainer.state.epoch or 0.0)
     metrics = {
         "wer": final.get("wer"), "cer": final.get("cer"), "eval_loss": final.get("loss"),
@@ -175,13 +183,43 @@ def run(paths: OptML, hp, sagemaker_hyperparameters: dict | None = None) -> int:
         "eval_history": progress.eval_history, "train_history": progress.train_history,
         "hyperparameters": asdict(hp), "sagemaker_hyperparameters": sagemaker_hyperparameters or {},
         "formats": {name: ix.format for name, ix in indexes.items()},
-        "skipped_files": skips.summary(), **prepared.counts,
+        "skipped_files": skips.summary(), **prepared.counts, **lm_metrics,
     }
     outputs.write_metrics(paths.output_data_dir, metrics)
     outputs.plot(paths.output_data_dir, progress.train_history, progress.eval_history)
-    say(f"[train] done: step {step}, {train_seconds:.0f} s, wer={_f(final.get('wer'))} cer={_f(final.get('cer'))}; "
-        f"model in {paths.model_dir}, metrics in {paths.output_data_dir}")
+    with_lm = (f", with the LM wer_lm={_f(lm_metrics.get('wer_lm'))} cer_lm={_f(lm_metrics.get('cer_lm'))}"
+               if lm_metrics else "")
+    say(f"[train] done: step {step}, {train_seconds:.0f} s, greedy wer={_f(final.get('wer'))} "
+        f"cer={_f(final.get('cer'))}{with_lm}; model in {paths.model_dir}, metrics in {paths.output_data_dir}")
     return 0
+
+
+def build_lm(lm_plan, model_dir: Path, model, processor, prepared, hp, step: int) -> dict:
+    """train/lm.py's step after the model is saved: the n-gram from the transcripts trained on (held-out ones
+    never), alpha/beta tuned on the evaluation clips (decoded here, as evaluation decodes them). Returns
+    metrics.json's wer_lm, cer_lm and lm; logs `[eval] step=N wer_lm=X cer_lm=Y` (METRIC_DEFINITIONS)."""
+    from common import batching
+    from common.audio import TARGET_RATE
+
+    from . import data, lm as lm_step
+    from .progress import line
+
+    inputs, references = [], []
+    if prepared.eval is not None:
+        clips = data.SpeechDataset(prepared.eval, train=False, min_samples=batching.min_samples(model.config))
+        for i in range(len(clips)):
+            item = clips[i]
+            if item["index"] >= 0:  # unreadable files are left out, as evaluation leaves them out
+                inputs.append(item["input_values"])
+                references.append(prepared.eval.references[item["index"]])
+    result = lm_step.build(
+        lm_plan, model_dir, train_texts=prepared.train.references, chars_to_ignore=hp.chars_to_ignore,
+        model=model if inputs else None, eval_inputs=inputs, eval_references=references,
+        attention_mask=processor.feature_extractor.return_attention_mask,
+        seconds_per_frame=batching.frame_samples(model.config) / TARGET_RATE, log=say)
+    if result.wer_lm is not None:
+        say(line("eval", step=step, wer_lm=result.wer_lm, cer_lm=result.cer_lm))
+    return result.metrics
 
 
 def _f(x) -> str:
