@@ -3,7 +3,8 @@
 A micro model one step away from its random start emits a different character almost every frame, so a
 decode that reads padded frames, or collapses, trims or normalises differently from serving, changes the CER
 at once (the evaluation before this test read the padded frames of each batch). Evaluation batches of 4
-clips of different lengths exercise the padding; both sides run in float32.
+clips of different lengths exercise the padding (which a group-norm encoder would feel without
+common.batching's exact batching); both sides run in float32.
 """
 from __future__ import annotations
 
@@ -17,8 +18,14 @@ from train.metrics import error_rates
 from train_helpers import FAST, assert_ok, make_opt_ml, metrics, micro_model_dir, run_train
 
 
-def test_training_cer_is_the_servers(tmp_path, synthetic_data):
-    model = micro_model_dir(tmp_path / "model_src")
+# wav2vec2-large style (layer norms, the mask in training too) and wav2vec2-base style (one group norm over
+# time: trained without the mask; evaluation passes it to the model patched by common.batching.make_exact).
+@pytest.mark.parametrize("norm", [
+    {},
+    {"feat_extract_norm": "group", "do_stable_layer_norm": False},
+], ids=["layer_norm", "group_norm"])
+def test_training_cer_is_the_servers(tmp_path, synthetic_data, norm):
+    model = micro_model_dir(tmp_path / "model_src", **norm)
     opt = make_opt_ml(tmp_path / "opt", {"train": synthetic_data / "train", "test": synthetic_data / "test",
                                          "model": model},
                       {**FAST, "max_steps": "1", "eval_batch_size": "4", "precision": "fp32"})

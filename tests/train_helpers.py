@@ -26,12 +26,12 @@ def program_env(**extra: str) -> dict[str, str]:
     return env(**{"OMP_NUM_THREADS": "1", **extra})
 
 
-def micro_model_dir(dest: Path) -> Path:
+def micro_model_dir(dest: Path, **overrides) -> Path:
     """config.json only (random start): an even smaller Wav2Vec2 than local_test/tiny_model, for speed."""
     dest.mkdir(parents=True, exist_ok=True)
-    cfg = modeldir.tiny_config(32, 31, hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
-                               intermediate_size=128, conv_dim=(32,) * 7, num_conv_pos_embeddings=16,
-                               num_conv_pos_embedding_groups=2)
+    cfg = modeldir.tiny_config(32, 31, **{
+        "hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 128,
+        "conv_dim": (32,) * 7, "num_conv_pos_embeddings": 16, "num_conv_pos_embedding_groups": 2, **overrides})
     cfg.to_json_file(dest / "config.json")
     return dest
 

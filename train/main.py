@@ -72,7 +72,7 @@ def load_model(source: str, hp, vocab: dict, processor):
     """(model, precision): the model with its CTC head for `vocab`, prepared for this machine."""
     import torch
 
-    from common import modeldir
+    from common import batching, modeldir
     from common.convs import convs_as_matmuls
 
     from . import model as models, precision as precisions
@@ -89,6 +89,12 @@ def load_model(source: str, hp, vocab: dict, processor):
         model.gradient_checkpointing_enable()
     if not torch.cuda.is_available():
         convs_as_matmuls(model)  # same parameters and saved weights; CPU steps about twice as fast
+    if not processor.feature_extractor.return_attention_mask:
+        # A group-norm encoder normalises over time, so the zeros padding an evaluation batch would change
+        # every clip's logits. Patched as serving patches it (common.batching.make_exact), it gives each clip
+        # its one-clip logits when the batch carries the mask, which evaluation then passes; training still
+        # runs without the mask, as these models were trained (no mask: the patch changes nothing).
+        model.exact_evaluation = batching.make_exact(model)
     precision = precisions.for_this_machine(hp.precision)
     say(f"[model] {sum(p.numel() for p in model.parameters()) / 1e6:.1f} M parameters, feature encoder "
         f"{'frozen' if freeze else 'trained'}, precision {precision}")
@@ -215,7 +221,7 @@ def build_lm(lm_plan, model_dir: Path, model, processor, prepared, hp, step: int
     result = lm_step.build(
         lm_plan, model_dir, train_texts=prepared.train.references, chars_to_ignore=hp.chars_to_ignore,
         model=model if inputs else None, eval_inputs=inputs, eval_references=references,
-        attention_mask=processor.feature_extractor.return_attention_mask,
+        attention_mask=processor.feature_extractor.return_attention_mask or getattr(model, "exact_evaluation", False),
         seconds_per_frame=batching.frame_samples(model.config) / TARGET_RATE, log=say)
     if result.wer_lm is not None:
         say(line("eval", step=step, wer_lm=result.wer_lm, cer_lm=result.cer_lm))

@@ -2,9 +2,11 @@
 
 - Training batches are grouped by the indexed lengths (no audio is read to sort them); evaluation runs
   longest clip first, one pass, in a fixed order on every process.
-- Evaluation decodes as serving does: argmax, each clip cut to its own output frames, CTC collapse
-  (common.ctc.greedy) on the device, then common.ctc.decode_text; WER/CER compare with the normalised
-  transcripts. Only the collapsed tokens are gathered across processes.
+- Evaluation decodes as serving does: the logits each clip gets alone (padding masked; a group-norm encoder
+  patched by common.batching.make_exact, as serving patches it), argmax, each clip cut to its own output
+  frames, CTC collapse with special tokens read as blank (common.ctc.greedy, common.ctc.Vocabulary.dropped)
+  on the device, then common.ctc.decode_text; WER/CER compare with
+  the normalised transcripts. Only the collapsed tokens are gathered across processes.
 - Unreadable files met by DataLoader workers arrive in their batches (`skipped`); SkipTracker counts each
   file once over the whole run, merges the counts of all processes (on the training device) and fails the
   job past max_skipped_fraction.
@@ -124,10 +126,11 @@ class SkipTracker(TrainerCallback):
                     "files": self._files(n)[:100]} for n, ix in self.indexes.items()}
 
 
-def collapsed_tokens(logits: torch.Tensor, frames: torch.Tensor, blank_id: int) -> torch.Tensor:
-    """Greedy CTC tokens of each clip (its own frames only), batch x longest, padded with -100, on the
+def collapsed_tokens(logits: torch.Tensor, frames: torch.Tensor, blank_id: int, drop=()) -> torch.Tensor:
+    """Greedy CTC tokens of each clip (its own frames only; the ids in `drop`, special tokens, read as blank
+    as serving reads them: common.ctc.Vocabulary.dropped), batch x longest, padded with -100, on the
     logits' device (so Trainer can gather them across processes)."""
-    seqs = ctc.greedy(logits, blank_id, frames)
+    seqs = ctc.greedy(logits, blank_id, frames, drop)
     width = max([1] + [len(s.tokens) for s in seqs])
     out = torch.full((len(seqs), width), LABEL_PAD, dtype=torch.long)
     for i, s in enumerate(seqs):
@@ -156,9 +159,9 @@ class CTCTrainer(Trainer):
     """Trainer with length-grouped batches from indexed lengths, a time-budget schedule, the serving
     decode in evaluation, and the skip reports of each batch handed to `skips`."""
 
-    def __init__(self, *args, hp, skips: SkipTracker, blank_id: int, **kwargs):
+    def __init__(self, *args, hp, skips: SkipTracker, vocab: ctc.Vocabulary, train_mask: bool = True, **kwargs):
         super().__init__(*args, **kwargs)
-        self.hp, self.skips, self.blank_id = hp, skips, blank_id
+        self.hp, self.skips, self.vocab, self.train_mask = hp, skips, vocab, train_mask
 
     def _get_train_sampler(self, train_dataset=None):
         if self.args.train_sampling_strategy == "group_by_length":
@@ -183,6 +186,8 @@ class CTCTrainer(Trainer):
         self.skips.record(inputs.pop("skipped", ()))
         inputs.pop("example_index", None)
         inputs.pop("input_lengths", None)
+        if not self.train_mask:  # group-norm encoders train on zero-padded batches without a mask
+            inputs.pop("attention_mask", None)
         return super().training_step(model, inputs, num_items_in_batch)
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
@@ -197,7 +202,7 @@ class CTCTrainer(Trainer):
             return loss, None, None
         config = self.accelerator.unwrap_model(model).config
         frames = torch.from_numpy(output_frames(config, samples.numpy())).to(outputs.logits.device)
-        tokens = collapsed_tokens(outputs.logits, frames, self.blank_id)
+        tokens = collapsed_tokens(outputs.logits, frames, self.vocab.blank_id, self.vocab.dropped)
         return loss, tokens, index.to(tokens.device)[:, None]
 
 
@@ -210,9 +215,13 @@ def build(model, processor, train: Examples, evaluation: Examples | None, hp, ar
     train_ds = SpeechDataset(train, train=True, min_samples=min_samples, speed_perturbation=hp.speed_perturbation)
     eval_ds = SpeechDataset(evaluation, train=False, min_samples=min_samples) if evaluation is not None else None
     tok = processor.tokenizer
+    # Training passes the attention mask to layer-norm encoders only; evaluation also to a group-norm encoder
+    # made exact (train/main.py), so that each clip gets the logits serving gives it alone.
+    train_mask = processor.feature_extractor.return_attention_mask
     trainer = CTCTrainer(
-        model=model, args=args, hp=hp, skips=skips, blank_id=tok.pad_token_id,
-        data_collator=CTCCollator(attention_mask=processor.feature_extractor.return_attention_mask),
+        model=model, args=args, hp=hp, skips=skips, vocab=ctc.Vocabulary(tok, model.lm_head.out_features),
+        train_mask=train_mask,
+        data_collator=CTCCollator(attention_mask=train_mask or getattr(model, "exact_evaluation", False)),
         train_dataset=train_ds, eval_dataset=eval_ds, processing_class=processor,
         compute_metrics=make_compute_metrics(tok, evaluation.references) if evaluation is not None else None,
         callbacks=[skips, *callbacks],
