@@ -68,8 +68,14 @@ def test_sigterm_at_a_random_step_then_restart_finishes_at_the_same_final_step(t
 
 
 def cut(wav):
-    """A WAV cut off at 60% of its samples (an interrupted copy): its header is read fine at indexing (as
-    the 60% that is there), the decoder refuses it when a DataLoader worker reads it."""
+    """The clip as FLAC (under its own name: decoders go by content), cut off at 60% (an interrupted copy):
+    its STREAMINFO header is read fine at indexing, the decoder refuses it (fewer samples than declared)
+    when a DataLoader worker reads it. A cut WAV is found at indexing already (its data size is checked
+    against the file), so it would not reach the workers."""
+    import soundfile as sf
+
+    samples, rate = sf.read(wav, dtype="int16")
+    sf.write(wav, samples, rate, format="FLAC")
     data = wav.read_bytes()
     wav.write_bytes(data[: int(len(data) * 0.6)])
 
@@ -93,7 +99,7 @@ def test_five_percent_corrupt_audio_is_skipped_named_and_counted(tmp_path, synth
     assert proc.returncode == 0, proc.stdout[-3000:]
     for bad in (truncated, garbled):
         assert proc.stdout.count(f"[data] skipped unreadable train/audio/{bad.name}: ") == 1, proc.stdout[-3000:]
-    assert "WAV is truncated" in proc.stdout
+    assert "FLAC is truncated" in proc.stdout
     skipped = metrics(opt)["skipped_files"]["train"]
     assert skipped["count"] == 2 and skipped["of"] == len(wavs)
     assert sorted(f.split(":")[0] for f in skipped["files"]) == sorted(f"audio/{b.name}" for b in (truncated, garbled))
