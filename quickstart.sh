@@ -8,7 +8,8 @@
 #   4. the synthetic speech set in local_test/test_dir/input/data/{train,test} (local_test/make_dataset.py)
 #   5. training in the training container (local_test/train_local.sh; tiny model from
 #      local_test/tiny_model/config.json as the `model` channel; settings in test_dir/input/config)
-#   6. serving from the serving container, transcribing every held-out clip, WER and CER
+#   6. serving from the serving container, transcribing every held-out clip, WER and CER: greedy, and beam
+#      search with the KenLM 3-gram the training job built (lm_order's default) side by side
 # Usage: ./quickstart.sh [--retrain]
 # Environment: PORT (host port for the endpoint, default 8080); BASE_IMAGE (skip the pull-or-make choice);
 #   TORCH_REQUIREMENT and TORCH_WHEELS (torch for the images; default: the images' CUDA torch, or with the
@@ -116,8 +117,9 @@ for _ in $(seq 240); do
 done
 curl -fsS "http://127.0.0.1:$port/ping" >/dev/null || { cat "$server_log"; echo "quickstart: /ping never answered" >&2; exit 1; }
 timed serve_start
-PORT=$port .venv/bin/python - "$data/test" <<'EOF'
-"""Send every held-out clip to /invocations as audio/wav; print a few transcripts, then WER and CER."""
+PORT=$port .venv/bin/python - "$data/test" "$opt_ml/model" <<'EOF'
+"""Send every held-out clip to /invocations as audio/wav; print a few transcripts, then WER and CER: greedy
+decoding (decoder=greedy) and, for a model trained with its language model, beam search + LM (the default)."""
 import json, os, sys, time, urllib.request
 from pathlib import Path
 
@@ -125,20 +127,26 @@ import jiwer
 
 from common.text import DEFAULT_CHARS_TO_IGNORE, normalize
 
-test = Path(sys.argv[1])
+test, model = Path(sys.argv[1]), Path(sys.argv[2])
 url = f"http://127.0.0.1:{os.environ['PORT']}/invocations"
 rows = [json.loads(line) for line in (test / "manifest.jsonl").open()]
-refs, hyps, start = [], [], time.monotonic()
+decoders = ["greedy", "beam"] if (model / "language_model").is_dir() else ["greedy"]
+refs, hyps, start = [], {d: [] for d in decoders}, time.monotonic()
 for row in rows:
-    req = urllib.request.Request(url, data=(test / row["audio"]).read_bytes(), headers={"Content-Type": "audio/wav"})
-    with urllib.request.urlopen(req, timeout=120) as resp:
-        hyps.append(json.load(resp)["text"])
+    for decoder in decoders:
+        req = urllib.request.Request(url, data=(test / row["audio"]).read_bytes(), headers={
+            "Content-Type": "audio/wav", "X-Amzn-SageMaker-Custom-Attributes": f"decoder={decoder}"})
+        with urllib.request.urlopen(req, timeout=120) as resp:
+            hyps[decoder].append(json.load(resp)["text"])
     refs.append(normalize(row["text"], DEFAULT_CHARS_TO_IGNORE))  # as training normalises transcripts
 seconds = time.monotonic() - start
-for ref, hyp in list(zip(refs, hyps))[:3]:
+last = decoders[-1]
+for ref, hyp in list(zip(refs, hyps[last]))[:3]:
     print(f"  reference: {ref}\n  heard:     {hyp}")
-print(f"[quickstart] {len(rows)} held-out clips (voices not seen in training) in {seconds:.1f} s: "
-      f"WER {jiwer.wer(refs, hyps):.3f}, CER {jiwer.cer(refs, hyps):.3f}")
+names = {"greedy": "greedy", "beam": "beam search + the job's LM"}
+print(f"[quickstart] {len(rows)} held-out clips (voices not seen in training), each decoded {len(decoders)} "
+      f"way(s), in {seconds:.1f} s: " + "; ".join(
+          f"{names[d]}: WER {jiwer.wer(refs, hyps[d]):.3f}, CER {jiwer.cer(refs, hyps[d]):.3f}" for d in decoders))
 EOF
 timed transcribe
 

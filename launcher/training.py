@@ -14,7 +14,7 @@ from .metrics import metric_definitions
 
 TRAIN_REPOSITORY = "wav2vec2-train"
 DEFAULT_INSTANCE = "ml.g5.xlarge"
-CHANNELS = ("train", "test", "model", "vocab")
+CHANNELS = ("train", "test", "model", "vocab", "lm")
 INPUT_MODES = ("File", "FastFile")
 
 

@@ -98,6 +98,8 @@ def test_train_accuracy_scores_both_layouts_on_both_heldout_sets(tmp_path):
     for r in [*f["results"].values(), *f["plain_loop"].values()]:
         assert r["steps"] == 1
         assert all(0 <= r[f"cer_{s}"] and 0 <= r[f"wer_{s}"] for s in "AB")
+    # The training program built its default LM: both held-out sets are also scored with it.
+    assert all(0 <= r[f"cer_lm_{s}"] and 0 <= r[f"wer_lm_{s}"] for r in f["results"].values() for s in "AB")
     assert f["cer"] == max(r[f"cer_{s}"] for r in f["results"].values() for s in "AB")
     voices = [{json.loads(line)["voice"] for line in (tmp_path / d / "test" / "manifest.jsonl").read_text().splitlines()}
               for d in ("data_a", "data_b")]

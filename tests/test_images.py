@@ -21,6 +21,7 @@ pytestmark = pytest.mark.slow
 HYPERPARAMETERS = {  # a handful of steps: this checks the container contract, not learning
     "max_steps": "3", "train_batch_size": "4", "eval_batch_size": "4", "learning_rate": "5e-4",
     "logging_steps": "1", "save_steps": "100", "warmup_steps": "1",
+    "lm_tuning_seconds": "10",  # the LM step (lm_order's default) runs with the image's KenLM tools, bounded
 }
 
 
@@ -108,6 +109,7 @@ def test_train_then_serve(images, trained, synthetic_data, capsys):
     model = trained / "model"
     assert (model / "config.json").is_file() and list(model.glob("*.safetensors")), sorted(p.name for p in model.iterdir())
     assert (trained / "output" / "data" / "metrics.json").is_file()
+    assert (model / "language_model" / "attrs.json").is_file() and (model / "alphabet.json").is_file()
 
     cid, port = start_server(images, model, "serve")
     try:

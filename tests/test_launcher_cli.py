@@ -250,10 +250,11 @@ def test_metric_definitions_come_from_the_training_program(tmp_path):
     from train import progress
     from launcher.metrics import SOURCE, _from_source
 
-    r = launch("train", "--dry-run", "--channel", "train=s3://bucket-x/train", "--hp", "max_steps=5",
-               env=clean_env(tmp_path))
+    r = launch("train", "--dry-run", "--channel", "train=s3://bucket-x/train", "--channel", "lm=s3://bucket-x/lm",
+               "--hp", "max_steps=5", env=clean_env(tmp_path))
     assert r.returncode == 0, r.stderr
     plan = json.loads(r.stdout)
+    assert set(plan["channels"]) == {"train", "lm"}
     assert plan["metric_definitions"] == progress.METRIC_DEFINITIONS
     assert plan["hyperparameters"] == {"max_steps": "5"}
     # The lean path (no transformers installed) reads the same assignments from the same file.
@@ -263,6 +264,11 @@ def test_metric_definitions_come_from_the_training_program(tmp_path):
     eval_line = progress.line("eval", step=40, epoch=2.0, wer=0.8123, cer=0.4012, loss=3.0415)
     assert float(re.search(by_name["eval:cer"], eval_line).group(1)) == pytest.approx(0.4012)
     assert float(re.search(by_name["eval:wer"], eval_line).group(1)) == pytest.approx(0.8123)
+    lm_line = progress.line("eval", step=40, wer_lm=0.61, cer_lm=0.35)
+    assert float(re.search(by_name["eval:wer_lm"], lm_line).group(1)) == pytest.approx(0.61)
+    assert float(re.search(by_name["eval:cer_lm"], lm_line).group(1)) == pytest.approx(0.35)
+    assert not re.search(by_name["eval:wer"], lm_line) and not re.search(by_name["eval:cer"], lm_line)
+    assert not re.search(by_name["eval:wer_lm"], eval_line)
 
 
 def _timed(*args, env):

@@ -67,25 +67,59 @@ def test_sigterm_at_a_random_step_then_restart_finishes_at_the_same_final_step(t
     assert (opt / "model" / "model.safetensors").is_file()
 
 
+def cut(wav):
+    """The clip as FLAC (under its own name: decoders go by content), cut off at 60% (an interrupted copy):
+    its STREAMINFO header is read fine at indexing, the decoder refuses it (fewer samples than declared)
+    when a DataLoader worker reads it. A cut WAV is found at indexing already (its data size is checked
+    against the file), so it would not reach the workers."""
+    import soundfile as sf
+
+    samples, rate = sf.read(wav, dtype="int16")
+    sf.write(wav, samples, rate, format="FLAC")
+    data = wav.read_bytes()
+    wav.write_bytes(data[: int(len(data) * 0.6)])
+
+
 def test_five_percent_corrupt_audio_is_skipped_named_and_counted(tmp_path, synthetic_data, micro):
+    """A broken header is found when the channel is indexed; a truncated file (its header is fine) only when a
+    DataLoader worker decodes it during the first epoch. Both are named and counted once."""
     split = copy_split(synthetic_data / "train", tmp_path / "train")
     wavs = sorted((split / "audio").glob("*.wav"))
     # 2 of 48 files (4.2%, under the default max_skipped_fraction 0.05): one truncated, one with a broken header.
     truncated, garbled = wavs[3], wavs[17]
-    truncated.write_bytes(truncated.read_bytes()[:2000])
+    cut(truncated)
     data = bytearray(garbled.read_bytes())
     data[20:36] = os.urandom(16)  # the fmt chunk: format, channels, rate, block size
     data[:4] = b"JUNK"
     garbled.write_bytes(bytes(data))
-    opt = make_opt_ml(tmp_path / "opt", {"train": split, "model": micro}, {**FAST, "test_split": "0"})
+    # 24 steps of 4: two epochs, so the truncated file is drawn twice and still counted once.
+    opt = make_opt_ml(tmp_path / "opt", {"train": split, "model": micro},
+                      {**FAST, "max_steps": "24", "test_split": "0", "dataloader_num_workers": "2"})
     proc = run_train(opt)
     assert proc.returncode == 0, proc.stdout[-3000:]
     for bad in (truncated, garbled):
-        assert f"[data] skipped unreadable train/audio/{bad.name}: " in proc.stdout
+        assert proc.stdout.count(f"[data] skipped unreadable train/audio/{bad.name}: ") == 1, proc.stdout[-3000:]
+    assert "FLAC is truncated" in proc.stdout
     skipped = metrics(opt)["skipped_files"]["train"]
     assert skipped["count"] == 2 and skipped["of"] == len(wavs)
     assert sorted(f.split(":")[0] for f in skipped["files"]) == sorted(f"audio/{b.name}" for b in (truncated, garbled))
     assert (opt / "model" / "model.safetensors").is_file()
+
+
+def test_files_found_unreadable_during_training_count_against_the_fraction(tmp_path, synthetic_data, micro):
+    """4 of 48 files (8.3% > 5%) decode badly only past their headers: the job fails once the DataLoader
+    workers have met enough of them, with the whole run's count."""
+    split = copy_split(synthetic_data / "train", tmp_path / "train")
+    for wav in sorted((split / "audio").glob("*.wav"))[10:14]:
+        cut(wav)
+    opt = make_opt_ml(tmp_path / "opt", {"train": split, "model": micro},
+                      {**FAST, "max_steps": "24", "test_split": "0", "dataloader_num_workers": "2"})
+    proc = run_train(opt)
+    assert proc.returncode == 1, proc.stdout[-3000:]
+    line = failure_first_line(opt)
+    assert re.match(r"^[34] of 48 audio files in channel train are unreadable \(counted over the whole run\) "
+                    r"\((6\.2|8\.3)% > max_skipped_fraction=0\.05\)", line), line
+    assert not (opt / "model" / "model.safetensors").exists()
 
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("mount"), reason="needs root to mount")

@@ -1,6 +1,8 @@
 """Training-time augmentation and regularisation settings reach the data and the model."""
 from __future__ import annotations
 
+import types
+
 import numpy as np
 import pytest
 import torch
@@ -8,7 +10,7 @@ import torch
 from conftest import ROOT
 from train import hyperparameters as H
 from train import model as model_source
-from train.data import SpeechDataset, speed_perturb
+from train.data import Examples, Ragged, SpeechDataset, Strings, speed_perturb
 
 RATE = 16_000
 
@@ -32,9 +34,17 @@ def test_speed_perturb_changes_tempo_and_pitch_together():
     assert speed_perturb(x, 1.0) is x
 
 
+def _dataset(x: np.ndarray, labels: list[int], speed_perturbation: float = 0.0) -> SpeechDataset:
+    """A one-item dataset whose audio is `x` (already 16 kHz), as if read from a channel."""
+    audio = types.SimpleNamespace(load=lambda i: x, normalized=True)
+    ix = types.SimpleNamespace(name="train", audio=audio, names=["x.wav"])
+    examples = Examples(ix, np.array([0]), Ragged.from_lists([labels]), np.array([len(x)]), Strings(["ab"]))
+    return SpeechDataset(examples, train=True, speed_perturbation=speed_perturbation)
+
+
 def test_dataset_draws_a_new_factor_each_time_within_range_and_seeded():
     x = _tone(1.0)
-    ds = SpeechDataset([x], [[1, 2]], speed_perturbation=0.2)
+    ds = _dataset(x, [1, 2], speed_perturbation=0.2)
     torch.manual_seed(0)
     first = [len(ds[0]["input_values"]) for _ in range(20)]
     torch.manual_seed(0)
@@ -42,8 +52,8 @@ def test_dataset_draws_a_new_factor_each_time_within_range_and_seeded():
     assert first == again
     assert len(set(first)) > 10
     assert all(len(x) / 1.2 - 2 <= n <= len(x) / 0.8 + 2 for n in first)
-    assert ds[0]["labels"] == [1, 2]
-    plain = SpeechDataset([x], [[1, 2]])
+    assert ds[0]["labels"].tolist() == [1, 2]
+    plain = _dataset(x, [1, 2])
     assert plain[0]["input_values"] is x
     assert ds.lengths == plain.lengths  # batches are grouped by the unperturbed length
 

@@ -74,7 +74,8 @@ def test_json_quoted_hyperparameters_drive_a_real_run(tmp_path, synthetic_data):
     model = micro_model_dir(tmp_path / "model_src")
     raw = {"max_steps": "\"3\"", "train_batch_size": "\"4\"", "learning_rate": "\"1e-3\"",
            "test_split": "\"0.25\"", "logging_steps": "\"1\"", "save_steps": "\"1000\"",
-           "freeze_feature_encoder": "\"true\"", "seed": "\"7\"", "chars_to_ignore": "\",.?\""}
+           "freeze_feature_encoder": "\"true\"", "seed": "\"7\"", "chars_to_ignore": "\",.?\"",
+           "lm_order": "\"0\""}
     opt = make_opt_ml(tmp_path / "opt", {"train": synthetic_data / "train", "model": model},
                       raw_hyperparameters=json.dumps(raw))
     proc = run_train(opt)

@@ -29,7 +29,7 @@ def learned(tmp_path_factory, synthetic_data):
         "max_steps": str(LEARN_STEPS), "train_batch_size": "8", "learning_rate": "3e-3", "warmup_steps": "20",
         "lr_scheduler": "constant_with_warmup", "test_split": "0.25", "eval_on_start": "true",
         "logging_steps": "50",
-        "save_steps": "1000", "mask_time_prob": "0.0",
+        "save_steps": "1000", "mask_time_prob": "0.0", "lm_order": "3", "lm_tuning_seconds": "20",
     })
     started = time.monotonic()
     proc = run_train(opt, timeout=600)
@@ -57,7 +57,7 @@ def test_model_dir_is_exactly_what_serving_loads(learned):
     from common import modeldir
 
     opt = learned[0]
-    assert is_model_dir(model_files(opt)), model_files(opt)
+    assert is_model_dir(model_files(opt), lm=True), model_files(opt)
     model, processor = modeldir.load(opt / "model")
     assert model.config.vocab_size == len(processor.tokenizer)
     Wav2Vec2Processor.from_pretrained(opt / "model")
@@ -91,11 +91,35 @@ def test_metric_definitions_match_the_log(learned):
     # "loss=" of a [metrics] line is not confused with an [eval] line's loss, nor the other way round.
     assert found["eval:loss"][-1] == pytest.approx(m["eval_loss"], abs=1e-3)
     assert found["train:loss"][-1] == pytest.approx(m["train_history"][-1]["loss"], abs=1e-3)
+    assert found["eval:wer_lm"] == [pytest.approx(m["wer_lm"], abs=1e-4)]
+    assert found["eval:cer_lm"] == [pytest.approx(m["cer_lm"], abs=1e-4)]
+
+
+def test_language_model_built_beside_the_model(learned):
+    """lm_order=3: a KenLM 3-gram from the 36 training transcripts (never the 12 held out), alpha/beta tuned
+    on the held-out clips within lm_tuning_seconds; serving's common.lm loads it; greedy and LM figures
+    side by side in the log and metrics.json."""
+    from common import lm as common_lm
+
+    opt, proc, m, _ = learned
+    assert common_lm.load(opt / "model").has_lm
+    lm = m["lm"]
+    assert lm["order"] == 3 and lm["transcripts"] == 36 and lm["tuning"]
+    assert lm["tuning_seconds"] <= 20 + 10
+    # The same clips decoded greedily (one clip at a time in fp32 there, in batches under the training
+    # precision in evaluation: bf16 on CPUs with native bf16 may flip a rare frame).
+    assert lm["cer_greedy_same_logits"] == pytest.approx(m["cer"], abs=0.02)
+    attrs = __import__("json").loads((opt / "model" / "language_model" / "attrs.json").read_text())
+    assert (attrs["alpha"], attrs["beta"]) == (lm["alpha"], lm["beta"])
+    done = re.search(r"\[train\] done: .*greedy wer=([0-9.]+) cer=([0-9.]+), with the LM wer_lm=([0-9.]+) "
+                     r"cer_lm=([0-9.]+)", proc.stdout)
+    assert done, proc.stdout[-3000:]
+    assert float(done.group(4)) == pytest.approx(m["cer_lm"], abs=1e-4)
 
 
 def test_sigterm_saves_a_checkpoint_then_a_restart_resumes(tmp_path, synthetic_data):
     model = micro_model_dir(tmp_path / "model_src")
-    hp = {**FAST, "max_steps": "10000", "save_steps": "10000", "test_split": "0"}
+    hp = {**FAST, "max_steps": "10000", "save_steps": "10000", "test_split": "0", "lm_order": "0"}
     opt = make_opt_ml(tmp_path / "opt", {"train": synthetic_data / "train", "model": model}, hp)
     proc = start_train(opt)
     seen = []

@@ -26,19 +26,23 @@ def program_env(**extra: str) -> dict[str, str]:
     return env(**{"OMP_NUM_THREADS": "1", **extra})
 
 
-def micro_model_dir(dest: Path) -> Path:
+def micro_model_dir(dest: Path, **overrides) -> Path:
     """config.json only (random start): an even smaller Wav2Vec2 than local_test/tiny_model, for speed."""
     dest.mkdir(parents=True, exist_ok=True)
-    cfg = modeldir.tiny_config(32, 31, hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
-                               intermediate_size=128, conv_dim=(32,) * 7, num_conv_pos_embeddings=16,
-                               num_conv_pos_embedding_groups=2)
+    cfg = modeldir.tiny_config(32, 31, **{
+        "hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 128,
+        "conv_dim": (32,) * 7, "num_conv_pos_embeddings": 16, "num_conv_pos_embedding_groups": 2, **overrides})
     cfg.to_json_file(dest / "config.json")
     return dest
 
 
 def make_opt_ml(root: Path, channels: dict[str, Path], hyperparameters: dict | None = None,
                 resourceconfig: dict | None = None, raw_hyperparameters: str | None = None) -> Path:
-    """An /opt/ml tree: channels linked from existing folders, hyperparameters.json as given."""
+    """An /opt/ml tree: channels linked from existing folders, hyperparameters.json as given, except that
+    `lm_order` is 0 unless given: the language model step (lmplz, a tuning pool) is tested where it is
+    asked for (test_train_run's learned model, test_lm_train), not in every run."""
+    if hyperparameters is not None and "lm_order" not in hyperparameters:
+        hyperparameters = {**hyperparameters, "lm_order": "0"}
     (root / "input" / "config").mkdir(parents=True, exist_ok=True)
     (root / "input" / "data").mkdir(parents=True, exist_ok=True)
     for name, src in channels.items():
@@ -83,6 +87,11 @@ MODEL_FILES = {"config.json", "model.safetensors", "vocab.json", "tokenizer_conf
 OPTIONAL_MODEL_FILES = {"added_tokens.json", "special_tokens_map.json", "preprocessor_config.json"}
 
 
-def is_model_dir(files: set[str]) -> bool:
-    return MODEL_FILES <= files and files <= MODEL_FILES | OPTIONAL_MODEL_FILES
+LM_FILES = {"alphabet.json", "language_model"}  # train/lm.py, in Wav2Vec2ProcessorWithLM's layout
+
+
+def is_model_dir(files: set[str], lm: bool = False) -> bool:
+    """Exactly the model's files; with lm, also exactly the language model's."""
+    extra = LM_FILES if lm else set()
+    return MODEL_FILES | extra <= files and files <= MODEL_FILES | OPTIONAL_MODEL_FILES | extra
 

@@ -1,34 +1,344 @@
-"""Channels of audio and transcripts: format detection, decoding to 16 kHz mono, skip accounting.
+"""From channels to training examples: index, vocabulary, label ids, filters, hold-out split, lazy datasets.
 
-A channel directory may hold, detected in this order:
-  1. manifest.jsonl  one JSON object per line with `audio` (path relative to the channel) and `text`
-  2. manifest.csv    the same two columns (others ignored)
-  3. a Hugging Face dataset saved with `save_to_disk`: `audio` and `text` columns (audio decoded with
-     soundfile, never torchcodec), or the seed's processed form: `input_values` and `labels`
-  4. LibriSpeech layout: `*.trans.txt` files ("ID TRANSCRIPT" lines) beside ID.flac / ID.wav
+  index_channels()   every channel indexed (train/index.py; layouts in train/formats.py), no audio decoded
+  vocabulary()       the `vocab` channel, else the checkpoint being resumed, else the training transcripts
+  label_examples()   label ids (empty transcripts dropped and counted)
+  select_examples()  training utterances dropped (and counted) when they are outside the duration range, too
+                     short for CTC to align their transcript (output frames < labels + repeated labels), or
+                     shorter than SpecAugment's mask span; the seeded hold-out when there is no test channel
+  SpeechDataset      decodes, normalises (common.audio.normalize, as serving does) and augments one item when
+                     a DataLoader worker asks for it; an unreadable file becomes a skip report in the batch
 
-All audio is decoded once, up front, into memory (4 bytes per sample, ~230 MB per hour of audio).
+`load_channel()` decodes a whole channel at once (launcher/launch prepare uses it to check and convert data).
 """
 from __future__ import annotations
 
-import csv
-import json
-import os
-from concurrent.futures import ThreadPoolExecutor
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
-from common import audio
-from common.audio import TARGET_RATE
+from common import audio, text
+from common.audio import TARGET_RATE, AudioError
 
+from . import formats
 from .failure import TrainingError
+from .index import ChannelIndex, Ragged, Strings, index_channel
 
-FORMATS = ("manifest.jsonl", "manifest.csv", "save_to_disk", "librispeech")
-_AUDIO_SUFFIXES = (".flac", ".wav", ".mp3", ".ogg")
+CHANNELS = ("train", "test")
+DROP_REASONS = ("empty_transcript", "too_short", "too_long", "too_few_frames_for_transcript",
+                "shorter_than_mask_span")
+REPLACEMENT_TRIES = 8  # a training item whose file is unreadable is replaced by one of the next ones
 
+
+# ---- 1. Channels -------------------------------------------------------------------------------------------
+
+def channel_options(hp, channel: str) -> formats.Options:
+    return formats.Options(channel, hp.audio_column, hp.text_column, getattr(hp, f"{channel}_tsv", ""))
+
+
+def index_channels(channel_dir: Callable[[str], Path], hp, log: Callable[[str], None] = print
+                   ) -> dict[str, ChannelIndex]:
+    """{"train": index, "test": index (when the test channel is given)}."""
+    out = {"train": index_channel(channel_dir("train"), channel_options(hp, "train"),
+                                  max_skipped_fraction=hp.max_skipped_fraction, log=log)}
+    test = channel_dir("test")
+    if test.is_dir() and any(test.iterdir()):
+        out["test"] = index_channel(test, channel_options(hp, "test"), max_skipped_fraction=hp.max_skipped_fraction,
+                                    log=log)
+    return out
+
+
+# ---- 2. Vocabulary -----------------------------------------------------------------------------------------
+
+def read_vocab(folder: Path) -> dict[str, int]:
+    import json
+
+    files = [folder / "vocab.json"] if (folder / "vocab.json").is_file() else sorted(folder.glob("*.json"))
+    if len(files) != 1:
+        raise TrainingError(f"channel vocab ({folder}) must hold one vocab.json, found "
+                            f"{[f.name for f in files] or 'none'}")
+    try:
+        vocab = json.loads(files[0].read_text() or "{}")
+    except ValueError as exc:
+        raise TrainingError(f"{files[0]} is not valid JSON ({exc}); fix the vocab channel") from None
+    if not isinstance(vocab, dict) or not vocab or not all(isinstance(k, str) and isinstance(v, int)
+                                                           for k, v in vocab.items()):
+        raise TrainingError(f"{files[0]} must map characters to integer ids, like the vocab.json of a "
+                            f"Wav2Vec2CTCTokenizer")
+    missing = [t for t in (text.PAD, text.UNK) if t not in vocab]
+    if missing:
+        raise TrainingError(f"{files[0]} lacks {', '.join(missing)}: the vocab needs [PAD] (the CTC blank) and [UNK]")
+    return vocab
+
+
+def normalized_texts(ix: ChannelIndex, chars_to_ignore: str) -> list[str]:
+    return [text.normalize(t, chars_to_ignore) for t in ix.texts]
+
+
+def vocabulary(vocab_dir: Path, checkpoint: Path | None, train: ChannelIndex, hp,
+               train_texts: list[str] | None) -> tuple[dict[str, int], str]:
+    """(vocab, where it came from): the vocab channel, the resumed checkpoint's, or the training text's."""
+    if vocab_dir.is_dir() and any(vocab_dir.iterdir()):
+        return read_vocab(vocab_dir), "vocab channel"
+    if checkpoint is not None and (checkpoint / "vocab.json").is_file():
+        return read_vocab(checkpoint), f"checkpoint {checkpoint.name}"
+    if train.processed:
+        raise TrainingError("channel train holds processed input_values/labels: add a vocab channel with the "
+                            "vocab.json that made the labels")
+    if not any(train_texts):
+        raise TrainingError(f"transcripts in channel train have no usable characters after normalisation "
+                            f"(lower-case, chars_to_ignore={hp.chars_to_ignore!r}): check the `text` values")
+    return text.build_vocab(train_texts), "training text"
+
+
+def encode(texts: list[str], vocab: dict[str, int]) -> tuple[Ragged, Counter]:
+    """Label ids of normalised transcripts, and the characters outside the vocabulary with their counts.
+
+    The same ids as Wav2Vec2CTCTokenizer(text).input_ids for normalised text (one id per character, space ->
+    the word delimiter `|`, unknown -> [UNK]), but vectorised: the tokenizer takes ~1-3 ms per transcript,
+    minutes for a large channel. (The tokenizer would also turn a literal special-token string such as `<s>`
+    inside a transcript into that token; here it stays three characters.)"""
+    offsets = np.zeros(len(texts) + 1, dtype=np.int64)
+    np.cumsum([len(t) for t in texts], out=offsets[1:])
+    codepoints = np.frombuffer("".join(texts).encode("utf-32-le"), dtype=np.uint32)
+    unique, inverse = np.unique(codepoints, return_inverse=True)
+    unk, delimiter = vocab[text.UNK], vocab[text.WORD_DELIMITER]
+    chars = [chr(c) for c in unique.tolist()]
+    table = np.array([delimiter if c == " " else vocab.get(c, unk) for c in chars], dtype=np.int32)
+    counts = np.bincount(inverse, minlength=len(chars)) if len(chars) else np.zeros(0, np.int64)
+    unknown = Counter({c: int(n) for c, n in zip(chars, counts) if c != " " and c not in vocab})
+    return Ragged(table[inverse].astype(np.int32) if len(chars) else np.zeros(0, np.int32), offsets), unknown
+
+
+# ---- 3. Examples -------------------------------------------------------------------------------------------
+
+def output_frames(config, samples: np.ndarray) -> np.ndarray:
+    """CTC output frames (int64 array) for inputs of `samples` 16 kHz samples, any architecture:
+    common.batching.output_frames (serving's count: feature encoder, then the adapter) per distinct length."""
+    from common import batching  # imports torch: kept out of this module's import (launcher prepare)
+
+    n = np.asarray(samples, dtype=np.int64)
+    distinct, inverse = np.unique(n, return_inverse=True)
+    frames = np.fromiter((batching.output_frames(config, int(x)) for x in distinct), dtype=np.int64,
+                         count=len(distinct))
+    return frames[inverse].reshape(n.shape)
+
+
+@dataclass
+class Examples:
+    """Examples of one channel: which index entries, their label ids, estimated 16 kHz lengths, references."""
+    index: ChannelIndex
+    entries: np.ndarray  # int64 entry ids into `index`
+    labels: Ragged
+    samples: np.ndarray  # int64, from the indexed durations (before augmentation)
+    references: Strings  # normalised transcripts (what WER/CER compare with)
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    @property
+    def seconds(self) -> float:
+        return float(self.samples.sum()) / TARGET_RATE
+
+    def take(self, rows: np.ndarray) -> "Examples":
+        return Examples(self.index, self.entries[rows], self.labels.take(rows), self.samples[rows],
+                        self.references.take(rows))
+
+
+@dataclass
+class Prepared:
+    """What training needs from the data, with the bookkeeping metrics.json reports."""
+    train: Examples
+    eval: Examples | None
+    counts: dict = field(default_factory=dict)
+
+
+def _repeats(labels: Ragged) -> np.ndarray:
+    """Per example, how many labels equal the one before them (CTC needs a blank frame between those)."""
+    v = labels.values
+    same = np.zeros(len(v), dtype=np.int64)
+    if len(v) > 1:
+        same[1:] = v[1:] == v[:-1]
+        starts = labels.offsets[:-1]
+        same[starts[starts < len(v)]] = 0  # the first label of an example repeats nothing
+    csum = np.concatenate([[0], np.cumsum(same)])
+    return csum[labels.offsets[1:]] - csum[labels.offsets[:-1]]
+
+
+def channel_examples(ix: ChannelIndex, vocab: dict[str, int], chars_to_ignore: str, decode_reference,
+                     texts: list[str] | None = None) -> tuple[Examples, Counter, int]:
+    """All non-empty examples of a channel: (examples, unknown characters, empty transcripts dropped)."""
+    samples = np.rint(ix.seconds * TARGET_RATE).astype(np.int64)
+    if ix.processed:
+        labels = ix.labels
+        references = Strings(decode_reference(labels[i]) for i in range(len(labels)))
+        keep = np.flatnonzero(labels.lengths > 0)
+        unknown = Counter()
+    else:
+        texts = texts if texts is not None else normalized_texts(ix, chars_to_ignore)
+        labels, unknown = encode(texts, vocab)
+        references = Strings(texts)
+        keep = np.flatnonzero(labels.lengths > 0)
+    all_ = Examples(ix, np.arange(len(ix), dtype=np.int64), labels, samples, references)
+    return (all_ if len(keep) == len(ix) else all_.take(keep)), unknown, len(ix) - len(keep)
+
+
+def training_filter(ex: Examples, hp, config) -> tuple[np.ndarray, dict[str, int]]:
+    """Which training examples to keep, and how many were dropped for each reason."""
+    seconds = ex.samples / TARGET_RATE
+    too_short = seconds < hp.min_duration_s
+    too_long = seconds > hp.max_duration_limit
+    # Speed perturbation plays a clip up to (1 + x) times faster: it must still fit at the fastest.
+    fastest = np.floor(ex.samples / (1.0 + hp.speed_perturbation)).astype(np.int64)
+    frames = output_frames(config, fastest)
+    unalignable = frames < ex.labels.lengths + _repeats(ex.labels)
+    mask_span = int(getattr(config, "mask_time_length", 0) or 0)
+    under_mask = (frames < mask_span) if float(getattr(config, "mask_time_prob", 0.0) or 0.0) > 0 else \
+        np.zeros(len(ex), dtype=bool)
+    reasons = {"too_short": too_short, "too_long": too_long & ~too_short,
+               "too_few_frames_for_transcript": unalignable & ~too_short & ~too_long,
+               "shorter_than_mask_span": under_mask & ~unalignable & ~too_short & ~too_long}
+    drop = too_short | too_long | unalignable | under_mask
+    return np.flatnonzero(~drop), {k: int(v.sum()) for k, v in reasons.items()}
+
+
+def hold_out(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded (train rows, held-out rows) of n examples."""
+    if fraction <= 0 or n < 2:
+        return np.arange(n), np.zeros(0, dtype=np.int64)
+    order = np.random.default_rng(seed).permutation(n)
+    n_test = min(n - 1, max(1, round(n * fraction)))
+    test = np.sort(order[:n_test])
+    return np.setdiff1d(np.arange(n), test), test
+
+
+@dataclass
+class Labelled:
+    """Every channel's examples with label ids, before the training filters (which need the model)."""
+    train: Examples
+    test: Examples | None
+    counts: dict
+
+
+def label_examples(indexes: dict[str, ChannelIndex], vocab: dict[str, int], tokenizer, hp,
+                   train_texts: list[str] | None = None, log: Callable[[str], None] = print) -> Labelled:
+    """Label ids of every channel's utterances; empty transcripts dropped and counted, characters outside the
+    vocabulary counted. Fails when no training transcript has a character of the vocabulary."""
+    from common.ctc import Collapsed, decode_text
+
+    def decode_reference(ids) -> str:
+        return decode_text(tokenizer, Collapsed([int(t) for t in ids], [], []))
+
+    counts: dict = {"dropped": {}, "unknown_characters": {}}
+    out = {}
+    for name, ix in indexes.items():
+        examples, unknown, empty = channel_examples(ix, vocab, hp.chars_to_ignore, decode_reference,
+                                                    train_texts if name == "train" else None)
+        counts["dropped"][name] = {"empty_transcript": empty}
+        counts["unknown_characters"][name] = dict(unknown)
+        if unknown:
+            log(f"[data] channel {name}: characters outside the vocabulary map to [UNK]: "
+                + ", ".join(f"{c!r}x{n}" for c, n in unknown.most_common(20)))
+        out[name] = examples
+    unusable = [tokenizer.unk_token_id, tokenizer.convert_tokens_to_ids(tokenizer.word_delimiter_token)]
+    if not np.isin(out["train"].labels.values, unusable, invert=True).any():
+        raise TrainingError("transcripts in channel train have no usable characters: none is in the vocabulary")
+    return Labelled(out["train"], out.get("test"), counts)
+
+
+def select_examples(labelled: Labelled, config, hp, log: Callable[[str], None] = print) -> Prepared:
+    """Training examples the model can learn from (see `training_filter`), and the evaluation examples: the
+    test channel's, else a seeded `test_split` of the training ones."""
+    counts = labelled.counts
+    keep, dropped = training_filter(labelled.train, hp, config)
+    dropped = {**counts["dropped"]["train"], **dropped}
+    counts["dropped"]["train"] = dropped
+    for name, d in counts["dropped"].items():
+        if any(d.values()):
+            log(f"[data] channel {name}: dropped " + ", ".join(f"{n} {k}" for k, n in d.items() if n))
+    if len(keep) == 0:
+        raise TrainingError(f"no training utterances left after filtering ({dropped}); check transcripts and "
+                            f"min_duration_s={hp.min_duration_s}/max_duration_s={hp.max_duration_s}")
+    train = labelled.train.take(keep)
+    evaluation = labelled.test if labelled.test is not None and len(labelled.test) else None
+    if labelled.test is None and hp.test_split > 0:
+        rest, held = hold_out(len(train), hp.test_split, hp.seed)
+        if len(held):
+            train, evaluation = train.take(rest), train.take(held)
+            log(f"[data] no test channel: held out {len(held)} training utterances (test_split={hp.test_split})")
+    log(f"[data] training on {len(train)} utterances ({train.seconds / 60:.1f} min of audio), "
+        f"evaluating on {len(evaluation) if evaluation is not None else 0}")
+    return Prepared(train, evaluation, counts)
+
+
+# ---- 4. Items, decoded on demand ---------------------------------------------------------------------------
+
+def speed_perturb(x: np.ndarray, factor: float) -> np.ndarray:
+    """`x` played `factor` times faster: read as if recorded at factor x 16 kHz, resampled to 16 kHz."""
+    import soxr
+
+    if abs(factor - 1.0) < 1e-3:
+        return x
+    return soxr.resample(x, TARGET_RATE * factor, TARGET_RATE, quality="HQ").astype(np.float32, copy=False)
+
+
+class SpeechDataset:
+    """Map-style dataset over `Examples`: item i is {"input_values": normalised float32 16 kHz samples,
+    "labels": int32 ids, "index": i, "skipped": [(channel, entry, name, reason), ...]}.
+
+    Audio is decoded when the item is drawn, in the DataLoader worker that draws it. With
+    `speed_perturbation` = s > 0 a training item is resampled by a random factor in [1 - s, 1 + s] each time
+    (Ko et al. 2015; the factor comes from torch's generator, which the Trainer seeds per worker).
+    An unreadable file is reported in "skipped"; a training item is then replaced by the next readable one
+    (batches keep their size, so every process still steps together), an evaluation item by `min_samples`
+    of silence with no labels and index -1, which WER/CER leave out.
+    """
+
+    def __init__(self, examples: Examples, *, train: bool, min_samples: int = 0, speed_perturbation: float = 0.0):
+        self.examples, self.train = examples, train
+        self.min_samples, self.speed_perturbation = min_samples, speed_perturbation
+        self.lengths = examples.samples.tolist()  # for length-grouped batches
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    @property
+    def seconds(self) -> float:
+        return self.examples.seconds
+
+    def _samples(self, i: int) -> np.ndarray:
+        ix = self.examples.index
+        x = ix.audio.load(int(self.examples.entries[i]))
+        if self.train and self.speed_perturbation > 0:
+            import torch
+
+            s = self.speed_perturbation
+            x = speed_perturb(x, float(torch.empty(()).uniform_(1 - s, 1 + s)))
+        if len(x) < self.min_samples:  # as serving does: no output frame at all otherwise
+            x = np.pad(x, (0, self.min_samples - len(x)))
+        return x if ix.audio.normalized else audio.normalize(x)
+
+    def __getitem__(self, i: int) -> dict:
+        skipped = []
+        tries = REPLACEMENT_TRIES if self.train else 1
+        for k in range(tries):
+            j = (i + k) % len(self)
+            try:
+                x = self._samples(j)
+            except (AudioError, OSError) as exc:
+                entry = int(self.examples.entries[j])
+                reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                skipped.append((self.examples.index.name, entry, self.examples.index.names[entry], reason))
+                continue
+            return {"input_values": x, "labels": self.examples.labels[j], "index": j, "skipped": skipped}
+        return {"input_values": np.zeros(max(self.min_samples, 1), np.float32), "labels": np.zeros(0, np.int32),
+                "index": -1, "skipped": skipped}
+
+
+# ---- Whole channels at once (launcher/launch prepare) -----------------------------------------------------
 
 @dataclass
 class Utterance:
@@ -55,213 +365,27 @@ class Channel:
         return bool(self.utterances) and self.utterances[0].labels is not None
 
 
-# An entry before decoding: its name, a function returning (samples, rate) or 16 kHz samples, its text.
-@dataclass
-class _Entry:
-    name: str
-    read: Callable[[], np.ndarray]
-    text: str | None = None
-    labels: list[int] | None = None
-
-
-def detect_format(path: Path) -> str:
-    if (path / "manifest.jsonl").is_file():
-        return "manifest.jsonl"
-    if (path / "manifest.csv").is_file():
-        return "manifest.csv"
-    if any((path / f).is_file() for f in ("dataset_info.json", "state.json", "dataset_dict.json")):
-        return "save_to_disk"
-    if next(path.rglob("*.trans.txt"), None) is not None:
-        return "librispeech"
-    raise TrainingError(
-        f"channel {path.name} ({path}) holds no recognised data: expected manifest.jsonl, manifest.csv, a "
-        f"Hugging Face save_to_disk dataset, or LibriSpeech *.trans.txt files (see README, Data formats)")
-
-
-def _file_reader(path: Path) -> Callable[[], np.ndarray]:
-    return lambda: audio.load_file(path)
-
-
-def _resolve(channel_dir: Path, rel: str) -> Path:
-    p = Path(rel)
-    return p if p.is_absolute() else channel_dir / p
-
-
-def _row_entry(channel_dir: Path, row: dict, where: str) -> _Entry:
-    if not isinstance(row, dict) or not row.get("audio") or row.get("text") is None:
-        raise TrainingError(f"{where} needs non-empty `audio` and `text` fields, got {str(row)[:200]}")
-    path = _resolve(channel_dir, str(row["audio"]))
-    return _Entry(str(row["audio"]), _file_reader(path), str(row["text"]))
-
-
-def _jsonl_entries(channel_dir: Path) -> list[_Entry]:
-    entries = []
-    manifest = channel_dir / "manifest.jsonl"
-    with manifest.open(encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise TrainingError(f"{manifest} line {n} is not valid JSON ({exc.msg}): fix or remove it") from None
-            entries.append(_row_entry(channel_dir, row, f"{manifest} line {n}"))
-    return entries
-
-
-def _csv_entries(channel_dir: Path) -> list[_Entry]:
-    manifest = channel_dir / "manifest.csv"
-    with manifest.open(encoding="utf-8", newline="") as f:
-        reader = csv.DictReader(f)
-        missing = {"audio", "text"} - set(reader.fieldnames or [])
-        if missing:
-            raise TrainingError(f"{manifest} lacks column(s) {', '.join(sorted(missing))}: its header must name "
-                                f"`audio` and `text` (found {reader.fieldnames})")
-        return [_row_entry(channel_dir, row, f"{manifest} line {n}") for n, row in enumerate(reader, 2)]
-
-
-def _hf_entries(channel_dir: Path, channel_name: str) -> list[_Entry]:
-    import datasets
-
-    ds = datasets.load_from_disk(str(channel_dir))
-    if isinstance(ds, datasets.DatasetDict):
-        if channel_name in ds:
-            ds = ds[channel_name]
-        elif len(ds) == 1:
-            ds = next(iter(ds.values()))
-        else:
-            raise TrainingError(f"channel {channel_name} holds a DatasetDict with splits {list(ds)}: give one "
-                                f"split per channel (or name a split `{channel_name}`)")
-    cols = set(ds.column_names)
-    if {"input_values", "labels"} <= cols:
-        return [_Entry(f"row {i}", (lambda v=row["input_values"]: np.asarray(v, dtype=np.float32)),
-                       labels=[int(t) for t in row["labels"]])
-                for i, row in enumerate(ds.select_columns(["input_values", "labels"]))]
-    if not {"audio", "text"} <= cols:
-        raise TrainingError(f"the save_to_disk dataset in channel {channel_name} needs `audio` and `text` columns "
-                            f"(or the processed `input_values` and `labels`); it has {sorted(cols)}")
-    ds = ds.select_columns(["audio", "text"])
-    if isinstance(ds.features["audio"], datasets.Audio):
-        ds = ds.cast_column("audio", datasets.Audio(decode=False))  # soundfile decodes, not torchcodec
-    entries = []
-    for i, row in enumerate(ds):
-        a = row["audio"]
-        if isinstance(a, dict) and a.get("bytes"):
-            name = a.get("path") or f"row {i}"
-            entries.append(_Entry(str(name), (lambda b=a["bytes"]: audio.decode_bytes(b)), row["text"]))
-        elif isinstance(a, dict) and "array" in a:
-            entries.append(_Entry(f"row {i}", (lambda x=a: audio.to_model_input(x["array"], x["sampling_rate"])),
-                                  row["text"]))
-        else:
-            rel = a.get("path") if isinstance(a, dict) else a
-            name = str(rel or f"row {i}")
-            entries.append(_Entry(name, _file_reader(_resolve(channel_dir, name)), row["text"]))
-    return entries
-
-
-def _librispeech_entries(channel_dir: Path) -> list[_Entry]:
-    entries = []
-    for trans in sorted(channel_dir.rglob("*.trans.txt")):
-        for line in trans.read_text(encoding="utf-8").splitlines():
-            if not line.strip():
-                continue
-            utt_id, _, text = line.strip().partition(" ")
-            path = next((trans.parent / (utt_id + s) for s in _AUDIO_SUFFIXES
-                         if (trans.parent / (utt_id + s)).is_file()), trans.parent / (utt_id + ".flac"))
-            entries.append(_Entry(str(path.relative_to(channel_dir)), _file_reader(path), text))
-    return entries
-
-
-def _decode(entry: _Entry):
-    try:
-        return entry.read(), None
-    except (audio.AudioError, OSError) as exc:
-        return None, str(exc).splitlines()[0]
-
-
 def load_channel(channel_dir: Path, channel_name: str, *, max_skipped_fraction: float,
-                 log: Callable[[str], None] = print) -> Channel:
-    """Read every entry of a channel, decode its audio, skip (and name) unreadable files."""
-    if not channel_dir.is_dir():
-        raise TrainingError(f"channel {channel_name} is missing: expected a directory at {channel_dir}")
-    if not any(channel_dir.iterdir()):
-        raise TrainingError(f"channel {channel_name} is empty ({channel_dir}): check the S3 prefix given for it")
-    fmt = detect_format(channel_dir)
-    entries = {
-        "manifest.jsonl": _jsonl_entries, "manifest.csv": _csv_entries,
-        "save_to_disk": lambda d: _hf_entries(d, channel_name), "librispeech": _librispeech_entries,
-    }[fmt](channel_dir)
-    if not entries:
-        raise TrainingError(f"channel {channel_name} ({fmt}) lists no utterances: add audio and transcripts")
-    with ThreadPoolExecutor(max_workers=max(1, min(8, os.cpu_count() or 1))) as pool:
-        decoded = list(pool.map(_decode, entries))
-    utterances, skipped = [], []
-    for entry, (samples, error) in zip(entries, decoded):
-        if error is not None:
-            skipped.append((entry.name, error))
-            log(f"[data] skipped unreadable {channel_name}/{entry.name}: {error}")
+                 log: Callable[[str], None] = print, options: formats.Options | None = None) -> Channel:
+    """Index a channel and decode all of it (held in memory: ~230 MB per hour of audio); unreadable files
+    are skipped, named and counted, with the same max_skipped_fraction rule as training."""
+    from .index import check_skipped
+
+    ix = index_channel(channel_dir, options or formats.Options(channel_name), max_skipped_fraction=max_skipped_fraction,
+                       log=log)
+    utterances, skipped = [], list(ix.skipped)
+    for i in range(len(ix)):
+        try:
+            x = ix.audio.load(i)
+        except (AudioError, OSError) as exc:
+            reason = str(exc).splitlines()[0]
+            skipped.append((ix.names[i], reason))
+            log(f"[data] skipped unreadable {channel_name}/{ix.names[i]}: {reason}")
             continue
-        utterances.append(Utterance(samples, text=entry.text, labels=entry.labels, name=entry.name))
+        utterances.append(Utterance(x, text=ix.texts[i] if ix.texts is not None else None,
+                                    labels=ix.labels[i].tolist() if ix.processed else None, name=ix.names[i]))
     if not utterances:
-        raise TrainingError(f"no readable audio in channel {channel_name}: all {len(entries)} files failed to "
-                            f"decode (first: {skipped[0][0]}: {skipped[0][1]})")
-    fraction = len(skipped) / len(entries)
-    if fraction > max_skipped_fraction:
-        raise TrainingError(
-            f"{len(skipped)} of {len(entries)} audio files in channel {channel_name} are unreadable "
-            f"({fraction:.1%} > max_skipped_fraction={max_skipped_fraction}); fix them or raise "
-            f"max_skipped_fraction (first: {skipped[0][0]}: {skipped[0][1]})")
-    seconds = sum(u.seconds for u in utterances)
-    log(f"[data] channel {channel_name}: {fmt}, {len(utterances)} utterances ({seconds / 3600:.2f} h), "
-        f"{len(skipped)} skipped")
-    return Channel(channel_name, fmt, utterances, len(entries), skipped)
-
-
-def speed_perturb(x: np.ndarray, factor: float) -> np.ndarray:
-    """`x` played `factor` times faster: read as if recorded at factor x 16 kHz, resampled to 16 kHz."""
-    import soxr
-
-    if abs(factor - 1.0) < 1e-3:
-        return x
-    return soxr.resample(x, TARGET_RATE * factor, TARGET_RATE, quality="HQ").astype(np.float32, copy=False)
-
-
-def split(utterances: list[Utterance], fraction: float, seed: int) -> tuple[list[Utterance], list[Utterance]]:
-    """Seeded hold-out: (train, test)."""
-    if fraction <= 0 or len(utterances) < 2:
-        return utterances, []
-    order = np.random.default_rng(seed).permutation(len(utterances))
-    n_test = min(len(utterances) - 1, max(1, round(len(utterances) * fraction)))
-    test_idx = set(order[:n_test].tolist())
-    return ([u for i, u in enumerate(utterances) if i not in test_idx],
-            [u for i, u in enumerate(utterances) if i in test_idx])
-
-
-class SpeechDataset:
-    """Map-style dataset of (normalised audio, label ids), with lengths for length-grouped batches.
-
-    With `speed_perturbation` = s > 0 every item is resampled by a random factor in [1 - s, 1 + s] each
-    time it is drawn (Ko et al. 2015): tempo and pitch both change, so a few voices stand for many. The
-    factor comes from torch's generator, which the Trainer seeds (and gives each dataloader worker its own).
-    """
-
-    def __init__(self, inputs: list[np.ndarray], labels: list[list[int]], speed_perturbation: float = 0.0):
-        self.inputs, self.labels = inputs, labels
-        self.lengths = [len(x) for x in inputs]
-        self.speed_perturbation = speed_perturbation
-
-    def __len__(self) -> int:
-        return len(self.inputs)
-
-    def __getitem__(self, i: int) -> dict:
-        x = self.inputs[i]
-        if self.speed_perturbation > 0:
-            import torch
-
-            x = speed_perturb(x, float(torch.empty(()).uniform_(1 - self.speed_perturbation,
-                                                                 1 + self.speed_perturbation)))
-        return {"input_values": x, "labels": self.labels[i]}
-
-    @property
-    def seconds(self) -> float:
-        return sum(self.lengths) / TARGET_RATE
+        raise TrainingError(f"no readable audio in channel {channel_name}: all {ix.total} files failed to decode "
+                            f"(first: {skipped[0][0]}: {skipped[0][1]})")
+    check_skipped(channel_name, len(skipped), ix.total, max_skipped_fraction, skipped[0] if skipped else None)
+    return Channel(channel_name, ix.format, utterances, ix.total, skipped)

@@ -61,9 +61,19 @@ class Hyperparameters:
     weight_decay: float = _hp(0.0, "AdamW weight decay.", min=0.0)
     max_grad_norm: float = _hp(1.0, "Gradient clipping norm.", gt=0.0)
     seed: int = _hp(42, "Random seed (weights, shuffling, `test_split`).")
-    precision: str = _hp("auto", "`auto` (bf16 on GPUs that support it, else fp16 on GPU, fp32 on CPU), `fp32`, "
-                         "`fp16` (GPU only) or `bf16`.", choices=PRECISIONS)
+    precision: str = _hp("auto", "`auto` (bf16 on GPUs that support it, else fp16 on GPU; on a CPU bf16 where it is "
+                         "native, AVX512-BF16 or AMX, else fp32), `fp32`, `fp16` (GPU only) or `bf16`.",
+                         choices=PRECISIONS)
     # Data
+    audio_column: str = _hp("", "Column (or JSON field) holding each utterance's audio in any tabular layout: "
+                            "manifests, NeMo, AudioFolder, Common Voice TSVs, save_to_disk. Empty: the layout's own "
+                            "(`audio`, `audio_filepath`, `file_name`, `path`).")
+    text_column: str = _hp("", "Column (or JSON field) holding the transcript, as `audio_column`. Empty: the layout's "
+                           "own (`text`; `sentence` in Common Voice; in AudioFolder the first of `transcription`, "
+                           "`text`, `sentence`, `transcript`).")
+    train_tsv: str = _hp("", "Common Voice layout: the TSV the train channel reads (e.g. `validated.tsv`). Empty: "
+                         "`train.tsv`.")
+    test_tsv: str = _hp("", "Common Voice layout: the TSV the test channel reads (e.g. `dev.tsv`). Empty: `test.tsv`.")
     min_duration_s: float = _hp(0.0, "Drop training utterances shorter than this (seconds).", min=0.0)
     max_duration_s: float = _hp(20.0, "Drop training utterances longer than this (seconds); 0 = no limit.", min=0.0)
     chars_to_ignore: str = _hp(DEFAULT_CHARS_TO_IGNORE, "Characters removed from transcripts before training "
@@ -83,7 +93,9 @@ class Hyperparameters:
     save_steps: int = _hp(500, "Save a checkpoint to /opt/ml/checkpoints every this many steps.", min=1)
     save_total_limit: int = _hp(2, "Checkpoints kept in /opt/ml/checkpoints (oldest deleted).", min=1)
     eval_on_start: bool = _hp(False, "Also evaluate before the first step (a baseline in metrics.json).")
-    dataloader_num_workers: int = _hp(0, "Worker processes feeding batches (audio is decoded up front).", min=0)
+    dataloader_num_workers: int = _hp(-1, "Worker processes decoding audio for each training process; -1 = one "
+                                      "less than the CPUs per process, 1 to 8; 0 decodes in the training loop.",
+                                      min=-1)
     # Language model (train/lm.py)
     lm_order: int = _hp(3, "Order of the n-gram language model (KenLM) estimated after training from the training "
                         "transcripts plus the `lm` channel's text, saved beside the model for beam-search decoding; "
@@ -168,8 +180,20 @@ def _check(name: str, value) -> None:
         raise TrainingError(f"hyperparameter {name}={value!r} {problem}; {meta['help']}")
 
 
+# Names SageMaker adds on its own: Automatic Model Tuning's `_tuning_objective_metric` (and other `_tuning_*`),
+# the SDK's `sagemaker_*` (program, submit_directory, region, job_name, container_log_level, ...).
+RESERVED_PREFIXES = ("_tuning_", "sagemaker_")
+
+
+def reserved(raw: Mapping[str, Any]) -> dict[str, Any]:
+    """The SageMaker-reserved entries of hyperparameters.json: accepted, logged, not used."""
+    return {k: _unquote(v) for k, v in raw.items() if k.startswith(RESERVED_PREFIXES)}
+
+
 def parse(raw: Mapping[str, Any]) -> Hyperparameters:
-    """Typed, validated settings from hyperparameters.json's mapping (values as strings or JSON)."""
+    """Typed, validated settings from hyperparameters.json's mapping (values as strings or JSON).
+    SageMaker-reserved names (`reserved`) are left out; any other unknown name is an error."""
+    raw = {k: v for k, v in raw.items() if not k.startswith(RESERVED_PREFIXES)}
     unknown = sorted(set(raw) - set(_FIELDS))
     if unknown:
         raise TrainingError(f"unknown hyperparameter {', '.join(unknown)}; valid names: {', '.join(_FIELDS)}")

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import os
 import sys
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
 from common.paths import OptML
@@ -18,16 +18,6 @@ from .failure import TrainingError, report
 from .progress import say
 
 USAGE = "usage: train [train] | train --help   (settings come from input/config/hyperparameters.json)"
-
-
-@dataclass
-class Prepared:
-    """Everything training needs, with the bookkeeping metrics.json reports."""
-    processor: object
-    vocab: dict
-    train_ds: object
-    eval_ds: object | None
-    counts: dict = field(default_factory=dict)
 
 
 def read_json(path: Path, what: str) -> dict:
@@ -40,6 +30,19 @@ def read_json(path: Path, what: str) -> dict:
     if not isinstance(value, dict):
         raise TrainingError(f"{path} must hold a JSON object; fix the {what}")
     return value
+
+
+def check_input_modes(config: dict) -> dict[str, str]:
+    """{channel: TrainingInputMode} from inputdataconfig.json. File and FastFile channels are folders (FastFile:
+    read-only, each file fetched from S3 when first read); Pipe gives FIFOs, which this program cannot read."""
+    modes = {}
+    for name, cfg in config.items():
+        mode = str((cfg or {}).get("TrainingInputMode", "File")) if isinstance(cfg, dict) else "File"
+        if mode.lower() == "pipe":
+            raise TrainingError(f"channel {name} uses Pipe input mode, which this training image cannot read: give "
+                                f"it TrainingInputMode File or FastFile (the estimator's input_mode)")
+        modes[name] = mode
+    return modes
 
 
 def newest_checkpoint(checkpoints_dir: Path) -> tuple[Path, int] | None:
@@ -55,227 +58,95 @@ def newest_checkpoint(checkpoints_dir: Path) -> tuple[Path, int] | None:
     return path, step
 
 
-def read_vocab(channel_dir: Path) -> dict[str, int]:
-    from common.text import PAD, UNK
+def model_source(paths: OptML, hp) -> str:
+    """The `model` channel's model folder (a model.tar.gz is unpacked once), else `model_name`."""
+    from . import model_channel
 
-    files = [channel_dir / "vocab.json"] if (channel_dir / "vocab.json").is_file() else sorted(channel_dir.glob("*.json"))
-    if len(files) != 1:
-        raise TrainingError(f"channel vocab ({channel_dir}) must hold one vocab.json, found "
-                            f"{[f.name for f in files] or 'none'}")
-    vocab = read_json(files[0], "vocab channel")
-    if not vocab or not all(isinstance(k, str) and isinstance(v, int) for k, v in vocab.items()):
-        raise TrainingError(f"{files[0]} must map characters to integer ids, like the vocab.json of a "
-                            f"Wav2Vec2CTCTokenizer")
-    missing = [t for t in (PAD, UNK) if t not in vocab]
-    if missing:
-        raise TrainingError(f"{files[0]} lacks {', '.join(missing)}: the vocab needs [PAD] (the CTC blank) and [UNK]")
-    return vocab
+    channel = paths.channel("model")
+    if not channel.is_dir():
+        return hp.model_name
+    return str(model_channel.resolve(channel, paths.root / "input" / "unpacked" / "model", log=say))
 
 
-def choose_precision(setting: str) -> str:
+def load_model(source: str, hp, vocab: dict, processor):
+    """(model, precision): the model with its CTC head for `vocab`, prepared for this machine."""
     import torch
 
-    cuda = torch.cuda.is_available()
-    if setting == "auto":
-        return ("bf16" if torch.cuda.is_bf16_supported() else "fp16") if cuda else "fp32"
-    if setting == "fp16" and not cuda:
-        raise TrainingError("hyperparameter precision=fp16 needs a GPU; use fp32 (or bf16) on CPU")
-    return setting
-
-
-def prepare_data(paths: OptML, hp, checkpoint: Path | None) -> Prepared:
-    """Steps 4-6: channels, vocabulary, label ids, duration filter, hold-out split."""
-    from common import audio, modeldir, text
-
-    from . import data
-
-    train_ch = data.load_channel(paths.channel("train"), "train", max_skipped_fraction=hp.max_skipped_fraction)
-    test_dir = paths.channel("test")
-    test_ch = (data.load_channel(test_dir, "test", max_skipped_fraction=hp.max_skipped_fraction)
-               if test_dir.is_dir() and any(test_dir.iterdir()) else None)
-    counts = {"skipped_files": {ch.name: {"count": len(ch.skipped), "of": ch.total,
-                                          "files": [f"{n}: {why}" for n, why in ch.skipped[:100]]}
-                                for ch in (train_ch, test_ch) if ch is not None},
-              "formats": {ch.name: ch.format for ch in (train_ch, test_ch) if ch is not None}}
-
-    # Vocabulary: vocab channel, else the checkpoint being resumed, else built from the training text.
-    vocab_dir = paths.channel("vocab")
-    if vocab_dir.is_dir() and any(vocab_dir.iterdir()):
-        vocab, vocab_from = read_vocab(vocab_dir), "vocab channel"
-    elif checkpoint is not None and (checkpoint / "vocab.json").is_file():
-        vocab, vocab_from = read_vocab(checkpoint), f"checkpoint {checkpoint.name}"
-    elif train_ch.processed:
-        raise TrainingError("channel train holds processed input_values/labels: add a vocab channel with the "
-                            "vocab.json that made the labels")
-    else:
-        texts = [text.normalize(u.text, hp.chars_to_ignore) for u in train_ch.utterances]
-        if not any(texts):
-            raise TrainingError(f"transcripts in channel train have no usable characters after normalisation "
-                                f"(lower-case, chars_to_ignore={hp.chars_to_ignore!r}): check the `text` values")
-        vocab, vocab_from = text.build_vocab(texts), "training text"
-    processor = modeldir.make_processor(vocab)  # attention mask settled once the model is known
-    tok = processor.tokenizer
-    say(f"[data] vocabulary of {len(vocab)} tokens from {vocab_from}")
-
-    def encode(ch, is_train: bool):
-        inputs, labels, unknown = [], [], {}
-        dropped = {"empty_transcript": 0, "too_short": 0, "too_long": 0}
-        for u in ch.utterances:
-            if is_train and not (hp.min_duration_s <= u.seconds <= hp.max_duration_limit):
-                dropped["too_short" if u.seconds < hp.min_duration_s else "too_long"] += 1
-                continue
-            if u.labels is not None:
-                ids, x = u.labels, u.input_values
-            else:
-                t = text.normalize(u.text, hp.chars_to_ignore)
-                if not t:
-                    dropped["empty_transcript"] += 1
-                    continue
-                for c, n in text.unknown_chars([t], vocab).items():
-                    unknown[c] = unknown.get(c, 0) + n
-                ids, x = tok(t).input_ids, audio.normalize(u.input_values)
-            inputs.append(x)
-            labels.append(ids)
-        if unknown:
-            say(f"[data] channel {ch.name}: characters outside the vocabulary map to [UNK]: "
-                + ", ".join(f"{c!r}x{n}" for c, n in sorted(unknown.items(), key=lambda kv: -kv[1])[:20]))
-        if any(dropped.values()):
-            say(f"[data] channel {ch.name}: dropped " + ", ".join(f"{n} {k}" for k, n in dropped.items() if n))
-        return inputs, labels, unknown, dropped
-
-    tr_in, tr_lab, tr_unk, tr_drop = encode(train_ch, True)
-    if not tr_in:
-        raise TrainingError(f"no training utterances left after filtering ({tr_drop}); check transcripts and "
-                            f"min_duration_s={hp.min_duration_s}/max_duration_s={hp.max_duration_s}")
-    unusable = {tok.unk_token_id, tok.convert_tokens_to_ids(tok.word_delimiter_token)}
-    if all(set(ids) <= unusable for ids in tr_lab):
-        raise TrainingError("transcripts in channel train have no usable characters: none is in the vocabulary")
-    counts["dropped"] = {"train": tr_drop}
-    counts["unknown_characters"] = {"train": tr_unk}
-    train_ds = data.SpeechDataset(tr_in, tr_lab)
-    eval_ds = None
-    if test_ch is not None:
-        te_in, te_lab, te_unk, te_drop = encode(test_ch, False)
-        counts["dropped"]["test"], counts["unknown_characters"]["test"] = te_drop, te_unk
-        eval_ds = data.SpeechDataset(te_in, te_lab) if te_in else None
-    elif hp.test_split > 0:
-        pairs = list(zip(tr_in, tr_lab))
-        order = __import__("numpy").random.default_rng(hp.seed).permutation(len(pairs))
-        n_test = min(len(pairs) - 1, max(1, round(len(pairs) * hp.test_split))) if len(pairs) > 1 else 0
-        if n_test:
-            test_idx = set(order[:n_test].tolist())
-            train_ds = data.SpeechDataset([p[0] for i, p in enumerate(pairs) if i not in test_idx],
-                                          [p[1] for i, p in enumerate(pairs) if i not in test_idx])
-            eval_ds = data.SpeechDataset([p[0] for i, p in enumerate(pairs) if i in test_idx],
-                                         [p[1] for i, p in enumerate(pairs) if i in test_idx])
-            say(f"[data] no test channel: held out {n_test} training utterances (test_split={hp.test_split})")
-    train_ds.speed_perturbation = hp.speed_perturbation
-    say(f"[data] training on {len(train_ds)} utterances ({train_ds.seconds / 60:.1f} min of audio), "
-        f"evaluating on {len(eval_ds) if eval_ds else 0}")
-    return Prepared(processor, vocab, train_ds, eval_ds, counts)
-
-
-def run(paths: OptML, hp) -> int:
-    import time
-
-    import torch
-    from transformers import Trainer, TrainingArguments, set_seed
-    from transformers.trainer_callback import PrinterCallback
-    from transformers.trainer_pt_utils import LengthGroupedSampler
-
+    from common import batching, modeldir
     from common.convs import convs_as_matmuls
 
-    from . import distributed, model as model_source, outputs
-    from .collator import CTCCollator
-    from .metrics import argmax_logits, make_compute_metrics
-    from .progress import ProgressCallback
-    from .stopping import SIGTERM_EXIT_CODE, StopCallback, time_budget_scheduler
+    from . import model as models, precision as precisions
 
-    leader = distributed.is_leader()
-    # 3. Outputs must be writable before hours are spent training.
-    outputs.check_writable(paths.checkpoints_dir, *((paths.model_dir, paths.output_data_dir) if leader else ()))
-    set_seed(hp.seed)
-    resume = newest_checkpoint(paths.checkpoints_dir)
-
-    # 4-6. Data and vocabulary.
-    source = str(paths.channel("model")) if paths.channel("model").is_dir() else hp.model_name
-    prep = prepare_data(paths, hp, resume[0] if resume else None)
-    tok = prep.processor.tokenizer
-
-    # 7. Model.
-    model, pretrained = model_source.load(source, hp, prep.vocab, len(tok), tok.pad_token_id, log=say)
+    tok = processor.tokenizer
+    model, pretrained = models.load(source, hp, vocab, len(tok), tok.pad_token_id, log=say)
     # Layer-norm feature encoders take an attention mask; group-norm ones (wav2vec2-base) were trained on
     # zero-padded batches without one. The saved processor records the choice for serving.
-    prep.processor.feature_extractor.return_attention_mask = model.config.feat_extract_norm == "layer"
+    processor.feature_extractor.return_attention_mask = modeldir.feature_encoder_norm(model.config) == "layer"
     freeze = hp.freeze_feature_encoder == "true" or (hp.freeze_feature_encoder == "auto" and pretrained)
     if freeze:
         model.freeze_feature_encoder()
     if hp.gradient_checkpointing:
         model.gradient_checkpointing_enable()
     if not torch.cuda.is_available():
-        # Same parameters and saved weights; CPU steps about twice as fast (common/convs.py).
-        convs_as_matmuls(model)
-    precision = choose_precision(hp.precision)
+        convs_as_matmuls(model)  # same parameters and saved weights; CPU steps about twice as fast
+    if not processor.feature_extractor.return_attention_mask:
+        # A group-norm encoder normalises over time, so the zeros padding an evaluation batch would change
+        # every clip's logits. Patched as serving patches it (common.batching.make_exact), it gives each clip
+        # its one-clip logits when the batch carries the mask, which evaluation then passes; training still
+        # runs without the mask, as these models were trained (no mask: the patch changes nothing).
+        model.exact_evaluation = batching.make_exact(model)
+    precision = precisions.for_this_machine(hp.precision)
     say(f"[model] {sum(p.numel() for p in model.parameters()) / 1e6:.1f} M parameters, feature encoder "
         f"{'frozen' if freeze else 'trained'}, precision {precision}")
+    return model, precision
 
-    # 8. Trainer.
-    has_eval = prep.eval_ds is not None
-    eval_strategy = "no" if not has_eval else "steps" if hp.eval_steps > 0 else "no" if hp.max_steps > 0 else "epoch"
-    multi_host = int(os.environ.get("WORLD_SIZE", "1")) > int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
-    args = TrainingArguments(
-        output_dir=str(paths.checkpoints_dir),
-        per_device_train_batch_size=hp.train_batch_size, per_device_eval_batch_size=hp.eval_batch_size,
-        gradient_accumulation_steps=hp.gradient_accumulation_steps,
-        learning_rate=hp.learning_rate, weight_decay=hp.weight_decay, max_grad_norm=hp.max_grad_norm,
-        warmup_steps=hp.warmup_steps, lr_scheduler_type=hp.lr_scheduler,
-        num_train_epochs=hp.epochs, max_steps=hp.max_steps,
-        logging_steps=hp.logging_steps, eval_strategy=eval_strategy,
-        eval_steps=hp.eval_steps if hp.eval_steps > 0 else None,
-        eval_on_start=hp.eval_on_start and has_eval,
-        save_strategy="steps", save_steps=hp.save_steps, save_total_limit=hp.save_total_limit,
-        save_on_each_node=multi_host,  # each host keeps its own /opt/ml/checkpoints
-        seed=hp.seed, bf16=precision == "bf16", fp16=precision == "fp16",
-        dataloader_pin_memory=torch.cuda.is_available(),
-        use_cpu=not torch.cuda.is_available(),  # also what makes accelerate run several CPU processes (gloo)
-        optim="adamw_torch_fused",  # one kernel for all parameters: the optimizer step was ~20% of a CPU step
-        train_sampling_strategy="group_by_length" if hp.group_by_length else "random",
-        remove_unused_columns=False, label_names=["labels"], report_to="none", disable_tqdm=True,
-        dataloader_num_workers=hp.dataloader_num_workers,
-        ddp_find_unused_parameters=hp.layerdrop > 0,
-    )
-    stop = StopCallback(hp.max_train_seconds)
-    progress = ProgressCallback()
-    lengths = prep.train_ds.lengths
 
-    class CTCTrainer(Trainer):
-        def _get_train_sampler(self, train_dataset=None):
-            if self.args.train_sampling_strategy == "group_by_length":  # lengths precomputed at load
-                return LengthGroupedSampler(self.args.train_batch_size * self.args.gradient_accumulation_steps,
-                                            lengths=lengths)
-            return super()._get_train_sampler(train_dataset)
+def run(paths: OptML, hp, sagemaker_hyperparameters: dict | None = None) -> int:
+    import time
 
-        def _get_eval_sampler(self, eval_dataset):
-            return torch.utils.data.SequentialSampler(eval_dataset) if self.args.world_size <= 1 else None
+    from transformers import set_seed
 
-        def create_scheduler(self, num_training_steps, optimizer=None):
-            if hp.max_train_seconds > 0 and self.lr_scheduler is None:
-                self.lr_scheduler = time_budget_scheduler(
-                    optimizer or self.optimizer, kind=hp.lr_scheduler, warmup_steps=hp.warmup_steps,
-                    total_steps=num_training_steps, max_train_seconds=hp.max_train_seconds)
-                return self.lr_scheduler
-            return super().create_scheduler(num_training_steps, optimizer)
+    from common import batching, modeldir
 
-    trainer = CTCTrainer(
-        model=model, args=args, data_collator=CTCCollator(attention_mask=prep.processor.feature_extractor.return_attention_mask),
-        train_dataset=prep.train_ds, eval_dataset=prep.eval_ds, processing_class=prep.processor,
-        compute_metrics=make_compute_metrics(tok) if has_eval else None,
-        preprocess_logits_for_metrics=argmax_logits if has_eval else None,
-        callbacks=[progress, stop],
-    )
-    trainer.remove_callback(PrinterCallback)  # our [metrics]/[eval] lines replace its dict dumps
+    from . import data, distributed, lm as lm_step, outputs, trainer as trainers
+    from .progress import ProgressCallback
+    from .stopping import SIGTERM_EXIT_CODE, StopCallback
 
-    # 9. Train, resuming from the newest checkpoint.
+    leader = distributed.is_leader()
+    # 1. Outputs writable before hours are spent training; the checkpoint to resume from.
+    outputs.check_writable(paths.checkpoints_dir, *((paths.model_dir, paths.output_data_dir) if leader else ()))
+    set_seed(hp.seed)
+    resume = newest_checkpoint(paths.checkpoints_dir)
+    # The language model's settings and the `lm` channel checked before any training time is spent.
+    lm_plan = lm_step.plan(hp.lm_order, hp.lm_tuning_seconds, paths.channel("lm"))
+
+    # 2. Channels indexed: layout, transcripts, durations; no audio decoded yet.
+    indexes = data.index_channels(paths.channel, hp, log=say)
+
+    # 3. Vocabulary and label ids.
+    train_texts = None if indexes["train"].processed else data.normalized_texts(indexes["train"], hp.chars_to_ignore)
+    vocab, vocab_from = data.vocabulary(paths.channel("vocab"), resume[0] if resume else None, indexes["train"], hp,
+                                        train_texts)
+    processor = modeldir.make_processor(vocab)
+    say(f"[data] vocabulary of {len(vocab)} tokens from {vocab_from}")
+    labelled = data.label_examples(indexes, vocab, processor.tokenizer, hp, train_texts, log=say)
+
+    # 4. Model.
+    model, precision = load_model(model_source(paths, hp), hp, vocab, processor)
+
+    # 5. Examples: filters (duration, CTC alignment, SpecAugment span), hold-out.
+    prepared = data.select_examples(labelled, model.config, hp, log=say)
+
+    # 6. Trainer.
+    workers = trainers.auto_workers(hp.dataloader_num_workers)
+    args = trainers.training_arguments(hp, paths.checkpoints_dir, precision, prepared.eval is not None, workers)
+    skips = trainers.SkipTracker(indexes, hp.max_skipped_fraction)
+    stop, progress = StopCallback(hp.max_train_seconds), ProgressCallback()
+    trainer = trainers.build(model, processor, prepared.train, prepared.eval, hp, args, skips, [progress, stop],
+                             min_samples=batching.min_samples(model.config))
+    say(f"[data] {workers} DataLoader worker(s) per process decode audio as batches are drawn")
+
+    # 7. Train, resuming from the newest checkpoint.
     if resume:
         say(f"[train] resuming from checkpoint {resume[0]} (step {resume[1]})")
     stop.install()
@@ -290,32 +161,71 @@ def run(paths: OptML, hp) -> int:
     if stop.reason:
         say(f"[train] max_train_seconds={hp.max_train_seconds:g} reached at step {step}")
 
-    # 10. Final evaluation, then model/ and output/data/ (first process only).
-    if has_eval and progress.last_eval_step != step:
+    # 8. Final evaluation (every process), then model/ and output/data/ (first process only).
+    if prepared.eval is not None and progress.last_eval_step != step:
         trainer.evaluate()
-    final = progress.eval_history[-1] if progress.eval_history else {}
+    skips.sync(args.device)  # files met in that evaluation count too
     if not leader:
         return 0
-    outputs.save_model(paths.model_dir, trainer.accelerator.unwrap_model(trainer.model), prep.processor)
+    final = progress.eval_history[-1] if progress.eval_history else {}
+    trained = trainer.accelerator.unwrap_model(trainer.model)
+    outputs.save_model(paths.model_dir, trained, processor)
+
+    # 9. The language model beside the model (first process only), tuned and scored on the evaluation set.
+    lm_metrics = {}
+    if lm_plan is not None:
+        lm_metrics = build_lm(lm_plan, paths.model_dir, trained, processor, prepared, hp, step)
     epochs_done = float(trainer.state.epoch or 0.0)
     metrics = {
         "wer": final.get("wer"), "cer": final.get("cer"), "eval_loss": final.get("loss"),
         "steps": step, "epochs": round(epochs_done, 3),
         "train_seconds": round(train_seconds, 2),
-        "train_audio_seconds": round(prep.train_ds.seconds, 2),
-        "audio_seconds_per_second": round(epochs_done * prep.train_ds.seconds / max(train_seconds, 1e-9), 2),
+        "train_audio_seconds": round(prepared.train.seconds, 2),
+        "audio_seconds_per_second": round(epochs_done * prepared.train.seconds / max(train_seconds, 1e-9), 2),
         "train_loss": result.training_loss,
         "resumed_from_step": resume[1] if resume else None,
         "stopped_by": stop.reason, "precision": precision,
-        "processes": int(os.environ.get("WORLD_SIZE", "1")),
+        "processes": int(os.environ.get("WORLD_SIZE", "1")), "dataloader_workers": workers,
         "eval_history": progress.eval_history, "train_history": progress.train_history,
-        "hyperparameters": asdict(hp), **prep.counts,
+        "hyperparameters": asdict(hp), "sagemaker_hyperparameters": sagemaker_hyperparameters or {},
+        "formats": {name: ix.format for name, ix in indexes.items()},
+        "skipped_files": skips.summary(), **prepared.counts, **lm_metrics,
     }
     outputs.write_metrics(paths.output_data_dir, metrics)
     outputs.plot(paths.output_data_dir, progress.train_history, progress.eval_history)
-    say(f"[train] done: step {step}, {train_seconds:.0f} s, wer={_f(final.get('wer'))} cer={_f(final.get('cer'))}; "
-        f"model in {paths.model_dir}, metrics in {paths.output_data_dir}")
+    with_lm = (f", with the LM wer_lm={_f(lm_metrics.get('wer_lm'))} cer_lm={_f(lm_metrics.get('cer_lm'))}"
+               if lm_metrics else "")
+    say(f"[train] done: step {step}, {train_seconds:.0f} s, greedy wer={_f(final.get('wer'))} "
+        f"cer={_f(final.get('cer'))}{with_lm}; model in {paths.model_dir}, metrics in {paths.output_data_dir}")
     return 0
+
+
+def build_lm(lm_plan, model_dir: Path, model, processor, prepared, hp, step: int) -> dict:
+    """train/lm.py's step after the model is saved: the n-gram from the transcripts trained on (held-out ones
+    never), alpha/beta tuned on the evaluation clips (decoded here, as evaluation decodes them). Returns
+    metrics.json's wer_lm, cer_lm and lm; logs `[eval] step=N wer_lm=X cer_lm=Y` (METRIC_DEFINITIONS)."""
+    from common import batching
+    from common.audio import TARGET_RATE
+
+    from . import data, lm as lm_step
+    from .progress import line
+
+    inputs, references = [], []
+    if prepared.eval is not None:
+        clips = data.SpeechDataset(prepared.eval, train=False, min_samples=batching.min_samples(model.config))
+        for i in range(len(clips)):
+            item = clips[i]
+            if item["index"] >= 0:  # unreadable files are left out, as evaluation leaves them out
+                inputs.append(item["input_values"])
+                references.append(prepared.eval.references[item["index"]])
+    result = lm_step.build(
+        lm_plan, model_dir, train_texts=prepared.train.references, chars_to_ignore=hp.chars_to_ignore,
+        model=model if inputs else None, eval_inputs=inputs, eval_references=references,
+        attention_mask=processor.feature_extractor.return_attention_mask or getattr(model, "exact_evaluation", False),
+        seconds_per_frame=batching.frame_samples(model.config) / TARGET_RATE, log=say)
+    if result.wer_lm is not None:
+        say(line("eval", step=step, wer_lm=result.wer_lm, cer_lm=result.cer_lm))
+    return result.metrics
 
 
 def _f(x) -> str:
@@ -332,16 +242,24 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     paths = OptML.from_env()
     try:
-        # 1. Settings.
-        hp = hyperparameters.parse(read_json(paths.hyperparameters_file, "hyperparameters"))
-        read_json(paths.inputdataconfig_file, "input data config")  # validated; channels are read from disk
-        # 2. Several GPUs or hosts: hand over to torchrun, which runs this program once per GPU.
+        # Settings: hyperparameters (SageMaker's own names accepted and logged), channels' input modes.
+        raw = read_json(paths.hyperparameters_file, "hyperparameters")
+        hp = hyperparameters.parse(raw)
+        reserved = hyperparameters.reserved(raw)
+        modes = check_input_modes(read_json(paths.inputdataconfig_file, "input data config"))
+        # Several GPUs or hosts: hand over to torchrun, which runs this program once per GPU.
         from . import distributed
 
         if not distributed.in_worker():
             distributed.launch(distributed.read_cluster(paths.resourceconfig_file), distributed.gpu_count())
+        if reserved and distributed.is_leader():
+            say("[train] SageMaker's own hyperparameters, accepted and not used: "
+                + ", ".join(f"{k}={v}" for k, v in sorted(reserved.items())))
+        for name, mode in sorted(modes.items()):
+            if mode.lower() == "fastfile" and distributed.is_leader():
+                say(f"[data] channel {name}: FastFile mode (read-only; each file is fetched when first read)")
         _quiet_libraries()
-        return run(paths, hp)
+        return run(paths, hp, reserved)
     except Exception as exc:  # noqa: BLE001 - every failure must reach the failure file
         report(paths.failure_file, exc)
         return 1

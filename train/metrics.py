@@ -1,10 +1,7 @@
-"""Word and character error rates of greedy CTC predictions."""
+"""Word and character error rates (jiwer), as training reports them and the tests compute them for serving."""
 from __future__ import annotations
 
 import jiwer
-import numpy as np
-
-from .collator import LABEL_PAD
 
 
 def error_rates(references: list[str], hypotheses: list[str]) -> dict[str, float]:
@@ -14,25 +11,3 @@ def error_rates(references: list[str], hypotheses: list[str]) -> dict[str, float
         return {"wer": float("nan"), "cer": float("nan")}
     refs, hyps = zip(*pairs)
     return {"wer": float(jiwer.wer(list(refs), list(hyps))), "cer": float(jiwer.cer(list(refs), list(hyps)))}
-
-
-def argmax_logits(logits, labels):
-    """Keep only the best token per frame during evaluation (far less memory than the logits)."""
-    if isinstance(logits, tuple):
-        logits = logits[0]
-    return logits.argmax(dim=-1)
-
-
-def make_compute_metrics(tokenizer):
-    """compute_metrics for Trainer: greedy CTC decode of predicted ids vs the label ids."""
-
-    def compute_metrics(eval_pred) -> dict[str, float]:
-        pred_ids = np.asarray(eval_pred.predictions)
-        # Padding between batches of different widths arrives as -100 too.
-        pred_ids = np.where(pred_ids == LABEL_PAD, tokenizer.pad_token_id, pred_ids)
-        label_ids = np.where(eval_pred.label_ids == LABEL_PAD, tokenizer.pad_token_id, eval_pred.label_ids)
-        hyps = tokenizer.batch_decode(pred_ids)
-        refs = tokenizer.batch_decode(label_ids, group_tokens=False)
-        return error_rates(refs, hyps)
-
-    return compute_metrics

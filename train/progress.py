@@ -22,6 +22,9 @@ METRIC_DEFINITIONS = [
     {"Name": "eval:wer", "Regex": r"\[eval\] .*\bwer=" + _NUM},
     {"Name": "eval:cer", "Regex": r"\[eval\] .*\bcer=" + _NUM},
     {"Name": "eval:loss", "Regex": r"\[eval\] .*\bloss=" + _NUM},
+    # Beam search with the job's language model (train/lm.py), on the same evaluation set, once at the end.
+    {"Name": "eval:wer_lm", "Regex": r"\[eval\] .*\bwer_lm=" + _NUM},
+    {"Name": "eval:cer_lm", "Regex": r"\[eval\] .*\bcer_lm=" + _NUM},
 ]
 
 

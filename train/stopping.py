@@ -10,10 +10,10 @@ import math
 import signal
 import time
 
-import torch
-import torch.distributed as dist
 from torch.optim.lr_scheduler import LambdaLR
 from transformers import TrainerCallback
+
+from .collective import max_across_processes
 
 SIGTERM_EXIT_CODE = 143
 
@@ -36,10 +36,11 @@ class StopCallback(TrainerCallback):
         self.started = time.monotonic()
 
     def on_step_end(self, args, state, control, **kwargs):
-        flags = torch.tensor([float(self.sigterm),
-                              float(0 < self.max_train_seconds <= time.monotonic() - self.started)])
-        if dist.is_available() and dist.is_initialized():
-            dist.all_reduce(flags, op=dist.ReduceOp.MAX)  # every rank stops at the same step
+        # Every process stops at the same step: the flags are max-reduced over processes (on the training
+        # device: NCCL refuses CPU tensors).
+        flags = max_across_processes([float(self.sigterm),
+                                      float(0 < self.max_train_seconds <= time.monotonic() - self.started)],
+                                     args.device)
         if flags[0] > 0:
             self.reason = "sigterm"
             control.should_save = True

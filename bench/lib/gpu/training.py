@@ -40,7 +40,8 @@ def run(name: str, precision: str, steps: int, assets: Path, work: Path, on_gpu:
     tree = work / f"train_{name}"
     hp = {"max_steps": steps, "precision": precision, "train_batch_size": 8, "learning_rate": "5e-4",
           "warmup_steps": "0.1", "logging_steps": max(1, min(50, steps // 10)), "save_steps": 100000, "seed": 42,
-          "max_train_seconds": max_train_seconds}
+          "max_train_seconds": max_train_seconds,
+          "lm_order": 0}  # the GPU path is the point; the lent machine has no KenLM tools (lm_order 3 would fail)
     opt_ml(tree, assets, hp)
     env = dict(os.environ, OPT_ML=str(tree), MPLBACKEND="Agg")
     if torchrun:
