@@ -139,8 +139,8 @@ def test_serve_without_command_on_bind_to_port_as_non_root(images, trained, tmp_
     """`docker run IMAGE` (no command) serves, on SAGEMAKER_BIND_TO_PORT when it is set; the image's unprivileged
     user serves a world-readable model."""
     model = shutil.copytree(trained / "model", tmp_path / "model")
-    for p in model.iterdir():
-        p.chmod(0o644)
+    for p in [model, *model.rglob("*")]:  # language_model/ is a folder: it needs its x bit
+        p.chmod(0o755 if p.is_dir() else 0o644)
     cid, port = start_server(images, model, env={"SAGEMAKER_BIND_TO_PORT": "9090"}, container_port=9090,
                              run_args=("--user", "model-server"))
     try:
