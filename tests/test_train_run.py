@@ -167,3 +167,19 @@ def test_help_lists_every_hyperparameter(tmp_path):
     assert proc.returncode == 0
     for name in hyperparameters.names():
         assert f"  {name} (default " in proc.stdout
+
+
+def test_training_plot_shows_the_lm_figures_beside_greedy(tmp_path, monkeypatch):
+    """training.png draws WER/CER with the job's LM at the step it was built, beside the greedy curves."""
+    import matplotlib.pyplot as plt
+
+    from train import outputs
+
+    seen = {}
+    monkeypatch.setattr(plt.Figure, "savefig", lambda fig, path, **kw: seen.update(
+        labels=[t.get_text() for ax in fig.axes if ax.get_legend() for t in ax.get_legend().get_texts()]))
+    evals = [{"step": 10, "wer": 1.0, "cer": 0.9, "loss": 3.0}, {"step": 20, "wer": 0.8, "cer": 0.5, "loss": 2.0}]
+    outputs.plot(tmp_path, [{"step": 10, "loss": 3.2}], evals, {"step": 20, "wer_lm": 0.4, "cer_lm": 0.3})
+    assert {"WER", "CER", "WER with LM", "CER with LM"} <= set(seen["labels"])
+    outputs.plot(tmp_path, [{"step": 10, "loss": 3.2}], evals, None)
+    assert not any("with LM" in label for label in seen["labels"])

@@ -192,7 +192,8 @@ def run(paths: OptML, hp, sagemaker_hyperparameters: dict | None = None) -> int:
         "skipped_files": skips.summary(), **prepared.counts, **lm_metrics,
     }
     outputs.write_metrics(paths.output_data_dir, metrics)
-    outputs.plot(paths.output_data_dir, progress.train_history, progress.eval_history)
+    outputs.plot(paths.output_data_dir, progress.train_history, progress.eval_history,
+                 {"step": step, **lm_metrics} if lm_metrics else None)
     with_lm = (f", with the LM wer_lm={_f(lm_metrics.get('wer_lm'))} cer_lm={_f(lm_metrics.get('cer_lm'))}"
                if lm_metrics else "")
     say(f"[train] done: step {step}, {train_seconds:.0f} s, greedy wer={_f(final.get('wer'))} "

@@ -59,8 +59,9 @@ def write_metrics(out_dir: Path, metrics: dict) -> Path:
     return path
 
 
-def plot(out_dir: Path, train_history: list[dict], eval_history: list[dict]) -> Path:
-    """Loss (train and eval) and WER/CER over steps, in one PNG."""
+def plot(out_dir: Path, train_history: list[dict], eval_history: list[dict], lm: dict | None = None) -> Path:
+    """Loss (train and eval) and WER/CER over steps, in one PNG; lm: {"step", "wer_lm", "cer_lm"} of the LM
+    built after training, drawn at its step beside the last greedy WER/CER."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -78,6 +79,9 @@ def plot(out_dir: Path, train_history: list[dict], eval_history: list[dict]) -> 
         rows = [r for r in eval_history if r.get(key) is not None]
         if rows:
             ax_err.plot([r["step"] for r in rows], [r[key] for r in rows], "o-", label=key.upper())
+    for key, marker in (("wer_lm", "*"), ("cer_lm", "P")):
+        if lm and lm.get(key) is not None:
+            ax_err.plot([lm["step"]], [lm[key]], marker, markersize=12, label=f"{key[:3].upper()} with LM")
     ax_err.set(xlabel="step", ylabel="error rate", title="Evaluation", ylim=(0, None))
     ax_err.legend(loc="upper right")
     fig.tight_layout()
