@@ -29,7 +29,7 @@ subset=(tests/test_audio.py tests/test_ctc.py tests/test_convs.py tests/test_ser
         tests/test_train_run.py tests/test_train_formats.py tests/test_train_distributed.py)
 
 stamp="$venv/.images-torch.sha256"
-want=$( (echo "$torch_req"; cat requirements/serve.txt requirements/train.txt docker/constraints.txt) | sha256sum | cut -d' ' -f1)
+want=$( (echo "$torch_req"; cat requirements/serve.txt requirements/train.txt requirements/lm.txt docker/constraints.txt) | sha256sum | cut -d' ' -f1)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   echo "[images_torch] building $venv with $("$python" --version 2>&1) and $torch_req"
   rm -rf "$venv"
@@ -42,9 +42,14 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   "$venv/bin/python" -m pip freeze >"$venv/torch-freeze.txt"
   "${pip[@]}" -c "$venv/torch-freeze.txt" -c docker/constraints.txt \
     -r requirements/serve.txt -r requirements/train.txt pytest==9.2.0 hypothesis==6.170.15
+  # Beam search + KenLM as the images install it: on its own, without dependencies (requirements/lm.txt says why).
+  "${pip[@]}" --no-deps --require-hashes -r requirements/lm.txt
   echo "$want" >"$stamp"
 fi
 "$venv/bin/python" -c 'import sys, torch, transformers; print(f"[images_torch] Python {sys.version.split()[0]}, torch {torch.__version__} (CUDA {torch.version.cuda}), transformers {transformers.__version__}")'
+# KenLM's lmplz/build_binary (the training job's LM step): the native ones setup.sh built, as the training image
+# carries its own; they do not depend on Python or torch.
+if [ -z "${KENLM_BIN:-}" ] && [ -x .venv/bin/lmplz ]; then export KENLM_BIN="$root/.venv/bin"; fi
 if [ $# -eq 0 ]; then
   set -- "${subset[@]}" -q
 fi
