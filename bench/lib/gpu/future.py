@@ -38,6 +38,19 @@ def probe(env: dict[str, str]) -> dict[str, bool]:
 LM_TIMEOUT_S = 1200
 
 
+def _run_bench(cmd: list[str], env: dict[str, str], name: str, timeout_s: float) -> tuple[dict | None, dict | None]:
+    """(the benchmark's last-line JSON figures, None), or (None, {"status": "failed: ..."}) when it timed out
+    or exited non-zero."""
+    try:
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        return None, {"status": f"failed: {name} ran past {timeout_s} s"}
+    if proc.returncode != 0:
+        return None, {"status": f"failed: {name} exited {proc.returncode}",
+                      "output_tail": (proc.stdout + proc.stderr)[-2000:]}
+    return json.loads(proc.stdout.strip().splitlines()[-1]), None
+
+
 def _lm_missing(env: dict[str, str]) -> list[str]:
     """What beam search + LM needs that this environment lacks (requirements/lm.txt and KenLM's programs)."""
     missing = [m for m in ("kenlm", "pyctcdecode") if importlib.util.find_spec(m) is None]
@@ -60,14 +73,9 @@ def measure_lm_decoding(env: dict[str, str], work: Path, assets: Path, small: bo
            "--clips", "2" if small else "4", "--shortest-s", "2", "--longest-s", "4" if small else "8",
            "--tuning-seconds", "5" if small else "20",
            "--workdir", str(work / "lm")]
-    try:
-        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=LM_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        return {"status": f"failed: bench/serving --lm ran past {LM_TIMEOUT_S} s"}
-    if proc.returncode != 0:
-        return {"status": f"failed: bench/serving --lm exited {proc.returncode}",
-                "output_tail": (proc.stdout + proc.stderr)[-2000:]}
-    f = json.loads(proc.stdout.strip().splitlines()[-1])
+    f, failed = _run_bench(cmd, env, "bench/serving --lm", LM_TIMEOUT_S)
+    if failed:
+        return failed
     return {"status": "measured", "server_dtype": f["server_dtype"], "lm": f["lm"],
             "rtfx": f["rtfx"], "ratio_to_greedy": f["ratio_to_greedy"], "wer": f["wer"], "cer": f["cer"],
             "target": f["target"], "errors": f["errors"]}
@@ -85,14 +93,9 @@ def measure_streaming(env: dict[str, str], work: Path, assets: Path, small: bool
            "--data", str(assets / "data"), "--models", "tiny",
            "--streams", "1,2" if small else "1,4,16", "--clips", "2" if small else "4",
            "--stream-s", "4" if small else "6", "--workdir", str(work / "streaming")]
-    try:
-        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=STREAM_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        return {"status": f"failed: bench/streaming ran past {STREAM_TIMEOUT_S} s"}
-    if proc.returncode != 0:
-        return {"status": f"failed: bench/streaming exited {proc.returncode}",
-                "output_tail": (proc.stdout + proc.stderr)[-2000:]}
-    f = json.loads(proc.stdout.strip().splitlines()[-1])
+    f, failed = _run_bench(cmd, env, "bench/streaming", STREAM_TIMEOUT_S)
+    if failed:
+        return failed
     return {"status": "measured", **{k: v for k, v in f.items() if k not in ("bench", "machine")}}
 
 
