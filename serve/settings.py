@@ -134,11 +134,12 @@ class Settings:
              "quicker partials, more forward passes).",
     )
     stream_left_s: float = _setting(
-        2.0, "SERVE_STREAM_LEFT_S",
-        help="Left context of each sliding window, in seconds of audio before the frames it commits.",
+        1.0, "SERVE_STREAM_LEFT_S",
+        help="Left context of each sliding window, in seconds of audio before the frames it commits (longer: more "
+             "context for each frame, a longer pass per step).",
     )
     stream_right_s: float = _setting(
-        0.5, "SERVE_STREAM_RIGHT_S",
+        0.3, "SERVE_STREAM_RIGHT_S",
         help="Right look-ahead of each sliding window: frames are committed only once this much audio follows them.",
     )
     stream_silence_s: float = _setting(

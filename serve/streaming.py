@@ -51,8 +51,8 @@ MAX_COMMIT_S = 10.0  # most audio one window commits (a stream that fell behind 
 @dataclass(frozen=True)
 class StreamConfig:
     step_s: float = 0.5
-    left_s: float = 2.0
-    right_s: float = 0.5
+    left_s: float = 1.0
+    right_s: float = 0.3
     silence_s: float = 0.5
     max_utterance_s: float = 30.0
 
@@ -207,7 +207,7 @@ class Transcriber:
         if self.features is not None:
             self.features = self.features[first - self.features_start:]
             self.features_start = first
-        keep = self.encoded * self.F if self.cache else first * self.F
+        keep = self.encoded * self.F if self.cache else first * self.F  # (stats_until >= encoded * F)
         if keep > self.audio_start:
             self.audio = self.audio[keep - self.audio_start:]
             self.audio_start = keep
@@ -220,10 +220,9 @@ class Transcriber:
         audio = self.audio[:0]
         if end_frame > self.encoded:
             audio = self.audio[self.encoded * self.F - self.audio_start: self._end(end_frame) - self.audio_start]
-            if self.sample_stats is not None:
-                fresh = max(0, self.stats_until - self.encoded * self.F)  # samples already counted
-                self.sample_stats.add(audio[fresh:])
-                self.stats_until = self._end(end_frame)
+            if self.sample_stats is not None:  # over every sample received so far (a clip sent whole: its own)
+                self.sample_stats.add(self.audio[self.stats_until - self.audio_start:])
+                self.stats_until = self.received
                 audio = self.sample_stats.normalize(audio)
         cached = None if self.features is None else self.features[w.first - self.features_start:]
         return streamfeatures.Window(audio, cached, self.channel_stats)
