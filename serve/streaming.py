@@ -1,21 +1,26 @@
 """Live transcription of one audio stream: sliding windows, committed frames, utterances cut at pauses.
 
 Wav2Vec2 is not a streaming model (its attention sees the whole input), so a stream is transcribed in sliding
-windows through the model's ordinary forward pass (`ServingModel.submit`, the same batcher as /invocations),
-and each CTC frame is decided once, when it has enough context on both sides. In frames of the model's output
-(20 ms for wav2vec2; F input samples per frame, a frame seeing RF samples):
+windows through the model's batcher (the same as /invocations'), and each CTC frame is decided once, when it
+has enough context on both sides. In frames of the model's output (20 ms for wav2vec2; F input samples per
+frame, a frame seeing RF samples):
 
     committed frames [0, c) are final and never recomputed;
     a step commits the next S frames [c, c+S) with one window covering frames [max(0, c-L), c+S+R), i.e. the
     samples [a*F, (c+S+R-1)*F + RF): L frames of left context, R frames of right look-ahead. The window runs as
     soon as the stream has sent that audio;
+    when k > 1 steps are ready at once (the stream is behind: the session took several waiting messages), ONE
+    window [max(0, c-L), c+k*S+R) commits them all (at most MAX_COMMIT_S), instead of k windows: a slow model
+    or a busy worker turns into larger latency rather than falling further behind; its partial says behind_s;
     the R look-ahead frames of the newest window are tentative: they show in partials and are recomputed by
     the next window, which has more context.
 
 S, L, R come from SERVE_STREAM_STEP_S, _LEFT_S, _RIGHT_S. Windows start on frame boundaries, so a window's
-frames are the frames of the whole stream (the same grid as /invocations). Each window is normalised over its
-own samples (as the Hugging Face pipeline normalises each chunk). When a stream falls behind (a client sending
-faster than real time), up to MAX_WINDOWS ready windows are submitted at once and share forward passes.
+frames are the frames of the whole stream (the same grid as /invocations). Where the model can
+(`model.stream_features`, serve/streamfeatures.py) each frame's feature-encoder output is computed once, from the
+new audio (normalised with the stream's running statistics), and a window runs feature projection + transformer
+over cached and new frames (`submit_features`); otherwise each window runs whole (`submit`), normalised over its
+own samples (as the Hugging Face pipeline normalises each chunk).
 
 Utterances: a committed frame is non-speech when its best token is the CTC blank, the word delimiter or a
 special token. A run of SERVE_STREAM_SILENCE_S of non-speech after speech ends the utterance (the run may end
@@ -30,7 +35,8 @@ search + LM by default (the request options decoder, beam_width, alpha, beta, ho
 LM's point), and the session waits for it before its next window.
 
 Events are dicts, sent by serve/stream_route.py as JSON text frames:
-    {"type": "partial", "utterance": 0, "text": "the red ca", "stable": "the red", "start": 0.0, "end": 1.86}
+    {"type": "partial", "utterance": 0, "text": "the red ca", "stable": "the red", "start": 0.0, "end": 1.86,
+     "behind_s": 0.0}
     {"type": "final", "utterance": 0, "text": "the red cat", "start": 0.0, "end": 2.4, "last": false,
      "words": [{"word": "the", "start": 0.12, "end": 0.22}, ...]}
 """
