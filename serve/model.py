@@ -7,7 +7,9 @@ starts its batcher. `ServingModel` then owns the whole path from a request's cli
     clip -> normalised (zero mean, unit variance over the whole clip, when the feature extractor says so)
          -> chunks (long audio: overlapping windows, edges on frame boundaries)
          -> batcher (clips of one key share a forward pass: same adapter language, and the same length
-            unless padding is proven not to change results) -> `_logits` (the one forward-pass method)
+            unless padding is proven not to change results) -> `_logits` (the one forward-pass method of
+            clips; live-stream windows over cached feature-encoder frames run serve/streamfeatures.forward,
+            unless stream_feature_cache="off")
          -> the chunk's frame logits, stride frames dropped, joined on the device
          -> decoder stage (serve/decoding.py: greedy CTC on the device, or beam search with the model's
             KenLM n-gram in a process pool beside it) -> text and word times.

@@ -102,8 +102,9 @@ def audio_for(logits: np.ndarray) -> np.ndarray:
 def spelled_model(model_dir: Path, processes: int = 1, **kw) -> SpelledModel:
     checkpoint = modeldir.load_checkpoint(model_dir)
     beam, why = serve_model.beam_search(checkpoint, processes)
+    # Stream windows through `_logits` too: the feature cache (serve/streamfeatures.py) would run the real encoder.
     model = SpelledModel(checkpoint, device=torch.device("cpu"), dtype=torch.float32, beam=beam,
-                         beam_unavailable=why, **kw)
+                         beam_unavailable=why, stream_feature_cache="off", **kw)
     model.normalize = False  # the samples are the logits
     return model.start()
 
