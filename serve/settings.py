@@ -134,7 +134,7 @@ class Settings:
              "quicker partials, more forward passes).",
     )
     stream_left_s: float = _setting(
-        1.0, "SERVE_STREAM_LEFT_S",
+        2.0, "SERVE_STREAM_LEFT_S",
         help="Left context of each sliding window, in seconds of audio before the frames it commits (longer: more "
              "context for each frame, a longer pass per step).",
     )

@@ -52,12 +52,13 @@ import torch
 from . import contract, decoding, streamfeatures
 
 MAX_COMMIT_S = 10.0  # most audio one window commits (a stream that fell behind catches up in larger windows)
+WARMUP_S = 3.0  # a stream's first seconds run whole windows, before its frames are cached
 
 
 @dataclass(frozen=True)
 class StreamConfig:
     step_s: float = 0.5
-    left_s: float = 1.0
+    left_s: float = 2.0
     right_s: float = 0.3
     silence_s: float = 0.5
     max_utterance_s: float = 30.0
@@ -181,7 +182,10 @@ class Transcriber:
         return None
 
     def _run(self, w: _Window, deadline: float) -> list[dict]:
-        if self.cache:
+        # The first WARMUP_S of a stream run whole windows: running statistics of a second of audio are too
+        # unsteady to normalise frames that are then kept (measured: bench/README.md, Live streaming).
+        cached = self.cache and (self.features is not None or w.end >= WARMUP_S * 16_000)
+        if cached:
             future = self.model.submit_features([self._features_window(w)], self.options)[0]
         else:
             future = self.model.submit([self.audio[w.first * self.F - self.audio_start: w.end - self.audio_start]],
@@ -194,7 +198,7 @@ class Transcriber:
             raise contract.ModelFailure("the model failed on this stream (details in the server log)") \
                 from future.exception()
         outcome = future.result()
-        if self.cache:
+        if cached:
             out = outcome.value
             old = None if self.features is None else self.features[w.first - self.features_start:]
             self.features = out.features if old is None else torch.cat([old, out.features])
@@ -213,7 +217,7 @@ class Transcriber:
         if self.features is not None:
             self.features = self.features[first - self.features_start:]
             self.features_start = first
-        keep = self.encoded * self.F if self.cache else first * self.F  # (stats_until >= encoded * F)
+        keep = self.encoded * self.F if cached else first * self.F  # (stats_until >= encoded * F)
         if keep > self.audio_start:
             self.audio = self.audio[keep - self.audio_start:]
             self.audio_start = keep
@@ -222,12 +226,14 @@ class Transcriber:
     def _features_window(self, w: _Window) -> streamfeatures.Window:
         """The window as cached frames [first, encoded) plus the samples of its frames not encoded yet, the new
         samples normalised with the stream's running statistics (serve/streamfeatures.py)."""
+        if self.features is None:  # the first cached window (after WARMUP_S) encodes all its frames
+            self.encoded = self.features_start = w.first
         end_frame = self._frames_in(w.end)
         audio = self.audio[:0]
         if end_frame > self.encoded:
             audio = self.audio[self.encoded * self.F - self.audio_start: self._end(end_frame) - self.audio_start]
             if self.sample_stats is not None:  # over every sample received so far (a clip sent whole: its own)
-                self.sample_stats.add(self.audio[self.stats_until - self.audio_start:])
+                self.sample_stats.add(self.audio[max(0, self.stats_until - self.audio_start):])
                 self.stats_until = self.received
                 audio = self.sample_stats.normalize(audio)
         cached = None if self.features is None else self.features[w.first - self.features_start:]
