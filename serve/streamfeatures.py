@@ -17,7 +17,8 @@ else (no padding), except through normalisation:
 
 Input normalisation (the feature extractor's do_normalize, zero mean and unit variance) likewise uses the
 stream's running statistics of its samples (`RunningStats`), applied by serve/streaming.py to each new piece
-of audio, instead of each window's own.
+of audio, instead of each window's own. serve/streaming.py runs a stream's first seconds (WARMUP_S) as whole
+windows, so that no kept frame is normalised with the statistics of a second of audio.
 
 Wav2Vec2ForCTC only (wav2vec2, XLS-R, MMS; other architectures keep whole-window passes), without the
 downsampling adapter (add_adapter). `forward` calls Wav2Vec2Model's parts the way its forward does
