@@ -166,7 +166,8 @@ class Printer:
         if self.as_json:
             print(json.dumps(event), file=self.out, flush=True)
         elif kind == "partial" and self.tty:
-            line = event["text"][-150:]
+            behind = event.get("behind_s") or 0  # the server caught up on this much audio at once
+            line = (f"[server {behind:g} s behind] " if behind else "") + event["text"][-150:]
             self.err.write("\r" + line + " " * max(0, self.shown - len(line)))
             self.err.flush()
             self.shown = len(line)

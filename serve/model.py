@@ -7,7 +7,9 @@ starts its batcher. `ServingModel` then owns the whole path from a request's cli
     clip -> normalised (zero mean, unit variance over the whole clip, when the feature extractor says so)
          -> chunks (long audio: overlapping windows, edges on frame boundaries)
          -> batcher (clips of one key share a forward pass: same adapter language, and the same length
-            unless padding is proven not to change results) -> `_logits` (the one forward-pass method)
+            unless padding is proven not to change results) -> `_logits` (the one forward-pass method of
+            clips; live-stream windows over cached feature-encoder frames run serve/streamfeatures.forward,
+            unless stream_feature_cache="off")
          -> the chunk's frame logits, stride frames dropped, joined on the device
          -> decoder stage (serve/decoding.py: greedy CTC on the device, or beam search with the model's
             KenLM n-gram in a process pool beside it) -> text and word times.
@@ -37,13 +39,14 @@ from common import batching, ctc, lm, modeldir
 from common.audio import TARGET_RATE, normalize
 from common.convs import convs_as_matmuls
 
-from . import contract, decoding
+from . import contract, decoding, streamfeatures
 from .batcher import Batcher
 from .options import Options, beam_options_given, decode_options
 
 log = logging.getLogger("serve")
 
 _STREAM = "stream"  # last element of the batcher key of stream windows (submit)
+_FEATURES = "stream-features"  # ... and of stream windows over cached features (submit_features)
 
 
 @dataclass(frozen=True)
@@ -101,10 +104,12 @@ class ServingModel:
     def __init__(self, checkpoint: modeldir.Checkpoint, *, device: torch.device, dtype: torch.dtype,
                  chunk_length_s: float = 30.0, chunk_stride_s: float = 5.0, max_batch_size: int = 1,
                  max_batch_wait_s: float = 0.005, max_adapters: int = 16, stream_max_batch_size: int = 16,
-                 beam: decoding.BeamSearch | None = None, beam_unavailable: str = ""):
+                 stream_feature_cache: str = "auto", beam: decoding.BeamSearch | None = None,
+                 beam_unavailable: str = ""):
         """beam: this model's beam search (its LM, if any, decides the default decoder); beam_unavailable:
         why there is none, for the answer to a request that asks for it. stream_max_batch_size: most stream
-        windows (`submit`) in one forward pass."""
+        windows (`submit`, `submit_features`) in one forward pass. stream_feature_cache: "auto", "exact" or
+        "off" (serve/streamfeatures.py)."""
         fe = checkpoint.feature_extractor
         if fe.sampling_rate != TARGET_RATE:
             raise modeldir.ModelDirError(f"the model expects {fe.sampling_rate} Hz audio; this server feeds it "
@@ -126,6 +131,8 @@ class ServingModel:
         # no stride a chunk still reaches that far into the next one, and those frames are dropped.
         self.right_samples = max(self.stride_samples, math.ceil((self.min_samples - align) / align) * align)
         self.exact = self._make_exact()
+        # How stream windows reuse feature-encoder frames (serve/streamfeatures.py); None: whole-window passes.
+        self.stream_features = streamfeatures.mode(self.model, stream_feature_cache)
 
         self._adapter_files = dict(checkpoint.languages)
         self.default_language = checkpoint.language
@@ -150,7 +157,8 @@ class ServingModel:
         # Stream windows (submit) have a key of their own: equal-length windows share a pass without padding,
         # so they batch up to their own limit, on a CPU too.
         self.batcher = Batcher(self._run_batch, max_batch_size, max_batch_wait_s,
-                               max_for=lambda key: stream_max_batch_size if key[-1] == _STREAM else max_batch_size)
+                               max_for=lambda key: stream_max_batch_size if key[-1] in (_STREAM, _FEATURES)
+                               else max_batch_size)
 
     def start(self) -> "ServingModel":
         self.batcher.start()
@@ -266,6 +274,23 @@ class ServingModel:
         language = self._language(options)
         return self._submit([(self._key(language.name, len(w)) + (_STREAM,), self._normalized(w)) for w in windows])
 
+    def submit_features(self, windows: Sequence[streamfeatures.Window], options: Options) -> list[Future]:
+        """Stream windows over cached feature-encoder frames (when `stream_features` is not None): one future
+        per window, each resolving to a batcher Outcome whose value is a streamfeatures.Output (the window's
+        frame logits and its new frames' features). Windows of equal shapes share a forward pass."""
+        language = self._language(options)
+        return self._submit([((language.name, len(w.audio), w.cached_frames, _FEATURES), w) for w in windows])
+
+    def stream_stats(self) -> tuple[streamfeatures.RunningStats | None, streamfeatures.RunningStats | None]:
+        """A new stream's running statistics: of its samples (None without do_normalize), and of its first
+        feature-encoder layer's channels (None unless stream_features is RUNNING)."""
+        rate = TARGET_RATE * streamfeatures.RUNNING_S
+        samples = streamfeatures.RunningStats(rate) if self.normalize else None
+        channels = None
+        if self.stream_features == streamfeatures.RUNNING:
+            channels = streamfeatures.RunningStats(rate / self.config.conv_stride[0], self.config.conv_dim[0])
+        return samples, channels
+
     def vocabulary(self, options: Options) -> ctc.Vocabulary:
         return self._language(options).vocab
 
@@ -345,6 +370,9 @@ class ServingModel:
         if self._adapter_files and name != self._active:
             modeldir.set_adapter(self.model, self._language(None, name).parameters)
             self._active = name
+        if key[-1] == _FEATURES:
+            return streamfeatures.forward(self.model, self.stream_features, clips, device=self.device,
+                                          dtype=self.dtype)
         logits, frames = self._logits(clips)
         return [logits[i, : frames[i]] for i in range(len(clips))]
 
@@ -514,7 +542,8 @@ def load(settings, workers: int = 1) -> ServingModel:
             checkpoint, device=device, dtype=dtype, chunk_length_s=settings.chunk_length_s,
             chunk_stride_s=settings.chunk_stride_s, max_batch_size=settings.batch_size_on(device.type),
             max_batch_wait_s=settings.max_batch_wait_ms / 1000, max_adapters=settings.max_adapters,
-            stream_max_batch_size=settings.stream_max_batch_size, beam=beam, beam_unavailable=beam_unavailable)
+            stream_max_batch_size=settings.stream_max_batch_size,
+            stream_feature_cache=settings.stream_feature_cache, beam=beam, beam_unavailable=beam_unavailable)
     except BaseException:
         if beam is not None:
             beam.close()

@@ -135,10 +135,11 @@ class Settings:
     )
     stream_left_s: float = _setting(
         2.0, "SERVE_STREAM_LEFT_S",
-        help="Left context of each sliding window, in seconds of audio before the frames it commits.",
+        help="Left context of each sliding window, in seconds of audio before the frames it commits (longer: more "
+             "context for each frame, a longer pass per step).",
     )
     stream_right_s: float = _setting(
-        0.5, "SERVE_STREAM_RIGHT_S",
+        0.3, "SERVE_STREAM_RIGHT_S",
         help="Right look-ahead of each sliding window: frames are committed only once this much audio follows them.",
     )
     stream_silence_s: float = _setting(
@@ -153,6 +154,13 @@ class Settings:
         16, "SERVE_STREAM_MAX_BATCH_SIZE",
         help="Most stream windows in one forward pass (windows of one length share a pass, so batching them adds no "
              "padding, on a CPU too).",
+    )
+    stream_feature_cache: str = _setting(
+        "auto", "SERVE_STREAM_FEATURE_CACHE",
+        help="Stream windows reuse the feature encoder's frames (each frame computed once per stream; Wav2Vec2ForCTC "
+             "models): `auto` for layer-norm encoders (exact) and group-norm ones (wav2vec2-base layout: normalised "
+             "over the stream's running statistics, an approximation measured in bench/README.md), `exact` for "
+             "layer-norm encoders only, `off` for whole-window passes.",
     )
     log_level: str = _setting("info", "SERVE_LOG_LEVEL", help="gunicorn and application log level.")
     opt_ml: Path = _setting(
@@ -233,6 +241,8 @@ class Settings:
         need(self.stream_max_utterance_s >= 2 * self.stream_step_s + 1,
              "SERVE_STREAM_MAX_UTTERANCE_S must be at least 1 s more than two steps (SERVE_STREAM_STEP_S)")
         need(self.stream_max_batch_size >= 1, "SERVE_STREAM_MAX_BATCH_SIZE must be at least 1")
+        need(self.stream_feature_cache in ("auto", "exact", "off"), "SERVE_STREAM_FEATURE_CACHE must be auto, exact "
+             "or off")
         need(self.log_level in ("debug", "info", "warning", "error", "critical"),
              "SERVE_LOG_LEVEL must be debug, info, warning, error or critical")
 

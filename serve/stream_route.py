@@ -50,6 +50,7 @@ REQUEST_LINE = b"GET " + PATH.encode()  # what the worker looks for; then " " or
 NORMAL, GOING_AWAY, INVALID_DATA, POLICY, TOO_BIG, INTERNAL, TRY_LATER = 1000, 1001, 1007, 1008, 1009, 1011, 1013
 CLOSE_TIMEOUT_S = 2.0  # the closing handshake; SIGTERM leaves ~25 s in all
 POLL_S = 0.25  # how often a waiting session looks for a shutdown
+DRAIN_MAX = 256  # messages taken at once before the windows run (websockets queues 16 per connection anyway)
 SETTINGS_FIELDS = ("type", "encoding", "sample_rate", "channels")
 
 
@@ -181,16 +182,35 @@ class Session:
                                                      last_frame + self.s.stream_idle_timeout_s - now))
             except TimeoutError:
                 continue
-            if len(message) > self.s.stream_max_frame_bytes:
-                raise StreamError(f"a frame of {len(message)} bytes is over the limit of "
-                                  f"{self.s.stream_max_frame_bytes} (SERVE_STREAM_MAX_FRAME_BYTES); send smaller "
-                                  f"frames", TOO_BIG)
-            if isinstance(message, str):
-                if self._text(message):
-                    return
-            else:
-                self._audio(message)
+            if self._message(message) or self._drain():
+                return
+            if self.transcriber is not None:
+                self._send(self.transcriber.advance(time.monotonic() + self.s.timeout_s))
             last_frame = time.monotonic()  # after the work: time spent transcribing is not the client's idling
+
+    def _drain(self) -> bool:
+        """Take every message that is already waiting (a stream whose windows took longer than real time), so
+        that the next window catches up on all of its audio at once; True when the stream is over."""
+        for _ in range(DRAIN_MAX):
+            try:
+                message = self.conn.recv(timeout=0)
+            except TimeoutError:
+                return False
+            if self._message(message):
+                return True
+        return False
+
+    def _message(self, message) -> bool:
+        """A text or audio message (audio is only added; `advance` runs its windows); True when the stream is
+        over."""
+        if len(message) > self.s.stream_max_frame_bytes:
+            raise StreamError(f"a frame of {len(message)} bytes is over the limit of "
+                              f"{self.s.stream_max_frame_bytes} (SERVE_STREAM_MAX_FRAME_BYTES); send smaller "
+                              f"frames", TOO_BIG)
+        if isinstance(message, str):
+            return self._text(message)
+        self._audio(message)
+        return False
 
     def _text(self, message: str) -> bool:
         """A settings or end message; True when the stream is over."""
@@ -257,7 +277,6 @@ class Session:
         except self.hub.streamaudio.StreamAudioError as exc:
             raise StreamError(str(exc), INVALID_DATA) from None
         self.transcriber.push(samples)
-        self._send(self.transcriber.advance(time.monotonic() + self.s.timeout_s))
 
     def _finish(self, code: int, reason: str) -> None:
         """The last final (all audio committed), then the close."""

@@ -1,21 +1,26 @@
 """Live transcription of one audio stream: sliding windows, committed frames, utterances cut at pauses.
 
 Wav2Vec2 is not a streaming model (its attention sees the whole input), so a stream is transcribed in sliding
-windows through the model's ordinary forward pass (`ServingModel.submit`, the same batcher as /invocations),
-and each CTC frame is decided once, when it has enough context on both sides. In frames of the model's output
-(20 ms for wav2vec2; F input samples per frame, a frame seeing RF samples):
+windows through the model's batcher (the same as /invocations'), and each CTC frame is decided once, when it
+has enough context on both sides. In frames of the model's output (20 ms for wav2vec2; F input samples per
+frame, a frame seeing RF samples):
 
     committed frames [0, c) are final and never recomputed;
     a step commits the next S frames [c, c+S) with one window covering frames [max(0, c-L), c+S+R), i.e. the
     samples [a*F, (c+S+R-1)*F + RF): L frames of left context, R frames of right look-ahead. The window runs as
     soon as the stream has sent that audio;
+    when k > 1 steps are ready at once (the stream is behind: the session took several waiting messages), ONE
+    window [max(0, c-L), c+k*S+R) commits them all (at most MAX_COMMIT_S), instead of k windows: a slow model
+    or a busy worker turns into larger latency rather than falling further behind; its partial says behind_s;
     the R look-ahead frames of the newest window are tentative: they show in partials and are recomputed by
     the next window, which has more context.
 
 S, L, R come from SERVE_STREAM_STEP_S, _LEFT_S, _RIGHT_S. Windows start on frame boundaries, so a window's
-frames are the frames of the whole stream (the same grid as /invocations). Each window is normalised over its
-own samples (as the Hugging Face pipeline normalises each chunk). When a stream falls behind (a client sending
-faster than real time), up to MAX_WINDOWS ready windows are submitted at once and share forward passes.
+frames are the frames of the whole stream (the same grid as /invocations). Where the model can
+(`model.stream_features`, serve/streamfeatures.py) each frame's feature-encoder output is computed once, from the
+new audio (normalised with the stream's running statistics), and a window runs feature projection + transformer
+over cached and new frames (`submit_features`); otherwise each window runs whole (`submit`), normalised over its
+own samples (as the Hugging Face pipeline normalises each chunk).
 
 Utterances: a committed frame is non-speech when its best token is the CTC blank, the word delimiter or a
 special token. A run of SERVE_STREAM_SILENCE_S of non-speech after speech ends the utterance (the run may end
@@ -30,7 +35,8 @@ search + LM by default (the request options decoder, beam_width, alpha, beta, ho
 LM's point), and the session waits for it before its next window.
 
 Events are dicts, sent by serve/stream_route.py as JSON text frames:
-    {"type": "partial", "utterance": 0, "text": "the red ca", "stable": "the red", "start": 0.0, "end": 1.86}
+    {"type": "partial", "utterance": 0, "text": "the red ca", "stable": "the red", "start": 0.0, "end": 1.86,
+     "behind_s": 0.0}
     {"type": "final", "utterance": 0, "text": "the red cat", "start": 0.0, "end": 2.4, "last": false,
      "words": [{"word": "the", "start": 0.12, "end": 0.22}, ...]}
 """
@@ -43,16 +49,17 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from . import contract, decoding
+from . import contract, decoding, streamfeatures
 
-MAX_WINDOWS = 8  # windows one step submits at most (a stream that fell behind catches up in batches)
+MAX_COMMIT_S = 10.0  # most audio one window commits (a stream that fell behind catches up in larger windows)
+WARMUP_S = 3.0  # a stream's first seconds run whole windows, before its frames are cached
 
 
 @dataclass(frozen=True)
 class StreamConfig:
     step_s: float = 0.5
     left_s: float = 2.0
-    right_s: float = 0.5
+    right_s: float = 0.3
     silence_s: float = 0.5
     max_utterance_s: float = 30.0
 
@@ -68,6 +75,7 @@ class _Window:
     commit: int   # first frame it commits
     until: int    # frames [commit, until) are committed by it
     end: int      # last sample (exclusive, absolute)
+    steps: int = 1  # steps it commits (more than one: the stream was behind)
 
 
 @dataclass
@@ -102,8 +110,17 @@ class Transcriber:
         self.final_decoder = model.decoder(options)
         v = self.vocab
         self.quiet_ids = torch.tensor(sorted({v.blank_id, *v.dropped, *(i for i in range(v.size) if v.is_space(i))}))
+        self.max_steps = max(1, round(MAX_COMMIT_S / (self.S * self.frame_s)))
         self.audio = np.zeros(0, np.float32)
         self.audio_start = 0  # absolute sample index of self.audio[0]
+        # Feature-encoder frames computed once (serve/streamfeatures.py), where the model can: frames
+        # [features_start, encoded) of the stream, on the device.
+        self.cache = bool(getattr(model, "stream_features", None))
+        self.encoded = 0
+        self.features_start = 0
+        self.features: torch.Tensor | None = None
+        self.sample_stats, self.channel_stats = model.stream_stats() if self.cache else (None, None)
+        self.stats_until = 0  # samples counted in sample_stats
         self.received = 0  # samples received
         self.committed = 0  # frames committed
         self.tentative = torch.zeros(0, v.size)
@@ -123,20 +140,19 @@ class Transcriber:
             self.received += len(samples)
 
     def advance(self, deadline: float) -> list[dict]:
-        """Run the windows the audio received so far completes (at most MAX_WINDOWS)."""
-        events = self._run(self._ready(final=False), deadline)
+        """Run the window the audio received so far completes: one step, or several at once when the stream is
+        behind (at most MAX_COMMIT_S of them)."""
+        window = self._ready(final=False)
+        events = self._run(window, deadline) if window else []
         events += self._cut_on_tentative(deadline)
-        partial = self._partial()
+        partial = self._partial(window)
         return events + ([partial] if partial else [])
 
     def finish(self, deadline: float) -> list[dict]:
         """Commit every frame of the audio received, then the last utterance's final (with "last": true)."""
         events: list[dict] = []
-        while True:
-            windows = self._ready(final=True)
-            if not windows:
-                break
-            events += self._run(windows, deadline)
+        while (window := self._ready(final=True)) is not None:
+            events += self._run(window, deadline)
         self.tentative = self.tentative[:0]
         return events + [self._cut(deadline, last=True)]
 
@@ -144,45 +160,84 @@ class Transcriber:
     def _frames_in(self, samples: int) -> int:
         return (samples - self.RF) // self.F + 1 if samples >= self.RF else 0
 
-    def _ready(self, final: bool) -> list[_Window]:
-        out, c = [], self.committed
-        while len(out) < MAX_WINDOWS:
-            end = (c + self.S + self.R - 1) * self.F + self.RF
-            if self.received >= end:
-                out.append(_Window(max(0, c - self.L), c, c + self.S, end))
-                c += self.S
-                continue
-            if final and c < self._frames_in(self.received):
-                out.append(_Window(max(0, c - self.L), c, self._frames_in(self.received), self.received))
-            break
-        return out
+    def _end(self, frames: int) -> int:
+        """The sample after the last one frames [0, frames) see."""
+        return (frames - 1) * self.F + self.RF
 
-    def _run(self, windows: list[_Window], deadline: float) -> list[dict]:
-        if not windows:
-            return []
-        audio = [self.audio[w.first * self.F - self.audio_start: w.end - self.audio_start] for w in windows]
-        futures = self.model.submit(audio, self.options)
-        done, not_done = wait(futures, timeout=max(0.0, deadline - time.monotonic()))
-        if not_done:
-            for f in futures:
-                f.cancel()
+    def _ready(self, final: bool) -> _Window | None:
+        """The next window: every whole step the audio received completes (look-ahead included), at most
+        max_steps; at the end of the stream (final), the rest of the frames."""
+        c = self.committed
+        first = max(0, c - self.L)
+        steps = 0
+        while steps < self.max_steps and self.received >= self._end(c + (steps + 1) * self.S + self.R):
+            steps += 1
+        if steps:
+            until = c + steps * self.S
+            return _Window(first, c, until, self._end(until + self.R), steps)
+        available = self._frames_in(self.received)
+        if final and c < available:
+            until = min(available, c + self.max_steps * self.S)
+            return _Window(first, c, until, min(self.received, self._end(until + self.R)), 1)
+        return None
+
+    def _run(self, w: _Window, deadline: float) -> list[dict]:
+        # The first WARMUP_S of a stream run whole windows: running statistics of a second of audio are too
+        # unsteady to normalise frames that are then kept (measured: bench/README.md, Live streaming).
+        cached = self.cache and (self.features is not None or w.end >= WARMUP_S * 16_000)
+        if cached:
+            future = self.model.submit_features([self._features_window(w)], self.options)[0]
+        else:
+            future = self.model.submit([self.audio[w.first * self.F - self.audio_start: w.end - self.audio_start]],
+                                       self.options)[0]
+        done, _ = wait([future], timeout=max(0.0, deadline - time.monotonic()))
+        if not done:
+            future.cancel()
             raise contract.Timeout("a stream window was not transcribed by its deadline")
-        events = []
-        for w, f in zip(windows, futures):
-            if f.exception() is not None:
-                raise contract.ModelFailure("the model failed on this stream (details in the server log)") \
-                    from f.exception()
-            outcome = f.result()
+        if future.exception() is not None:
+            raise contract.ModelFailure("the model failed on this stream (details in the server log)") \
+                from future.exception()
+        outcome = future.result()
+        if cached:
+            out = outcome.value
+            old = None if self.features is None else self.features[w.first - self.features_start:]
+            self.features = out.features if old is None else torch.cat([old, out.features])
+            self.features_start = w.first
+            self.encoded += len(out.features)
+            logits = out.logits.float().cpu()
+        else:
             logits = outcome.value.float().cpu()
-            self.windows += 1
-            self.max_batch = max(self.max_batch, outcome.batch_size)
-            events += self._commit(logits[w.commit - w.first: w.until - w.first], deadline)
-            self.tentative = logits[w.until - w.first:]
-        keep = max(0, (self.committed - self.L) * self.F)  # the next window's left context starts here
+        self.windows += 1
+        self.max_batch = max(self.max_batch, outcome.batch_size)
+        events = self._commit(logits[w.commit - w.first: w.until - w.first], deadline)
+        self.tentative = logits[w.until - w.first:]
+        # What the next window needs: its left context's features (cached) or samples (whole-window passes),
+        # and the samples of the frames not encoded yet.
+        first = max(0, self.committed - self.L)
+        if self.features is not None:
+            self.features = self.features[first - self.features_start:]
+            self.features_start = first
+        keep = self.encoded * self.F if cached else first * self.F  # (stats_until >= encoded * F)
         if keep > self.audio_start:
             self.audio = self.audio[keep - self.audio_start:]
             self.audio_start = keep
         return events
+
+    def _features_window(self, w: _Window) -> streamfeatures.Window:
+        """The window as cached frames [first, encoded) plus the samples of its frames not encoded yet, the new
+        samples normalised with the stream's running statistics (serve/streamfeatures.py)."""
+        if self.features is None:  # the first cached window (after WARMUP_S) encodes all its frames
+            self.encoded = self.features_start = w.first
+        end_frame = self._frames_in(w.end)
+        audio = self.audio[:0]
+        if end_frame > self.encoded:
+            audio = self.audio[self.encoded * self.F - self.audio_start: self._end(end_frame) - self.audio_start]
+            if self.sample_stats is not None:  # over every sample received so far (a clip sent whole: its own)
+                self.sample_stats.add(self.audio[max(0, self.stats_until - self.audio_start):])
+                self.stats_until = self.received
+                audio = self.sample_stats.normalize(audio)
+        cached = None if self.features is None else self.features[w.first - self.features_start:]
+        return streamfeatures.Window(audio, cached, self.channel_stats)
 
     # Commits and utterances ----------------------------------------------------------------------------
     def _utterance(self, index: int, start: int) -> _Utterance:
@@ -255,15 +310,17 @@ class Transcriber:
             self.utterance.quiet = len(q) - (int(trailing[-1, 0]) + 1) if len(trailing) else len(q)
         return event
 
-    def _partial(self) -> dict | None:
+    def _partial(self, window: _Window | None) -> dict | None:
+        """The current hypothesis, when it changed or when the window was a catch-up one (behind_s > 0)."""
         u = self.utterance
         tail_stream = u.stream.fork()
         tail = (tail_stream.push(self.tentative) if len(self.tentative) else []) + tail_stream.finish()
         stable = " ".join(w for w, _, _ in u.words)
         text = " ".join(w for w, _, _ in u.words + tail)
-        if (text, stable) == (self._last_partial or ("", "")):
+        behind = round((window.steps - 1) * self.S * self.frame_s, 3) if window else 0.0
+        if (text, stable) == (self._last_partial or ("", "")) and not behind:
             return None
         self._last_partial = (text, stable)
         return {"type": "partial", "utterance": u.index, "text": text, "stable": stable,
                 "start": round(u.start * self.frame_s, 3),
-                "end": round((self.committed + len(self.tentative)) * self.frame_s, 3)}
+                "end": round((self.committed + len(self.tentative)) * self.frame_s, 3), "behind_s": behind}

@@ -17,7 +17,7 @@ from serve import contract, decoding
 from serve.batcher import Outcome
 from serve.options import Options
 from serve.streamaudio import StreamAudioError, make_decoder, ogg_crc, opus_available
-from serve.streaming import MAX_WINDOWS, StreamConfig, Transcriber
+from serve.streaming import MAX_COMMIT_S, StreamConfig, Transcriber
 
 F, RF = 320, 400
 VOCAB = text.build_vocab(["abcdefgh"])
@@ -206,11 +206,19 @@ def test_a_long_utterance_is_cut_at_its_last_word_boundary():
     assert all(a["end"] <= b["start"] for a, b in zip(finals, finals[1:]))
 
 
-def test_a_stream_that_falls_behind_catches_up_in_shared_forward_passes():
-    frames = "a|b|c|d|" * 40
-    events, model, _ = run(frames, StreamConfig(step_s=0.1, left_s=0.2, right_s=0.1), push_frames=len(frames))
-    assert max(model.batches) == MAX_WINDOWS  # the whole clip at once: windows go in batches
+def test_a_stream_that_falls_behind_catches_up_in_one_window_and_says_so():
+    frames = "a|b|c|d|" * 40  # 6.4 s, all at once: 62 steps of 5 frames are ready, with 5 frames of look-ahead
+    events, model, t = run(frames, StreamConfig(step_s=0.1, left_s=0.2, right_s=0.1), push_frames=len(frames))
+    assert t.windows == 2 and model.batches == [1, 1]  # one catch-up window, then the end's (not 63 windows)
+    partial = next(e for e in events if e["type"] == "partial")
+    assert partial["behind_s"] == round(((len(frames) - 1 - 5) // 5 - 1) * 0.1, 3) > 0  # 61 steps more than one
     assert next(e for e in events if e["type"] == "final")["text"] == offline(frames)
+    # At real-time pace (one step at a time) nothing is behind; a catch-up window commits at most MAX_COMMIT_S.
+    events, _, _ = run(frames, StreamConfig(step_s=0.1, left_s=0.2, right_s=0.1), push_frames=5)
+    assert {e["behind_s"] for e in events if e["type"] == "partial"} == {0.0}
+    long = "a|b|c|d|" * int(MAX_COMMIT_S * 50 / 8 * 2)  # twice MAX_COMMIT_S
+    _, model, t = run(long, StreamConfig(step_s=0.5, left_s=0.2, right_s=0.1), push_frames=len(long))
+    assert t.windows == 3
 
 
 def test_the_end_of_a_stream_commits_every_frame():
