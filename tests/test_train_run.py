@@ -72,6 +72,13 @@ def test_metrics_json_and_plot(learned):
     assert m["cer"] == m["eval_history"][-1]["cer"]
     assert m["skipped_files"]["train"]["count"] == 0
     assert [e["step"] for e in m["eval_history"]] == [0, LEARN_STEPS]
+    # A config-only model channel: the from-scratch preset, whose values never override the job's own.
+    from train.hyperparameters import FROM_SCRATCH
+
+    assert m["preset"] == "from_scratch" and "[train] preset from_scratch (random start)" in learned[1].stdout
+    assert m["hyperparameters"]["learning_rate"] == 3e-3 and m["hyperparameters"]["lr_scheduler"] == "constant_with_warmup"
+    assert all(m["hyperparameters"][k] == v for k, v in FROM_SCRATCH.items()
+               if k not in ("learning_rate", "lr_scheduler", "warmup_steps", "mask_time_prob"))
     png = (opt / "output" / "data" / "training.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
 

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import MISSING, dataclass, field, fields
-from typing import Any, Mapping
+from dataclasses import MISSING, dataclass, field, fields, replace
+from typing import Any, Iterable, Mapping
 
 from common.text import DEFAULT_CHARS_TO_IGNORE
 
@@ -18,6 +18,12 @@ from .failure import TrainingError
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 FREEZE_CHOICES = ("auto", "true", "false")
 SCHEDULERS = ("linear", "cosine", "constant_with_warmup")
+PRESETS = ("auto", "fine_tune", "from_scratch")
+# preset=from_scratch: a model trained from random weights (a `model` channel with config.json and no weights),
+# often small, on little data, under a time budget. The table's defaults are the fine-tuning ones (after
+# transformers' run_speech_recognition_ctc.py). Why these values: bench/README.md, "Training accuracy".
+FROM_SCRATCH = {"learning_rate": 5e-4, "lr_scheduler": "constant_with_warmup", "warmup_steps": 0.0,
+                "weight_decay": 0.01}
 
 
 def _hp(default, help: str, **checks):
@@ -33,6 +39,12 @@ class Hyperparameters:
     freeze_feature_encoder: str = _hp("auto", "Freeze the convolutional feature encoder: `true`, `false`, or `auto` "
                                       "(frozen when starting from pretrained weights, trained from a random start).",
                                       choices=FREEZE_CHOICES)
+    preset: str = _hp("auto", "Defaults for how training starts: `fine_tune` (this table's defaults), `from_scratch` "
+                      "(" + ", ".join(f"`{k}` {v:g}" if isinstance(v, float) else f"`{k}` {v}"
+                                      for k, v in FROM_SCRATCH.items())
+                      + " instead) or `auto`: from_scratch when the model starts from random weights (a model "
+                      "folder with config.json and no weights), else fine_tune. Values you set always win.",
+                      choices=PRESETS)
     gradient_checkpointing: bool = _hp(False, "Recompute activations in the backward pass: less memory, ~30% slower.")
     ctc_zero_infinity: bool = _hp(True, "Zero infinite CTC losses (audio too short for its transcript) instead of "
                                   "letting them break training.")
@@ -206,6 +218,21 @@ def parse(raw: Mapping[str, Any]) -> Hyperparameters:
         raise TrainingError(f"hyperparameter min_duration_s={hp.min_duration_s} must be below "
                             f"max_duration_s={hp.max_duration_s}")
     return hp
+
+
+def given(raw: Mapping[str, Any]) -> frozenset[str]:
+    """The names hyperparameters.json sets (SageMaker's reserved ones left out): a preset never changes them."""
+    return frozenset(k for k in raw if not k.startswith(RESERVED_PREFIXES))
+
+
+def resolve_preset(hp: Hyperparameters, given: Iterable[str], random_start: bool) -> tuple[Hyperparameters, str, dict]:
+    """(settings, the preset used, the values it changed). `from_scratch` replaces the values of FROM_SCRATCH's
+    names that `given` (the names hyperparameters.json set) does not hold; `fine_tune` changes nothing."""
+    preset = hp.preset if hp.preset != "auto" else "from_scratch" if random_start else "fine_tune"
+    if preset == "fine_tune":
+        return hp, preset, {}
+    changed = {k: v for k, v in FROM_SCRATCH.items() if k not in set(given)}
+    return replace(hp, **changed), preset, changed
 
 
 def markdown_table() -> str:

@@ -101,14 +101,15 @@ def load_model(source: str, hp, vocab: dict, processor):
     return model, precision
 
 
-def run(paths: OptML, hp, sagemaker_hyperparameters: dict | None = None) -> int:
+def run(paths: OptML, hp, sagemaker_hyperparameters: dict | None = None, given: frozenset[str] = frozenset()) -> int:
+    """Train, evaluate, save. `given`: the names hyperparameters.json set (a preset never changes them)."""
     import time
 
     from transformers import set_seed
 
     from common import batching, modeldir
 
-    from . import data, distributed, lm as lm_step, outputs, trainer as trainers
+    from . import data, distributed, lm as lm_step, model as models, outputs, trainer as trainers
     from .progress import ProgressCallback
     from .stopping import SIGTERM_EXIT_CODE, StopCallback
 
@@ -131,8 +132,13 @@ def run(paths: OptML, hp, sagemaker_hyperparameters: dict | None = None) -> int:
     say(f"[data] vocabulary of {len(vocab)} tokens from {vocab_from}")
     labelled = data.label_examples(indexes, vocab, processor.tokenizer, hp, train_texts, log=say)
 
-    # 4. Model.
-    model, precision = load_model(model_source(paths, hp), hp, vocab, processor)
+    # 4. Model; the preset for how it starts (train/hyperparameters.py FROM_SCRATCH) before anything uses hp's
+    # learning-rate, schedule or SpecAugment values.
+    source = model_source(paths, hp)
+    hp, preset, changed = hyperparameters.resolve_preset(hp, given, models.starts_random(source))
+    say(f"[train] preset {preset}" + (" (random start): " + ", ".join(f"{k}={v}" for k, v in changed.items())
+                                      if changed else ""))
+    model, precision = load_model(source, hp, vocab, processor)
 
     # 5. Examples: filters (duration, CTC alignment, SpecAugment span), hold-out.
     prepared = data.select_examples(labelled, model.config, hp, log=say)
@@ -184,7 +190,7 @@ def run(paths: OptML, hp, sagemaker_hyperparameters: dict | None = None) -> int:
         "audio_seconds_per_second": round(epochs_done * prepared.train.seconds / max(train_seconds, 1e-9), 2),
         "train_loss": result.training_loss,
         "resumed_from_step": resume[1] if resume else None,
-        "stopped_by": stop.reason, "precision": precision,
+        "stopped_by": stop.reason, "precision": precision, "preset": preset,
         "processes": int(os.environ.get("WORLD_SIZE", "1")), "dataloader_workers": workers,
         "eval_history": progress.eval_history, "train_history": progress.train_history,
         "hyperparameters": asdict(hp), "sagemaker_hyperparameters": sagemaker_hyperparameters or {},
@@ -260,7 +266,7 @@ def main(argv: list[str] | None = None) -> int:
             if mode.lower() == "fastfile" and distributed.is_leader():
                 say(f"[data] channel {name}: FastFile mode (read-only; each file is fetched when first read)")
         _quiet_libraries()
-        return run(paths, hp, reserved)
+        return run(paths, hp, reserved, hyperparameters.given(raw))
     except Exception as exc:  # noqa: BLE001 - every failure must reach the failure file
         report(paths.failure_file, exc)
         return 1

@@ -51,6 +51,18 @@ def _fail(source: str, exc: Exception) -> TrainingError:
                          f"a reachable hub id in model_name")
 
 
+def starts_random(source: str) -> bool:
+    """Whether `source` is a local model folder (as `load` finds it) with config.json and no weights, so that
+    training starts from random weights. A hub id, or a folder `load` will refuse, is not."""
+    path = Path(source)
+    if not path.is_dir():
+        return False
+    try:
+        return modeldir.weights_file(modeldir.find(path)) is None
+    except modeldir.ModelDirError:
+        return False
+
+
 def load(source: str, hp, vocab: dict[str, int], vocab_size: int, pad_token_id: int,
          log=print) -> tuple[torch.nn.Module, bool]:
     """(model, pretrained): `source` is a local directory or a hub id; vocab_size = len(tokenizer)."""

@@ -1,0 +1,49 @@
+"""The from-scratch preset: chosen for a random start, never overriding a value the job set."""
+from __future__ import annotations
+
+import pytest
+
+from train import hyperparameters as H
+from train.model import starts_random
+
+
+def test_auto_preset_changes_only_unset_values_for_a_random_start():
+    raw = {"learning_rate": "1e-3", "max_train_seconds": "600", "sagemaker_program": "x"}
+    hp = H.parse(raw)
+    tuned, preset, changed = H.resolve_preset(hp, H.given(raw), random_start=True)
+    assert preset == "from_scratch"
+    assert "learning_rate" not in changed and tuned.learning_rate == 1e-3 and tuned.max_train_seconds == 600
+    assert changed == {k: v for k, v in H.FROM_SCRATCH.items() if k != "learning_rate"}
+    assert all(getattr(tuned, k) == v for k, v in changed.items())
+    assert "sagemaker_program" not in H.given(raw)
+
+
+def test_a_pretrained_start_keeps_the_fine_tuning_defaults_unless_asked():
+    hp = H.parse({})
+    assert H.resolve_preset(hp, H.given({}), random_start=False) == (hp, "fine_tune", {})
+    forced = H.parse({"preset": "from_scratch"})
+    tuned, preset, changed = H.resolve_preset(forced, {"preset"}, random_start=False)
+    assert preset == "from_scratch" and changed == H.FROM_SCRATCH and tuned.learning_rate == H.FROM_SCRATCH["learning_rate"]
+    off = H.parse({"preset": "FINE_TUNE"})
+    assert H.resolve_preset(off, {"preset"}, random_start=True) == (off, "fine_tune", {})
+    with pytest.raises(H.TrainingError, match="preset='fast' must be one of auto, fine_tune, from_scratch"):
+        H.parse({"preset": "fast"})
+
+
+def test_every_from_scratch_value_is_valid_for_its_hyperparameter_and_differs_from_the_default():
+    hp = H.parse({k: str(v) for k, v in H.FROM_SCRATCH.items()})
+    assert all(getattr(hp, k) == v for k, v in H.FROM_SCRATCH.items())
+    assert all(H.Hyperparameters().__getattribute__(k) != v for k, v in H.FROM_SCRATCH.items())
+
+
+def test_a_config_without_weights_is_a_random_start(tmp_path):
+    (tmp_path / "config.json").write_text("{}")
+    assert starts_random(str(tmp_path))
+    (tmp_path / "model.safetensors").write_bytes(b"")
+    assert not starts_random(str(tmp_path))
+    nested = tmp_path / "release"
+    (nested / "model").mkdir(parents=True)
+    (nested / "model" / "config.json").write_text("{}")
+    assert starts_random(str(nested))  # one folder down, as the loader finds it
+    assert not starts_random("facebook/wav2vec2-base")
+    assert not starts_random(str(tmp_path / "missing"))
