@@ -113,6 +113,27 @@ def test_upper_case_lm_for_a_lower_case_model_is_refused(tmp_path):
                  log=lambda _: None)
 
 
+def test_ready_made_lm_over_other_characters_is_refused_before_training(tmp_path):
+    """check_ready_words runs once the vocabulary exists, before any step: ARPA 1-grams or unigrams.txt."""
+    from common import text
+
+    vocab = text.build_vocab(SENTENCES)
+    channel = tmp_path / "lm"
+    channel.mkdir()
+    shutil.copy(lm.estimate_arpa([s.upper() for s in SENTENCES], 2, tmp_path / "work"), channel / "upper.arpa")
+    with pytest.raises(TrainingError, match="characters the model cannot write.*upper-case and the model lower"):
+        lm.check_ready_words(lm.plan(3, 0.0, channel), vocab)
+    binary = tmp_path / "lm_bin"
+    binary.mkdir()
+    (binary / "lm.bin").write_bytes(b"not read by this check")
+    (binary / "unigrams.txt").write_text("\n".join(["alpha", "beta", "gamma"] + ["αβγ"] * 4))
+    with pytest.raises(TrainingError, match="characters the model cannot write: 4 of 7 words"):
+        lm.check_ready_words(lm.plan(3, 0.0, binary), vocab)
+    (binary / "unigrams.txt").write_text("\n".join(SENTENCES[0].split()))
+    lm.check_ready_words(lm.plan(3, 0.0, binary), vocab)  # the model's own words pass
+    lm.check_ready_words(lm.plan(3, 0.0, None), vocab)  # text LMs are checked after training
+
+
 @pytest.fixture(scope="module")
 def tuned_dir(tmp_path_factory) -> Path:
     model_dir = processor_dir(tmp_path_factory.mktemp("tune_model"))

@@ -105,6 +105,30 @@ def test_few_unreadable_files_are_skipped_named_and_counted(tmp_path, synthetic_
     assert any(f.startswith(f"audio/{bad.name}: ") for f in skipped["files"])
 
 
+def test_a_failed_language_model_keeps_the_trained_model(tmp_path, synthetic_data, micro):
+    """The LM step runs after the model is saved: when it fails (here an lm channel of text in another script,
+    so the LM's words are ones the model cannot write), the job still succeeds with the model, minus any LM
+    file, and says why in the log and metrics.json."""
+    channel = tmp_path / "lm"
+    channel.mkdir()
+    words = ["αβγ", "δεζ", "ηθι", "κλμ"]
+    (channel / "greek.txt").write_text("".join(f"{a} {b}{i}\n" for i in range(200) for a, b in zip(words, words[1:])),
+                                       encoding="utf-8")
+    opt = make_opt_ml(tmp_path / "opt", {"train": synthetic_data / "train", "model": micro, "lm": channel},
+                      {**FAST, "test_split": "0", "lm_order": "2", "lm_tuning_seconds": "0"})
+    proc = run_train(opt)
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    assert not (opt / "output" / "failure").exists()
+    assert "[lm] WARNING: no language model: the language model's words use characters the model cannot write" \
+        in proc.stdout
+    assert "no language model (see [lm] above)" in proc.stdout
+    model = opt / "model"
+    assert (model / "model.safetensors").is_file() and (model / "vocab.json").is_file()
+    assert not (model / "alphabet.json").exists() and not (model / "language_model").exists()
+    m = metrics(opt)
+    assert "cannot write" in m["lm"]["error"] and "wer_lm" not in m
+
+
 def test_transcripts_with_no_usable_characters(tmp_path, synthetic_data):
     rows = [{**r, "text": "?!. ,;"} for r in rows_of(synthetic_data / "train")]
     split = copy_split(synthetic_data / "train", tmp_path / "train", rows)

@@ -552,6 +552,26 @@ def _greedy_text(logits: np.ndarray, labels: Sequence[str]) -> str:
     return " ".join("".join(labels[i] for i in ids[keep]).split())
 
 
+def check_ready_words(lm_plan: LMPlan | None, tokens: Iterable[str]) -> None:
+    """Before training: refuse the `lm` channel's ready-made LM (ARPA 1-grams or unigrams.txt) when its words
+    mostly use characters the vocabulary's tokens cannot write (TrainingError). Text channels are checked
+    after training, once their n-gram exists (a text channel can be larger than is worth reading twice)."""
+    if lm_plan is None or lm_plan.source.ready is None:
+        return
+    ready = lm_plan.source.ready
+    if ready.suffix.lower() == ".arpa":
+        words = arpa_unigrams(ready)
+    else:
+        try:
+            words = [w for w in lm_plan.source.unigrams.read_text(encoding="utf-8").split()
+                     if w not in SPECIAL_WORDS]
+        except (UnicodeDecodeError, OSError) as exc:
+            raise TrainingError(f"channel lm: cannot read {lm_plan.source.unigrams.name} as UTF-8 words "
+                                f"({exc})") from None
+    # [PAD], [UNK], <s>...: special tokens, not letters the model writes
+    _check_coverage(words, [t for t in tokens if not (len(t) > 2 and t[0] + t[-1] in ("<>", "[]"))])
+
+
 def _check_coverage(words: Sequence[str], labels: Sequence[str]) -> None:
     """Refuse an LM whose words the model mostly cannot write (e.g. an upper-case LM, a lower-case model)."""
     letters = {c for label in labels for c in label if label not in ("", " ")}

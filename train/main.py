@@ -130,6 +130,7 @@ def run(paths: OptML, hp, sagemaker_hyperparameters: dict | None = None, given: 
                                         train_texts)
     processor = modeldir.make_processor(vocab)
     say(f"[data] vocabulary of {len(vocab)} tokens from {vocab_from}")
+    lm_step.check_ready_words(lm_plan, vocab)
     labelled = data.label_examples(indexes, vocab, processor.tokenizer, hp, train_texts, log=say)
 
     # 4. Model; the preset for how it starts (train/hyperparameters.py FROM_SCRATCH) before anything uses hp's
@@ -180,7 +181,10 @@ def run(paths: OptML, hp, sagemaker_hyperparameters: dict | None = None, given: 
     # 9. The language model beside the model (first process only), tuned and scored on the evaluation set.
     lm_metrics = {}
     if lm_plan is not None:
-        lm_metrics = build_lm(lm_plan, paths.model_dir, trained, processor, prepared, hp, step)
+        try:
+            lm_metrics = build_lm(lm_plan, paths.model_dir, trained, processor, prepared, hp, step)
+        except Exception as exc:  # noqa: BLE001 - the trained model is saved: a failed add-on must not lose it
+            lm_metrics = lm_failed(paths.model_dir, exc)
     epochs_done = float(trainer.state.epoch or 0.0)
     metrics = {
         "wer": final.get("wer"), "cer": final.get("cer"), "eval_loss": final.get("loss"),
@@ -201,7 +205,7 @@ def run(paths: OptML, hp, sagemaker_hyperparameters: dict | None = None, given: 
     outputs.plot(paths.output_data_dir, progress.train_history, progress.eval_history,
                  {"step": step, **lm_metrics} if lm_metrics else None)
     with_lm = (f", with the LM wer_lm={_f(lm_metrics.get('wer_lm'))} cer_lm={_f(lm_metrics.get('cer_lm'))}"
-               if lm_metrics else "")
+               if "wer_lm" in lm_metrics else ", no language model (see [lm] above)" if lm_metrics else "")
     say(f"[train] done: step {step}, {train_seconds:.0f} s, greedy wer={_f(final.get('wer'))} "
         f"cer={_f(final.get('cer'))}{with_lm}; model in {paths.model_dir}, metrics in {paths.output_data_dir}")
     return 0
@@ -233,6 +237,24 @@ def build_lm(lm_plan, model_dir: Path, model, processor, prepared, hp, step: int
     if result.wer_lm is not None:
         say(line("eval", step=step, wer_lm=result.wer_lm, cer_lm=result.cer_lm))
     return result.metrics
+
+
+def lm_failed(model_dir: Path, exc: BaseException) -> dict:
+    """The LM step failed after the model was saved: remove what it wrote (the model then serves greedy, as a
+    model without an LM does), say why, and let the job succeed with the model. metrics.json's `lm.error`."""
+    import shutil
+    import traceback
+
+    from common import lm as common_lm
+
+    shutil.rmtree(model_dir / common_lm.LM_DIR, ignore_errors=True)
+    (model_dir / common_lm.ALPHABET_FILE).unlink(missing_ok=True)
+    reason = str(exc) if isinstance(exc, TrainingError) else f"{type(exc).__name__}: {exc}"
+    if not isinstance(exc, TrainingError):
+        say("".join(traceback.format_exception(exc)).rstrip())
+    say(f"[lm] WARNING: no language model: {reason}. The trained model is saved without one (greedy "
+        f"decoding); fix the cause and train again, or set lm_order=0 to skip this step.")
+    return {"lm": {"error": reason}}
 
 
 def _f(x) -> str:
