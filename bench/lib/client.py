@@ -74,18 +74,28 @@ def send(port: int, req: Request, timeout_s: float = 600) -> tuple[int, bytes, d
         conn.close()
 
 
-def run(port: int, requests: list[Request], concurrency: int) -> Run:
-    """Send every request with `concurrency` in flight; wall time from the first send to the last answer."""
+def run(port: int, requests: list[Request], concurrency: int, seconds: float | None = None) -> Run:
+    """`concurrency` threads, each posting the next request and waiting for its answer: every request once, or,
+    with `seconds`, cycling through them until that many seconds have passed. Wall time from the first send to
+    the last answer."""
     result = Run(concurrency)
     lock = threading.Lock()
     queue = list(reversed(requests))
+    deadline = None if seconds is None else time.perf_counter() + seconds
+    sent = 0
+
+    def next_request() -> Request | None:
+        nonlocal sent
+        with lock:
+            if deadline is not None:
+                if time.perf_counter() >= deadline:
+                    return None
+                sent += 1
+                return requests[(sent - 1) % len(requests)]
+            return queue.pop() if queue else None
 
     def worker():
-        while True:
-            with lock:
-                if not queue:
-                    return
-                req = queue.pop()
+        while (req := next_request()) is not None:
             t0 = time.perf_counter()
             try:
                 status, body, headers = send(port, req)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import statistics
-import threading
 import time
 from pathlib import Path
 
@@ -110,43 +109,6 @@ def transcripts(model_name: str, model_dir: Path, clips, work: Path, on_gpu: boo
     return out
 
 
-def run_for(port: int, requests: list[client.Request], concurrency: int, seconds: float) -> client.Run:
-    """`concurrency` threads, each posting the next request (cycling through `requests`) and waiting, until
-    `seconds` have passed; wall time from the first send to the last answer."""
-    result = client.Run(concurrency)
-    lock = threading.Lock()
-    deadline = time.perf_counter() + seconds
-    counter = iter(range(10**9))
-
-    def worker():
-        while time.perf_counter() < deadline:
-            with lock:
-                req = requests[next(counter) % len(requests)]
-            t0 = time.perf_counter()
-            try:
-                status, body, headers = client.send(port, req)
-            except OSError as exc:
-                with lock:
-                    result.errors.append(f"{req.clip}: {exc}")
-                continue
-            dt = time.perf_counter() - t0
-            with lock:
-                if status != 200:
-                    result.errors.append(f"{req.clip}: HTTP {status} {body[:200]!r}")
-                    continue
-                result.latencies_s.append(dt)
-                result.audio_s += req.seconds
-                if "x-batch-size" in headers:
-                    result.batch_sizes.append(int(headers["x-batch-size"]))
-
-    threads = [threading.Thread(target=worker) for _ in range(concurrency)]
-    started = time.perf_counter()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    result.wall_s = time.perf_counter() - started
-    return result
 
 
 def throughput_cell(model_dir: Path, clips, dtype: str, batch: int, concurrency: list[int], window_s: float,
@@ -164,9 +126,9 @@ def throughput_cell(model_dir: Path, clips, dtype: str, batch: int, concurrency:
                 status, body, _ = client.send(srv.port, r)
                 if status != 200:
                     raise RuntimeError(f"warm-up got HTTP {status}: {body[:300]!r}\n{srv.log()[-2000:]}")
-            run_for(srv.port, reqs, max(concurrency), min(2.0, window_s))
+            client.run(srv.port, reqs, max(concurrency), seconds=min(2.0, window_s))
             for c in concurrency:
-                r = run_for(srv.port, reqs, c, window_s)
+                r = client.run(srv.port, reqs, c, seconds=window_s)
                 cell["by_concurrency"][str(c)] = {
                     "requests": len(r.latencies_s), "audio_s": round(r.audio_s, 1), "wall_s": round(r.wall_s, 3),
                     "rtfx": r.rtfx, "p50_ms": r.percentile_ms(50), "p99_ms": r.percentile_ms(99),
