@@ -23,7 +23,7 @@ PRESETS = ("auto", "fine_tune", "from_scratch")
 # often small, on little data, under a time budget. The table's defaults are the fine-tuning ones (after
 # transformers' run_speech_recognition_ctc.py). Why these values: bench/README.md, "Training accuracy".
 FROM_SCRATCH = {"learning_rate": 5e-4, "lr_scheduler": "constant_with_warmup", "warmup_steps": 0.0,
-                "weight_decay": 0.01}
+                "weight_decay": 0.01, "speed_perturbation": 0.1}
 
 
 def _hp(default, help: str, **checks):
