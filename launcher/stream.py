@@ -34,6 +34,9 @@ from .errors import LaunchError
 DEFAULT_URL = "ws://127.0.0.1:8080/invocations-bidirectional-stream"
 SDK_PACKAGE = "aws-sdk-sagemaker-runtime-http2"
 IAM_ACTION = "sagemaker:InvokeEndpointWithBidirectionalStream"
+# How long opening the stream may take. The SDK (0.12.0) never returns from the call when it cannot sign it
+# (no credentials found: its error stays in a background task), so without a limit the command hangs silently.
+OPEN_TIMEOUT_S = 30.0
 
 
 def add_parser(sub, parents) -> None:
@@ -259,14 +262,32 @@ def _run_sagemaker(opts: StreamOptions, settings: dict, frames, printer: Printer
     region = opts.aws.region
     query = urllib.parse.urlencode(opts.request_options)
 
+    sdk_modules = ("aws_sdk_sagemaker_runtime_http2", "smithy_core", "smithy_aws_core", "smithy_http")
+
+    def on_background_error(loop, context):  # the SDK's own tasks: one line, not a stray traceback
+        exc = context.get("exception")
+        if exc is not None and type(exc).__module__.split(".")[0] in sdk_modules:
+            print(f"launch stream: the AWS SDK said: {type(exc).__name__}: {exc}", file=sys.stderr)
+        else:
+            loop.default_exception_handler(context)
+
     async def main() -> int:
+        asyncio.get_running_loop().set_exception_handler(on_background_error)
         overrides = {"region": region} if region else {}
         # The SDK's default transport (aiohttp) cannot stream both ways; the AWS CRT client can.
         config = await AsyncSageMakerRuntimeHTTP2Config.resolve(profile=opts.aws.profile, transport=AWSCRTHTTPClient(),
                                                                  **overrides)
         client = AsyncSageMakerRuntimeHTTP2Client(config=config)
-        stream = await client.invoke_endpoint_with_bidirectional_stream(InvokeEndpointWithBidirectionalStreamInput(
-            endpoint_name=opts.endpoint_name, model_query_string=query or None))
+        try:
+            stream = await asyncio.wait_for(client.invoke_endpoint_with_bidirectional_stream(
+                InvokeEndpointWithBidirectionalStreamInput(endpoint_name=opts.endpoint_name,
+                                                           model_query_string=query or None)), OPEN_TIMEOUT_S)
+        except asyncio.TimeoutError:
+            raise LaunchError(
+                f"the stream to endpoint {opts.endpoint_name} did not open within {OPEN_TIMEOUT_S:g} s: check that AWS "
+                f"credentials are set (environment, ~/.aws, --profile or an instance role; the SDK waits for ever "
+                f"without them), the region ({region or 'from the AWS config'}) and the network; the caller needs "
+                f"the IAM action {IAM_ACTION}") from None
         loop = asyncio.get_running_loop()
         outgoing: queue.Queue = queue.Queue(maxsize=64)
 
@@ -303,9 +324,8 @@ def _run_sagemaker(opts: StreamOptions, settings: dict, frames, printer: Printer
     except LaunchError:
         raise
     except Exception as exc:
-        if type(exc).__module__.split(".")[0] in ("aws_sdk_sagemaker_runtime_http2", "smithy_core", "smithy_aws_core",
-                                                  "smithy_http"):
+        if type(exc).__module__.split(".")[0] in sdk_modules:
             hint = (f" (the caller needs the IAM action {IAM_ACTION} on the endpoint)"
-                    if "ccess" in str(exc) or "403" in str(exc) else "")
+                    if any(k in f"{type(exc).__name__} {exc}" for k in ("ccess", "403", "not authorized")) else "")
             raise LaunchError(f"{type(exc).__name__}: {exc}{hint}") from None
         raise
