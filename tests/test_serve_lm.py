@@ -331,10 +331,13 @@ def test_a_killed_decoding_process_is_a_503_then_a_new_pool_and_deadlines_hold(l
         os.kill(model.beam._current().submit(lm.pool_info).result(timeout=60)["pid"], signal.SIGKILL)
         time.sleep(1)  # concurrent.futures notices the death from its own thread
         assert post(client, audio)[0] == 200 and model.beam.restarts == 2
-        # A decoding longer than the request's deadline: 503 at the deadline, never a stuck request.
+        # A decoding longer than the request's deadline: 503 at the deadline, never a stuck request. Four times
+        # the frames of `slow` (40 s of audio, under the 6 MB payload cap): on an AVX-512 EPYC `slow` took 1.1 s,
+        # these 4.7 s.
+        slower = audio_for((np.random.default_rng(1).normal(size=(2000, len(reference.labels))) * 4).astype(np.float32))
         short = client_for(model, MODEL_SERVER_TIMEOUT="2")
         started = time.monotonic()
-        status, body = post(short, slow, fields={"beam_width": 256})
+        status, body = post(short, slower, fields={"beam_width": 256})
         assert status == 503 and "MODEL_SERVER_TIMEOUT" in body["error"] and time.monotonic() - started < 10, body
     finally:
         model.close()
