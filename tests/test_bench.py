@@ -105,6 +105,9 @@ def test_train_accuracy_scores_both_layouts_on_both_heldout_sets(tmp_path):
               for d in ("data_a", "data_b")]
     trained = {json.loads(line)["voice"] for line in (tmp_path / "data_a" / "train" / "manifest.jsonl").read_text().splitlines()}
     assert not (voices[0] & voices[1]) and not (voices[0] | voices[1]) & trained
+    for r in f["results"].values():  # CER per held-out voice, each a rate
+        assert [set(r[f"cer_by_voice_{s}"]) for s in "AB"] == voices
+        assert all(0 <= c for s in "AB" for c in r[f"cer_by_voice_{s}"].values())
 
 
 def test_coldstart_times_the_serving_image(images, tmp_path):  # noqa: F811

@@ -22,6 +22,19 @@ def read_manifest(channel: Path, chars_to_ignore: str = text.DEFAULT_CHARS_TO_IG
     return [(audio.load_file(channel / r["audio"]), text.normalize(r["text"], chars_to_ignore)) for r in rows]
 
 
+def read_voices(channel: Path) -> list[str]:
+    """The `voice` field of each line of channel/manifest.jsonl (local_test/make_dataset.py writes it), in
+    read_manifest's order; "" where a line has none."""
+    rows = [json.loads(line) for line in (channel / "manifest.jsonl").read_text().splitlines() if line.strip()]
+    return [str(r.get("voice", "")) for r in rows]
+
+
+def cer_by_group(references: list[str], hypotheses: list[str], groups: list[str]) -> dict[str, float]:
+    """Corpus CER within each group (e.g. voice) of clips, in the order groups first appear."""
+    return {g: error_rates([r for r, k in zip(references, groups) if k == g],
+                           [h for h, k in zip(hypotheses, groups) if k == g])["cer"] for g in dict.fromkeys(groups)}
+
+
 def error_rates(references: list[str], hypotheses: list[str]) -> dict[str, float]:
     from train.metrics import error_rates as rates  # the training program's own corpus WER/CER (jiwer)
 
@@ -55,7 +68,8 @@ def score_dir(model_dir: Path, clips: list[tuple[np.ndarray, str]], *, bf16: boo
     """Corpus CER/WER of a saved model directory through the serving program's own ServingModel (greedy,
     fp32 or bf16, one clip per request as on a CPU), and the mean per-clip CTC loss of the same model. When
     the directory has an LM (language_model/, as train/lm.py writes it) also `wer_lm`/`cer_lm`: the same
-    clips decoded as the server does by default then (beam search + LM, one decoding process)."""
+    clips decoded as the server does by default then (beam search + LM, one decoding process). "hypotheses":
+    the greedy transcripts, in the clips' order."""
     import time
 
     import transformers
@@ -87,7 +101,8 @@ def score_dir(model_dir: Path, clips: list[tuple[np.ndarray, str]], *, bf16: boo
     finally:
         served.close()
     references = [r for _, r in clips]
-    figures = {**error_rates(references, hyps), "loss": float(np.mean(losses)), "clips": len(clips)}
+    figures = {**error_rates(references, hyps), "loss": float(np.mean(losses)), "clips": len(clips),
+               "hypotheses": hyps}
     if has_lm:
         lm_rates = error_rates(references, hyps_lm)
         figures.update(wer_lm=lm_rates["wer"], cer_lm=lm_rates["cer"])
