@@ -10,7 +10,7 @@ import torch
 from conftest import ROOT
 from train import hyperparameters as H
 from train import model as model_source
-from train.data import Examples, Ragged, SpeechDataset, Strings, speed_perturb
+from train.data import Examples, Ragged, SpeechDataset, Strings, reverberate, speed_perturb
 
 RATE = 16_000
 
@@ -34,12 +34,42 @@ def test_speed_perturb_changes_tempo_and_pitch_together():
     assert speed_perturb(x, 1.0) is x
 
 
-def _dataset(x: np.ndarray, labels: list[int], speed_perturbation: float = 0.0) -> SpeechDataset:
+def test_reverberate_keeps_the_direct_path_and_adds_a_decaying_tail_at_the_asked_ratio():
+    x = np.zeros(RATE, dtype=np.float32)
+    x[100] = 1.0  # an impulse: the output is the room's impulse response
+    noise = np.random.default_rng(0).standard_normal(RATE)
+    y = reverberate(x, 0.5, 10.0, noise)
+    assert y.dtype == np.float32 and len(y) == len(x)
+    assert np.abs(y[:100]).max() < 1e-6 and y[100] == pytest.approx(1.0, abs=1e-6)
+    tail = y[101:101 + RATE // 2].astype(np.float64)
+    assert np.sum(tail ** 2) == pytest.approx(0.1, rel=1e-3)  # 10 dB below the direct path's energy of 1
+    early, late = np.sum(tail[:1600] ** 2), np.sum(tail[4000:5600] ** 2)  # 0-0.1 s and 0.25-0.35 s
+    assert late < early / 100  # 60 dB per 0.5 s: the 0.25 s apart windows differ by ~30 dB
+    speech = _tone(1.0)
+    assert len(reverberate(speech, 0.8, 5.0, noise)) == len(speech)
+
+
+def test_dataset_reverberates_the_asked_fraction_of_draws_renormalised():
+    x = _tone(1.0)
+    x = (x - x.mean()) / x.std()
+    ds = _dataset(x, [1, 2], reverberation=0.5)
+    torch.manual_seed(0)
+    draws = [ds[0]["input_values"] for _ in range(200)]
+    changed = [d for d in draws if d is not x]
+    assert 70 <= len(changed) <= 130  # about half of 200 (binomial sd ~7)
+    assert all(len(d) == len(x) and abs(d.mean()) < 1e-3 and abs(d.std() - 1) < 1e-3 for d in changed)
+    assert all(not np.allclose(d, x, atol=1e-2) for d in changed)
+    evaluation = _dataset(x, [1, 2], reverberation=1.0, train=False)
+    assert evaluation[0]["input_values"] is x  # never at evaluation
+
+
+def _dataset(x: np.ndarray, labels: list[int], speed_perturbation: float = 0.0, reverberation: float = 0.0,
+             train: bool = True) -> SpeechDataset:
     """A one-item dataset whose audio is `x` (already 16 kHz), as if read from a channel."""
     audio = types.SimpleNamespace(load=lambda i: x, normalized=True)
     ix = types.SimpleNamespace(name="train", audio=audio, names=["x.wav"])
     examples = Examples(ix, np.array([0]), Ragged.from_lists([labels]), np.array([len(x)]), Strings(["ab"]))
-    return SpeechDataset(examples, train=True, speed_perturbation=speed_perturbation)
+    return SpeechDataset(examples, train=train, speed_perturbation=speed_perturbation, reverberation=reverberation)
 
 
 def test_dataset_draws_a_new_factor_each_time_within_range_and_seeded():
@@ -72,7 +102,7 @@ def test_regularisation_hyperparameters_reach_the_model_config():
 
 
 @pytest.mark.parametrize("name,value", [("speed_perturbation", "0.5"), ("hidden_dropout", "1.0"),
-                                        ("mask_feature_prob", "-0.1")])
+                                        ("mask_feature_prob", "-0.1"), ("reverberation", "1.5")])
 def test_out_of_range_values_fail_naming_the_hyperparameter(name, value):
     with pytest.raises(Exception) as e:
         H.parse({name: value})

@@ -4,7 +4,8 @@ from __future__ import annotations
 import pytest
 
 from train import hyperparameters as H
-from train.model import starts_random
+from conftest import ROOT
+from train.model import layer_norm_encoder, starts_random
 
 
 def test_auto_preset_changes_only_unset_values_for_a_random_start():
@@ -30,10 +31,34 @@ def test_a_pretrained_start_keeps_the_fine_tuning_defaults_unless_asked():
         H.parse({"preset": "fast"})
 
 
+def test_a_layer_normed_encoder_from_scratch_also_gets_reverberation_unless_set():
+    hp = H.parse({})
+    tuned, _, changed = H.resolve_preset(hp, H.given({}), random_start=True, layer_norm_encoder=True)
+    assert changed == {**H.FROM_SCRATCH, **H.FROM_SCRATCH_LAYER_NORM} and tuned.reverberation == 0.5
+    _, _, group = H.resolve_preset(hp, H.given({}), random_start=True, layer_norm_encoder=False)
+    assert "reverberation" not in group
+    raw = {"reverberation": "0"}
+    tuned, _, changed = H.resolve_preset(H.parse(raw), H.given(raw), random_start=True, layer_norm_encoder=True)
+    assert "reverberation" not in changed and tuned.reverberation == 0.0
+    assert H.resolve_preset(hp, H.given({}), random_start=False, layer_norm_encoder=True)[2] == {}
+
+
+def test_the_feature_encoder_layout_is_read_from_the_model_folder(tmp_path):
+    from conftest import ROOT
+
+    assert layer_norm_encoder(str(ROOT / "local_test" / "tiny_model"))
+    assert not layer_norm_encoder(str(ROOT / "local_test" / "tiny_model_group"))
+    (tmp_path / "release" / "model").mkdir(parents=True)
+    (tmp_path / "release" / "model" / "config.json").write_text('{"feat_extract_norm": "layer"}')
+    assert layer_norm_encoder(str(tmp_path / "release"))  # one folder down, as the loader finds it
+    assert not layer_norm_encoder("facebook/wav2vec2-large-lv60") and not layer_norm_encoder(str(tmp_path / "missing"))
+
+
 def test_every_from_scratch_value_is_valid_for_its_hyperparameter_and_differs_from_the_default():
-    hp = H.parse({k: str(v) for k, v in H.FROM_SCRATCH.items()})
-    assert all(getattr(hp, k) == v for k, v in H.FROM_SCRATCH.items())
-    assert all(H.Hyperparameters().__getattribute__(k) != v for k, v in H.FROM_SCRATCH.items())
+    values = {**H.FROM_SCRATCH, **H.FROM_SCRATCH_LAYER_NORM}
+    hp = H.parse({k: str(v) for k, v in values.items()})
+    assert all(getattr(hp, k) == v for k, v in values.items())
+    assert all(H.Hyperparameters().__getattribute__(k) != v for k, v in values.items())
 
 
 def test_a_config_without_weights_is_a_random_start(tmp_path):

@@ -29,7 +29,8 @@ def learned(tmp_path_factory, synthetic_data):
         "max_steps": str(LEARN_STEPS), "train_batch_size": "8", "learning_rate": "3e-3", "warmup_steps": "20",
         "lr_scheduler": "constant_with_warmup", "test_split": "0.25", "eval_on_start": "true",
         "logging_steps": "50",
-        "save_steps": "1000", "mask_time_prob": "0.0", "speed_perturbation": "0", "lm_order": "3",
+        "save_steps": "1000", "mask_time_prob": "0.0", "speed_perturbation": "0", "reverberation": "0",
+        "lm_order": "3",
         "lm_tuning_seconds": "20",
     })
     started = time.monotonic()
@@ -80,6 +81,7 @@ def test_metrics_json_and_plot(learned):
     assert m["hyperparameters"]["learning_rate"] == 3e-3 and m["hyperparameters"]["lr_scheduler"] == "constant_with_warmup"
     assert all(m["hyperparameters"][k] == v for k, v in FROM_SCRATCH.items()
                if k not in ("learning_rate", "lr_scheduler", "warmup_steps", "mask_time_prob", "speed_perturbation"))
+    assert m["hyperparameters"]["reverberation"] == 0  # the job's 0, not the layer-norm preset's 0.5
     png = (opt / "output" / "data" / "training.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
 

@@ -285,21 +285,47 @@ def speed_perturb(x: np.ndarray, factor: float) -> np.ndarray:
     return soxr.resample(x, TARGET_RATE * factor, TARGET_RATE, quality="HQ").astype(np.float32, copy=False)
 
 
+# Synthetic rooms for `reverberation`: reverberation times from small rooms to halls, and how much louder the
+# direct path is than the reverberant tail (far-field speech sits at the low end).
+REVERB_RT60_S = (0.2, 0.8)
+REVERB_DRR_DB = (5.0, 20.0)
+
+
+def reverberate(x: np.ndarray, rt60: float, drr_db: float, noise: np.ndarray) -> np.ndarray:
+    """`x` (float32 samples at 16 kHz) heard in a room: convolved with a synthetic impulse response, the direct
+    path (1 at t = 0) followed by a diffuse tail of Gaussian noise whose amplitude falls by 60 dB in `rt60`
+    seconds (Polack's statistical model, the simulated responses of Ko et al. 2017), scaled so the direct
+    path has `drr_db` dB more energy than the tail. noise: at least rt60 x 16,000 standard-normal samples
+    (the caller's random stream). Returns float32 of len(x): the tail past the clip's end is cut."""
+    n = max(1, int(rt60 * TARGET_RATE))
+    t = np.arange(1, n + 1) / TARGET_RATE
+    tail = np.asarray(noise[:n], dtype=np.float64) * np.exp(-np.log(1000.0) * t / rt60)
+    tail *= np.sqrt(10.0 ** (-drr_db / 10.0) / max(float(np.sum(tail * tail)), 1e-12))
+    h = np.concatenate([[1.0], tail])
+    size = 1 << (len(x) + len(h) - 2).bit_length()
+    y = np.fft.irfft(np.fft.rfft(x, size) * np.fft.rfft(h, size), size)[: len(x)]
+    return y.astype(np.float32)
+
+
 class SpeechDataset:
     """Map-style dataset over `Examples`: item i is {"input_values": normalised float32 16 kHz samples,
     "labels": int32 ids, "index": i, "skipped": [(channel, entry, name, reason), ...]}.
 
     Audio is decoded when the item is drawn, in the DataLoader worker that draws it. With
     `speed_perturbation` = s > 0 a training item is resampled by a random factor in [1 - s, 1 + s] each time
-    (Ko et al. 2015; the factor comes from torch's generator, which the Trainer seeds per worker).
+    (Ko et al. 2015); with `reverberation` = p > 0 that fraction of draws is then heard in a synthetic room
+    (`reverberate`, RT60 and direct-to-reverberant ratio drawn from REVERB_RT60_S and REVERB_DRR_DB). The
+    random draws come from torch's generator, which the Trainer seeds per worker.
     An unreadable file is reported in "skipped"; a training item is then replaced by the next readable one
     (batches keep their size, so every process still steps together), an evaluation item by `min_samples`
     of silence with no labels and index -1, which WER/CER leave out.
     """
 
-    def __init__(self, examples: Examples, *, train: bool, min_samples: int = 0, speed_perturbation: float = 0.0):
+    def __init__(self, examples: Examples, *, train: bool, min_samples: int = 0, speed_perturbation: float = 0.0,
+                 reverberation: float = 0.0):
         self.examples, self.train = examples, train
         self.min_samples, self.speed_perturbation = min_samples, speed_perturbation
+        self.reverberation = reverberation
         self.lengths = examples.samples.tolist()  # for length-grouped batches
 
     def __len__(self) -> int:
@@ -317,9 +343,19 @@ class SpeechDataset:
 
             s = self.speed_perturbation
             x = speed_perturb(x, float(torch.empty(()).uniform_(1 - s, 1 + s)))
+        reverberated = False
+        if self.train and self.reverberation > 0:
+            import torch
+
+            if float(torch.rand(())) < self.reverberation:
+                rt60 = float(torch.empty(()).uniform_(*REVERB_RT60_S))
+                drr = float(torch.empty(()).uniform_(*REVERB_DRR_DB))
+                noise = torch.randn(int(rt60 * TARGET_RATE) + 1, dtype=torch.float64).numpy()
+                x, reverberated = reverberate(x, rt60, drr, noise), True
         if len(x) < self.min_samples:  # as serving does: no output frame at all otherwise
             x = np.pad(x, (0, self.min_samples - len(x)))
-        return x if ix.audio.normalized else audio.normalize(x)
+        # A room's tail changes the level: normalise again even when the audio came normalised.
+        return x if ix.audio.normalized and not reverberated else audio.normalize(x)
 
     def __getitem__(self, i: int) -> dict:
         skipped = []

@@ -24,6 +24,11 @@ PRESETS = ("auto", "fine_tune", "from_scratch")
 # transformers' run_speech_recognition_ctc.py). Why these values: bench/README.md, "Training accuracy".
 FROM_SCRATCH = {"learning_rate": 5e-4, "lr_scheduler": "constant_with_warmup", "warmup_steps": 0.0,
                 "weight_decay": 0.01, "speed_perturbation": 0.1}
+# ...and, when the feature encoder is layer-normed (config.json `feat_extract_norm` "layer"), synthetic rooms:
+# such an encoder, trained from a random start, learnt the training audio's (dry) acoustics and failed on voices
+# with an echo; a group-normed one did not, and the augmentation kept it on the all-blank plateau ~300 steps
+# longer (bench/README.md, "Training accuracy on a CPU with native bf16").
+FROM_SCRATCH_LAYER_NORM = {"reverberation": 0.5}
 
 
 def _hp(default, help: str, **checks):
@@ -42,7 +47,9 @@ class Hyperparameters:
     preset: str = _hp("auto", "Defaults for how training starts: `fine_tune` (this table's defaults), `from_scratch` "
                       "(" + ", ".join(f"`{k}` {v:g}" if isinstance(v, float) else f"`{k}` {v}"
                                       for k, v in FROM_SCRATCH.items())
-                      + " instead) or `auto`: from_scratch when the model starts from random weights (a model "
+                      + " instead; with a layer-normed feature encoder also "
+                      + ", ".join(f"`{k}` {v:g}" for k, v in FROM_SCRATCH_LAYER_NORM.items())
+                      + ") or `auto`: from_scratch when the model starts from random weights (a model "
                       "folder with config.json and no weights), else fine_tune. Values you set always win.",
                       choices=PRESETS)
     gradient_checkpointing: bool = _hp(False, "Recompute activations in the backward pass: less memory, ~30% slower.")
@@ -97,6 +104,9 @@ class Hyperparameters:
     speed_perturbation: float = _hp(0.0, "Augmentation: play each training utterance at a random speed in "
                                     "[1 - x, 1 + x] every time it is drawn (tempo and pitch change); 0 = off.",
                                     min=0.0, lt=0.5)
+    reverberation: float = _hp(0.0, "Augmentation: the fraction of training draws heard in a synthetic room (a "
+                               "random reverberation time of 0.2-0.8 s and direct-to-reverberant ratio of 5-20 dB); "
+                               "0 = off.", min=0.0, max=1.0)
     group_by_length: bool = _hp(True, "Batch utterances of similar length together (less padding).")
     # Cadence
     logging_steps: int = _hp(25, "Print a `[metrics]` line every this many steps.", min=1)
@@ -225,13 +235,16 @@ def given(raw: Mapping[str, Any]) -> frozenset[str]:
     return frozenset(k for k in raw if not k.startswith(RESERVED_PREFIXES))
 
 
-def resolve_preset(hp: Hyperparameters, given: Iterable[str], random_start: bool) -> tuple[Hyperparameters, str, dict]:
+def resolve_preset(hp: Hyperparameters, given: Iterable[str], random_start: bool,
+                   layer_norm_encoder: bool = False) -> tuple[Hyperparameters, str, dict]:
     """(settings, the preset used, the values it changed). `from_scratch` replaces the values of FROM_SCRATCH's
-    names that `given` (the names hyperparameters.json set) does not hold; `fine_tune` changes nothing."""
+    names (and FROM_SCRATCH_LAYER_NORM's, for a layer-normed feature encoder) that `given` (the names
+    hyperparameters.json set) does not hold; `fine_tune` changes nothing."""
     preset = hp.preset if hp.preset != "auto" else "from_scratch" if random_start else "fine_tune"
     if preset == "fine_tune":
         return hp, preset, {}
-    changed = {k: v for k, v in FROM_SCRATCH.items() if k not in set(given)}
+    values = {**FROM_SCRATCH, **(FROM_SCRATCH_LAYER_NORM if layer_norm_encoder else {})}
+    changed = {k: v for k, v in values.items() if k not in set(given)}
     return replace(hp, **changed), preset, changed
 
 

@@ -136,7 +136,8 @@ def run(paths: OptML, hp, sagemaker_hyperparameters: dict | None = None, given: 
     # 4. Model; the preset for how it starts (train/hyperparameters.py FROM_SCRATCH) before anything uses hp's
     # learning-rate, schedule or SpecAugment values.
     source = model_source(paths, hp)
-    hp, preset, changed = hyperparameters.resolve_preset(hp, given, models.starts_random(source))
+    hp, preset, changed = hyperparameters.resolve_preset(hp, given, models.starts_random(source),
+                                                         models.layer_norm_encoder(source))
     say(f"[train] preset {preset}" + (" (random start): " + ", ".join(f"{k}={v}" for k, v in changed.items())
                                       if changed else ""))
     model, precision = load_model(source, hp, vocab, processor)

@@ -63,6 +63,19 @@ def starts_random(source: str) -> bool:
         return False
 
 
+def layer_norm_encoder(source: str) -> bool:
+    """Whether `source`, a local model folder (as `load` finds it), has a layer-normed feature encoder
+    (config.json `feat_extract_norm` "layer": wav2vec2-large's layout, not wav2vec2-base's "group"). False for a
+    hub id or a folder `load` will refuse."""
+    path = Path(source)
+    if not path.is_dir():
+        return False
+    try:
+        return modeldir.read_config(modeldir.find(path)).get("feat_extract_norm") == "layer"
+    except modeldir.ModelDirError:
+        return False
+
+
 def load(source: str, hp, vocab: dict[str, int], vocab_size: int, pad_token_id: int,
          log=print) -> tuple[torch.nn.Module, bool]:
     """(model, pretrained): `source` is a local directory or a hub id; vocab_size = len(tokenizer)."""
