@@ -10,7 +10,8 @@ import torch
 from conftest import ROOT
 from train import hyperparameters as H
 from train import model as model_source
-from train.data import Examples, Ragged, SpeechDataset, Strings, reverberate, speed_perturb
+from train.data import (REVERB_DRR_DB, REVERB_RT60_S, Examples, Ragged, SpeechDataset, Strings, reverberate,
+                        speed_perturb)
 
 RATE = 16_000
 
@@ -61,6 +62,11 @@ def test_dataset_reverberates_the_asked_fraction_of_draws_renormalised():
     assert all(not np.allclose(d, x, atol=1e-2) for d in changed)
     evaluation = _dataset(x, [1, 2], reverberation=1.0, train=False)
     assert evaluation[0]["input_values"] is x  # never at evaluation
+
+
+def test_the_reverberation_help_states_the_ranges_the_data_step_draws_from():
+    help_text = H.Hyperparameters.__dataclass_fields__["reverberation"].metadata["help"]
+    assert "%g-%g s" % REVERB_RT60_S in help_text and "%g-%g dB" % REVERB_DRR_DB in help_text
 
 
 def _dataset(x: np.ndarray, labels: list[int], speed_perturbation: float = 0.0, reverberation: float = 0.0,

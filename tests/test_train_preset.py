@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-from train import hyperparameters as H
 from conftest import ROOT
+from train import hyperparameters as H
 from train.model import layer_norm_encoder, starts_random
 
 
@@ -44,8 +44,6 @@ def test_a_layer_normed_encoder_from_scratch_also_gets_reverberation_unless_set(
 
 
 def test_the_feature_encoder_layout_is_read_from_the_model_folder(tmp_path):
-    from conftest import ROOT
-
     assert layer_norm_encoder(str(ROOT / "local_test" / "tiny_model"))
     assert not layer_norm_encoder(str(ROOT / "local_test" / "tiny_model_group"))
     (tmp_path / "release" / "model").mkdir(parents=True)

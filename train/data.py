@@ -338,15 +338,13 @@ class SpeechDataset:
     def _samples(self, i: int) -> np.ndarray:
         ix = self.examples.index
         x = ix.audio.load(int(self.examples.entries[i]))
-        if self.train and self.speed_perturbation > 0:
-            import torch
+        import torch  # kept out of this module's import, as above (launcher prepare)
 
+        if self.train and self.speed_perturbation > 0:
             s = self.speed_perturbation
             x = speed_perturb(x, float(torch.empty(()).uniform_(1 - s, 1 + s)))
         reverberated = False
         if self.train and self.reverberation > 0:
-            import torch
-
             if float(torch.rand(())) < self.reverberation:
                 rt60 = float(torch.empty(()).uniform_(*REVERB_RT60_S))
                 drr = float(torch.empty(()).uniform_(*REVERB_DRR_DB))

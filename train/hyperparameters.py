@@ -27,7 +27,7 @@ FROM_SCRATCH = {"learning_rate": 5e-4, "lr_scheduler": "constant_with_warmup", "
 # ...and, when the feature encoder is layer-normed (config.json `feat_extract_norm` "layer"), synthetic rooms:
 # such an encoder, trained from a random start, learnt the training audio's (dry) acoustics and failed on voices
 # with an echo; a group-normed one did not, and the augmentation kept it on the all-blank plateau ~300 steps
-# longer (bench/README.md, "Training accuracy on a CPU with native bf16").
+# longer (bench/README.md, "Training accuracy: why the layer-norm layout failed on new voices").
 FROM_SCRATCH_LAYER_NORM = {"reverberation": 0.5}
 
 

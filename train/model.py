@@ -51,27 +51,32 @@ def _fail(source: str, exc: Exception) -> TrainingError:
                          f"a reachable hub id in model_name")
 
 
+def _local_folder(source: str) -> Path | None:
+    """The model folder `load` would use for `source` (one folder down for an unpacked model.tar.gz); None for a
+    hub id or a folder `load` will refuse."""
+    path = Path(source)
+    if not path.is_dir():
+        return None
+    try:
+        return modeldir.find(path)
+    except modeldir.ModelDirError:
+        return None
+
+
 def starts_random(source: str) -> bool:
     """Whether `source` is a local model folder (as `load` finds it) with config.json and no weights, so that
     training starts from random weights. A hub id, or a folder `load` will refuse, is not."""
-    path = Path(source)
-    if not path.is_dir():
-        return False
-    try:
-        return modeldir.weights_file(modeldir.find(path)) is None
-    except modeldir.ModelDirError:
-        return False
+    folder = _local_folder(source)
+    return folder is not None and modeldir.weights_file(folder) is None
 
 
 def layer_norm_encoder(source: str) -> bool:
     """Whether `source`, a local model folder (as `load` finds it), has a layer-normed feature encoder
     (config.json `feat_extract_norm` "layer": wav2vec2-large's layout, not wav2vec2-base's "group"). False for a
     hub id or a folder `load` will refuse."""
-    path = Path(source)
-    if not path.is_dir():
-        return False
+    folder = _local_folder(source)
     try:
-        return modeldir.read_config(modeldir.find(path)).get("feat_extract_norm") == "layer"
+        return folder is not None and modeldir.read_config(folder).get("feat_extract_norm") == "layer"
     except modeldir.ModelDirError:
         return False
 

@@ -16,17 +16,20 @@ import torch
 from common import audio, ctc, text
 
 
+def _rows(channel: Path) -> list[dict]:
+    return [json.loads(line) for line in (channel / "manifest.jsonl").read_text().splitlines() if line.strip()]
+
+
 def read_manifest(channel: Path, chars_to_ignore: str = text.DEFAULT_CHARS_TO_IGNORE) -> list[tuple[np.ndarray, str]]:
     """(16 kHz float32 samples, normalised transcript) for every line of channel/manifest.jsonl."""
-    rows = [json.loads(line) for line in (channel / "manifest.jsonl").read_text().splitlines() if line.strip()]
+    rows = _rows(channel)
     return [(audio.load_file(channel / r["audio"]), text.normalize(r["text"], chars_to_ignore)) for r in rows]
 
 
 def read_voices(channel: Path) -> list[str]:
     """The `voice` field of each line of channel/manifest.jsonl (local_test/make_dataset.py writes it), in
     read_manifest's order; "" where a line has none."""
-    rows = [json.loads(line) for line in (channel / "manifest.jsonl").read_text().splitlines() if line.strip()]
-    return [str(r.get("voice", "")) for r in rows]
+    return [str(r.get("voice", "")) for r in _rows(channel)]
 
 
 def cer_by_group(references: list[str], hypotheses: list[str], groups: list[str]) -> dict[str, float]:
