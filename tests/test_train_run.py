@@ -193,3 +193,28 @@ def test_training_plot_shows_the_lm_figures_beside_greedy(tmp_path, monkeypatch)
     assert {"WER", "CER", "WER with LM", "CER with LM"} <= set(seen["labels"])
     outputs.plot(tmp_path, [{"step": 10, "loss": 3.2}], evals, None)
     assert not any("with LM" in label for label in seen["labels"])
+
+
+def test_fairseq_style_vocab_channel_with_a_literal_space_trains(tmp_path, synthetic_data):
+    """A vocab channel whose vocab.json has a literal space and no `|` (fairseq's and some hub checkpoints'
+    style): the data step labels a space with the tokenizer's id for it (as tokenizer(text).input_ids), the
+    job trains, evaluates and saves a model serving loads. (It failed with KeyError: '|' in the encoder.)"""
+    import json
+
+    from checkpoints import VOCAB_SPACE
+    from common import modeldir
+
+    vocab_dir = tmp_path / "vocab"
+    vocab_dir.mkdir()
+    (vocab_dir / "vocab.json").write_text(json.dumps(VOCAB_SPACE))
+    opt = make_opt_ml(tmp_path / "opt", {"train": synthetic_data / "train", "vocab": vocab_dir,
+                                         "model": micro_model_dir(tmp_path / "model_src")},
+                      {**FAST, "test_split": "0.25", "precision": "fp32"})
+    proc = run_train(opt)
+    assert_ok(proc)
+    assert "[data] vocabulary of" in proc.stdout and "from vocab channel" in proc.stdout
+    m = metrics(opt)
+    assert m["unknown_characters"]["train"] == {} and m["wer"] is not None
+    assert json.loads((opt / "model" / "vocab.json").read_text()) == VOCAB_SPACE
+    model, processor = modeldir.load(opt / "model")
+    assert model.config.vocab_size == len(processor.tokenizer)
