@@ -218,3 +218,70 @@ def test_fairseq_style_vocab_channel_with_a_literal_space_trains(tmp_path, synth
     assert json.loads((opt / "model" / "vocab.json").read_text()) == VOCAB_SPACE
     model, processor = modeldir.load(opt / "model")
     assert model.config.vocab_size == len(processor.tokenizer)
+
+
+def half_precision_model(dest, dtype):
+    """A save_pretrained directory in float16 or bfloat16, as many hub checkpoints are."""
+    import torch
+    from transformers import Wav2Vec2Config, Wav2Vec2ForCTC
+
+    config = Wav2Vec2Config.from_pretrained(micro_model_dir(dest))
+    torch.manual_seed(0)
+    Wav2Vec2ForCTC(config).to(dtype).save_pretrained(dest)
+    return dest
+
+
+def saved_dtypes(model_dir) -> set[str]:
+    from safetensors import safe_open
+
+    with safe_open(str(model_dir / "model.safetensors"), "pt") as f:
+        return {str(f.get_slice(k).get_dtype()) for k in f.keys()}
+
+
+@pytest.mark.parametrize("dtype, precision", [("float16", "auto"), ("float16", "fp32"), ("bfloat16", "auto")])
+def test_a_half_precision_model_channel_trains_float32_masters_and_saves_float32(tmp_path, synthetic_data,
+                                                                                 dtype, precision):
+    """A float16 model channel failed (`mixed dtype (CPU)` under precision=auto, a dtype mismatch under fp32)
+    and a bfloat16 one trained bf16 master weights and saved bf16: weights load into float32 always."""
+    import json
+
+    import torch
+
+    source = half_precision_model(tmp_path / "model_src", getattr(torch, dtype))
+    assert saved_dtypes(source) == {"F16" if dtype == "float16" else "BF16"}
+    opt = make_opt_ml(tmp_path / "opt", {"train": synthetic_data / "train", "model": source},
+                      {**FAST, "test_split": "0.25", "precision": precision})
+    assert_ok(run_train(opt))
+    assert saved_dtypes(opt / "model") == {"F32"}
+    assert json.loads((opt / "model" / "config.json").read_text()).get("dtype") in (None, "float32")
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_serving_loads_a_half_precision_directory_in_float32(tmp_path, speech_clip, dtype):
+    """The served transcript of a float16/bfloat16 directory is the one of the same weights in float32."""
+    import torch
+    from transformers import Wav2Vec2ForCTC
+
+    from checkpoints import VOCAB_RECIPE
+    from common import modeldir
+    from serve.contract import Clip
+    from serve.model import ServingModel
+
+    processor = modeldir.make_processor(VOCAB_RECIPE)
+    cfg = modeldir.tiny_config(len(processor.tokenizer), processor.tokenizer.pad_token_id,
+                               hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                               conv_dim=(16,) * 7, num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=2)
+    torch.manual_seed(0)
+    weights = Wav2Vec2ForCTC(cfg).to(getattr(torch, dtype))
+    modeldir.save(tmp_path / "half", weights, processor)
+    modeldir.save(tmp_path / "full", weights.float(), processor)
+    texts = {}
+    for name in ("half", "full"):
+        checkpoint = modeldir.load_checkpoint(tmp_path / name)
+        assert {p.dtype for p in checkpoint.model.parameters()} == {torch.float32}
+        model = ServingModel(checkpoint, device=torch.device("cpu"), dtype=torch.float32).start()
+        try:
+            texts[name] = model.transcribe([Clip(speech_clip)], deadline=time.monotonic() + 120)[0].text
+        finally:
+            model.close()
+    assert texts["half"] == texts["full"] and len(set(texts["full"])) >= 3, texts
