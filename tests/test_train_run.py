@@ -127,6 +127,43 @@ def test_language_model_built_beside_the_model(learned):
     assert float(done.group(4)) == pytest.approx(m["cer_lm"], abs=1e-4)
 
 
+def test_transformers_pipeline_decodes_with_the_jobs_lm_as_the_server_does(learned, synthetic_data):
+    """pipeline("automatic-speech-recognition", model=model/) loads the LM the job saved (processor_config.json
+    declares Wav2Vec2ProcessorWithLM, train/outputs.declare_processor) and, at the server's beam width, writes
+    the server's default (beam + LM) transcript of each held-out clip; it decoded greedily before."""
+    import json
+
+    import soundfile as sf
+    from transformers import AutoProcessor, Wav2Vec2ProcessorWithLM, pipeline
+
+    from common import lm as common_lm
+    from serve import model as serve_model, options
+    from serve.contract import Clip
+    from serve.settings import Settings
+
+    opt = learned[0]
+    model_dir = opt / "model"
+    assert json.loads((model_dir / "processor_config.json").read_text())["feature_extractor"][
+        "processor_class"] == "Wav2Vec2ProcessorWithLM"
+    assert isinstance(AutoProcessor.from_pretrained(str(model_dir)), Wav2Vec2ProcessorWithLM)
+    pipe = pipeline("automatic-speech-recognition", model=str(model_dir), device="cpu")
+    assert pipe.type == "ctc_with_lm"
+    rows = [json.loads(line) for line in (synthetic_data / "test" / "manifest.jsonl").read_text().splitlines()]
+    clips = [sf.read(synthetic_data / "test" / r["audio"], dtype="float32")[0] for r in rows]
+    served = serve_model.load(Settings.from_env({"OPT_ML": str(opt), "SERVE_CPU_BF16": "false"}))
+    try:
+        assert served.info.default_decoder == "beam"
+        deadline = time.monotonic() + 300
+        server = [served.transcribe([Clip(c)], deadline=deadline)[0].text for c in clips]
+        greedy = [served.transcribe([Clip(c, options.Options(decoder="greedy"))], deadline=deadline)[0].text
+                  for c in clips]
+    finally:
+        served.close()
+    piped = [pipe(c, decoder_kwargs={"beam_width": common_lm.DEFAULT_BEAM_WIDTH})["text"] for c in clips]
+    assert piped == server
+    assert server != greedy  # the LM changes transcripts here: the comparison can tell the decoders apart
+
+
 def test_sigterm_saves_a_checkpoint_then_a_restart_resumes(tmp_path, synthetic_data):
     model = micro_model_dir(tmp_path / "model_src")
     hp = {**FAST, "max_steps": "10000", "save_steps": "10000", "test_split": "0", "lm_order": "0"}

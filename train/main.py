@@ -181,6 +181,7 @@ def run(paths: OptML, hp, sagemaker_hyperparameters: dict | None = None, given: 
             lm_metrics = build_lm(lm_plan, paths.model_dir, trained, processor, prepared, hp, step)
         except Exception as exc:  # noqa: BLE001 - the trained model is saved: a failed add-on must not lose it
             lm_metrics = lm_failed(paths.model_dir, exc)
+        outputs.declare_processor(paths.model_dir)  # AutoProcessor and the ASR pipeline load the LM with it
     epochs_done = float(trainer.state.epoch or 0.0)
     metrics = {
         "wer": final.get("wer"), "cer": final.get("cer"), "eval_loss": final.get("loss"),
