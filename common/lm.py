@@ -40,6 +40,8 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from .text import nfc
+
 ALPHABET_FILE = "alphabet.json"
 LM_DIR = "language_model"
 ATTRS_FILE = "attrs.json"
@@ -57,6 +59,7 @@ MAX_HOTWORDS = 100  # pyctcdecode builds one regular expression and one trie ove
 MAX_HOTWORD_CHARS = 50
 DEFAULT_BEAM_PRUNE_LOGP = -10.0  # pyctcdecode's DEFAULT_PRUNE_LOGP
 DEFAULT_TOKEN_MIN_LOGP = -5.0  # pyctcdecode's DEFAULT_MIN_TOKEN_LOGP
+UNK_LABEL = "⁇"  # pyctcdecode.alphabet.UNK_TOKEN: how an alphabet writes the unknown token
 OPTION_NAMES = ("beam_width", "alpha", "beta", "hotwords", "hotword_weight")
 
 
@@ -109,7 +112,7 @@ class DecodeOptions:
         for i, word in enumerate(self.hotwords):
             if not isinstance(word, str):
                 raise OptionError(f"hotwords[{i}] must be a string, got {type(word).__name__}")
-            word = " ".join(word.split())
+            word = " ".join(nfc(word).split())  # as training wrote the vocabulary and the LM
             if not word:
                 raise OptionError(f"hotwords[{i}] is empty")
             if len(word) > MAX_HOTWORD_CHARS:
@@ -255,8 +258,16 @@ def check_options(options: DecodeOptions, labels: Sequence[str], has_lm: bool) -
     """
     if not has_lm and (options.alpha is not None or options.beta is not None):
         raise OptionError("alpha and beta weight a language model, and this model has none")
-    letters = {c for label in labels for c in label if label not in ("", " ")}
+    # A character vocabulary writes its one-character labels; the others are special tokens (<s>, </s>) that
+    # pyctcdecode would match inside a hotword and write into the transcript. "⁇" is pyctcdecode's [UNK].
+    letters = {label for label in labels if len(label) == 1 and label not in (" ", UNK_LABEL)}
+    special = sorted({label for label in labels if len(label) > 1 or label == UNK_LABEL}, key=len, reverse=True)
     for i, word in enumerate(options.hotwords):
+        token = next((t for t in special if t in word), None)
+        if token is not None:
+            raise OptionError(f"hotwords[{i}] {word!r} contains {token!r}, a special token of the model's "
+                              f"vocabulary, not text it writes: hotwords may hold only the characters the model "
+                              f"writes")
         outside = sorted({c for c in word.replace(" ", "")} - letters)
         if outside:
             hint = ""

@@ -219,11 +219,16 @@ def check_loading_info(info: dict, model, weights: Path, config: dict, *, new_he
 
 def load_weights(cls, model_dir: Path, config, weights: Path, **kwargs):
     """cls.from_pretrained with this project's rules; returns (model, loading info). Pickled weights go
-    through torch's weights_only unpickler (transformers' load_state_dict, weights_only=True)."""
+    through torch's weights_only unpickler (transformers' load_state_dict, weights_only=True). Always in
+    float32, whatever the file holds (transformers 5 loads a float16/bfloat16 checkpoint in its own dtype by
+    default): training keeps float32 master weights (mixed precision only in autocast) and saves float32;
+    serving casts to its own dtype."""
+    import torch
+
     try:
         return cls.from_pretrained(
             model_dir, config=config, local_files_only=True, use_safetensors=not is_pickled(weights),
-            weights_only=True, output_loading_info=True, **kwargs)
+            weights_only=True, output_loading_info=True, dtype=torch.float32, **kwargs)
     except Exception as exc:  # noqa: BLE001 - each cause becomes one message naming the file
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         if is_pickled(weights) and type(exc).__name__ == "UnpicklingError":

@@ -212,6 +212,9 @@ def test_each_option_through_each_channel(served, reference, channel):
     ("header", "hotword_weight=-1", "hotword_weight must be a number from 0 to 100"),
     ("json", {"hotwords": ["Rafi"]}, "hotwords[0] 'Rafi' has characters the model cannot write: 'R' "
                                      "(the model writes lower-case)"),
+    ("json", {"hotwords": ["<s>"]}, "hotwords[0] '<s>' contains '<s>', a special token of the model's vocabulary"),
+    ("header", "hotwords=rafi,the </s>", "hotwords[1] 'the </s>' contains '</s>', a special token"),
+    ("json", {"hotwords": ["rafi\u0301"]}, "hotwords[0] 'rafí' has characters the model cannot write: 'í'"),
     ("query", "decoder=greedy&hotwords=rafi", "hotwords applies only to beam search, and decoder=greedy was "
                                               "asked for: leave them out"),
 ])

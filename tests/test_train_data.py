@@ -164,6 +164,18 @@ def test_encode_gives_the_tokenizers_ids():
     assert unknown["ü"] == 1 and unknown["é"] == 1 and " " not in unknown
 
 
+def test_encode_a_literal_space_vocab_gives_the_tokenizers_ids():
+    """fairseq style: a literal space in vocab.json and no `|` (the tokenizer adds `|` as its delimiter)."""
+    from checkpoints import VOCAB_SPACE
+
+    tok = modeldir.make_processor(VOCAB_SPACE).tokenizer
+    texts = ["the red cat", "a  b", "zz top|x"]
+    labels, unknown = data.encode(texts, VOCAB_SPACE, tok.convert_tokens_to_ids(tok.word_delimiter_token))
+    for i, t in enumerate(texts):
+        assert labels[i].tolist() == tok(t).input_ids
+    assert unknown == {}
+
+
 def test_output_frames_match_the_model():
     import torch
     from transformers import Wav2Vec2ForCTC

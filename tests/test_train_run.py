@@ -127,6 +127,43 @@ def test_language_model_built_beside_the_model(learned):
     assert float(done.group(4)) == pytest.approx(m["cer_lm"], abs=1e-4)
 
 
+def test_transformers_pipeline_decodes_with_the_jobs_lm_as_the_server_does(learned, synthetic_data):
+    """pipeline("automatic-speech-recognition", model=model/) loads the LM the job saved (processor_config.json
+    declares Wav2Vec2ProcessorWithLM, train/outputs.declare_processor) and, at the server's beam width, writes
+    the server's default (beam + LM) transcript of each held-out clip; it decoded greedily before."""
+    import json
+
+    import soundfile as sf
+    from transformers import AutoProcessor, Wav2Vec2ProcessorWithLM, pipeline
+
+    from common import lm as common_lm
+    from serve import model as serve_model, options
+    from serve.contract import Clip
+    from serve.settings import Settings
+
+    opt = learned[0]
+    model_dir = opt / "model"
+    assert json.loads((model_dir / "processor_config.json").read_text())["feature_extractor"][
+        "processor_class"] == "Wav2Vec2ProcessorWithLM"
+    assert isinstance(AutoProcessor.from_pretrained(str(model_dir)), Wav2Vec2ProcessorWithLM)
+    pipe = pipeline("automatic-speech-recognition", model=str(model_dir), device="cpu")
+    assert pipe.type == "ctc_with_lm"
+    rows = [json.loads(line) for line in (synthetic_data / "test" / "manifest.jsonl").read_text().splitlines()]
+    clips = [sf.read(synthetic_data / "test" / r["audio"], dtype="float32")[0] for r in rows]
+    served = serve_model.load(Settings.from_env({"OPT_ML": str(opt), "SERVE_CPU_BF16": "false"}))
+    try:
+        assert served.info.default_decoder == "beam"
+        deadline = time.monotonic() + 300
+        server = [served.transcribe([Clip(c)], deadline=deadline)[0].text for c in clips]
+        greedy = [served.transcribe([Clip(c, options.Options(decoder="greedy"))], deadline=deadline)[0].text
+                  for c in clips]
+    finally:
+        served.close()
+    piped = [pipe(c, decoder_kwargs={"beam_width": common_lm.DEFAULT_BEAM_WIDTH})["text"] for c in clips]
+    assert piped == server
+    assert server != greedy  # the LM changes transcripts here: the comparison can tell the decoders apart
+
+
 def test_sigterm_saves_a_checkpoint_then_a_restart_resumes(tmp_path, synthetic_data):
     model = micro_model_dir(tmp_path / "model_src")
     hp = {**FAST, "max_steps": "10000", "save_steps": "10000", "test_split": "0", "lm_order": "0"}
@@ -193,3 +230,95 @@ def test_training_plot_shows_the_lm_figures_beside_greedy(tmp_path, monkeypatch)
     assert {"WER", "CER", "WER with LM", "CER with LM"} <= set(seen["labels"])
     outputs.plot(tmp_path, [{"step": 10, "loss": 3.2}], evals, None)
     assert not any("with LM" in label for label in seen["labels"])
+
+
+def test_fairseq_style_vocab_channel_with_a_literal_space_trains(tmp_path, synthetic_data):
+    """A vocab channel whose vocab.json has a literal space and no `|` (fairseq's and some hub checkpoints'
+    style): the data step labels a space with the tokenizer's id for it (as tokenizer(text).input_ids), the
+    job trains, evaluates and saves a model serving loads. (It failed with KeyError: '|' in the encoder.)"""
+    import json
+
+    from checkpoints import VOCAB_SPACE
+    from common import modeldir
+
+    vocab_dir = tmp_path / "vocab"
+    vocab_dir.mkdir()
+    (vocab_dir / "vocab.json").write_text(json.dumps(VOCAB_SPACE))
+    opt = make_opt_ml(tmp_path / "opt", {"train": synthetic_data / "train", "vocab": vocab_dir,
+                                         "model": micro_model_dir(tmp_path / "model_src")},
+                      {**FAST, "test_split": "0.25", "precision": "fp32"})
+    proc = run_train(opt)
+    assert_ok(proc)
+    assert "[data] vocabulary of" in proc.stdout and "from vocab channel" in proc.stdout
+    m = metrics(opt)
+    assert m["unknown_characters"]["train"] == {} and m["wer"] is not None
+    assert json.loads((opt / "model" / "vocab.json").read_text()) == VOCAB_SPACE
+    model, processor = modeldir.load(opt / "model")
+    assert model.config.vocab_size == len(processor.tokenizer)
+
+
+def half_precision_model(dest, dtype):
+    """A save_pretrained directory in float16 or bfloat16, as many hub checkpoints are."""
+    import torch
+    from transformers import Wav2Vec2Config, Wav2Vec2ForCTC
+
+    config = Wav2Vec2Config.from_pretrained(micro_model_dir(dest))
+    torch.manual_seed(0)
+    Wav2Vec2ForCTC(config).to(dtype).save_pretrained(dest)
+    return dest
+
+
+def saved_dtypes(model_dir) -> set[str]:
+    from safetensors import safe_open
+
+    with safe_open(str(model_dir / "model.safetensors"), "pt") as f:
+        return {str(f.get_slice(k).get_dtype()) for k in f.keys()}
+
+
+@pytest.mark.parametrize("dtype, precision", [("float16", "auto"), ("float16", "fp32"), ("bfloat16", "auto")])
+def test_a_half_precision_model_channel_trains_float32_masters_and_saves_float32(tmp_path, synthetic_data,
+                                                                                 dtype, precision):
+    """A float16 model channel failed (`mixed dtype (CPU)` under precision=auto, a dtype mismatch under fp32)
+    and a bfloat16 one trained bf16 master weights and saved bf16: weights load into float32 always."""
+    import json
+
+    import torch
+
+    source = half_precision_model(tmp_path / "model_src", getattr(torch, dtype))
+    assert saved_dtypes(source) == {"F16" if dtype == "float16" else "BF16"}
+    opt = make_opt_ml(tmp_path / "opt", {"train": synthetic_data / "train", "model": source},
+                      {**FAST, "test_split": "0.25", "precision": precision})
+    assert_ok(run_train(opt))
+    assert saved_dtypes(opt / "model") == {"F32"}
+    assert json.loads((opt / "model" / "config.json").read_text()).get("dtype") in (None, "float32")
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_serving_loads_a_half_precision_directory_in_float32(tmp_path, speech_clip, dtype):
+    """The served transcript of a float16/bfloat16 directory is the one of the same weights in float32."""
+    import torch
+    from transformers import Wav2Vec2ForCTC
+
+    from checkpoints import VOCAB_RECIPE
+    from common import modeldir
+    from serve.contract import Clip
+    from serve.model import ServingModel
+
+    processor = modeldir.make_processor(VOCAB_RECIPE)
+    cfg = modeldir.tiny_config(len(processor.tokenizer), processor.tokenizer.pad_token_id,
+                               hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                               conv_dim=(16,) * 7, num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=2)
+    torch.manual_seed(0)
+    weights = Wav2Vec2ForCTC(cfg).to(getattr(torch, dtype))
+    modeldir.save(tmp_path / "half", weights, processor)
+    modeldir.save(tmp_path / "full", weights.float(), processor)
+    texts = {}
+    for name in ("half", "full"):
+        checkpoint = modeldir.load_checkpoint(tmp_path / name)
+        assert {p.dtype for p in checkpoint.model.parameters()} == {torch.float32}
+        model = ServingModel(checkpoint, device=torch.device("cpu"), dtype=torch.float32).start()
+        try:
+            texts[name] = model.transcribe([Clip(speech_clip)], deadline=time.monotonic() + 120)[0].text
+        finally:
+            model.close()
+    assert texts["half"] == texts["full"] and len(set(texts["full"])) >= 3, texts

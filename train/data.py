@@ -94,22 +94,26 @@ def vocabulary(vocab_dir: Path, checkpoint: Path | None, train: ChannelIndex, hp
     return text.build_vocab(train_texts), "training text"
 
 
-def encode(texts: list[str], vocab: dict[str, int]) -> tuple[Ragged, Counter]:
+def encode(texts: list[str], vocab: dict[str, int], space_id: int | None = None) -> tuple[Ragged, Counter]:
     """Label ids of normalised transcripts, and the characters outside the vocabulary with their counts.
 
     The same ids as Wav2Vec2CTCTokenizer(text).input_ids for normalised text (one id per character, space ->
     the word delimiter `|`, unknown -> [UNK]), but vectorised: the tokenizer takes ~1-3 ms per transcript,
     minutes for a large channel. (The tokenizer would also turn a literal special-token string such as `<s>`
-    inside a transcript into that token; here it stays three characters.)"""
+    inside a transcript into that token; here it stays three characters.) space_id: the tokenizer's id for a
+    space (its word delimiter), which a fairseq-style vocab.json with a literal space and no `|` lacks; by
+    default `|`'s id, else the literal space's."""
     offsets = np.zeros(len(texts) + 1, dtype=np.int64)
     np.cumsum([len(t) for t in texts], out=offsets[1:])
     codepoints = np.frombuffer("".join(texts).encode("utf-32-le"), dtype=np.uint32)
     unique, inverse = np.unique(codepoints, return_inverse=True)
-    unk, delimiter = vocab[text.UNK], vocab[text.WORD_DELIMITER]
+    unk = vocab[text.UNK]
+    delimiter = space_id if space_id is not None else vocab.get(text.WORD_DELIMITER, vocab.get(" ", unk))
     chars = [chr(c) for c in unique.tolist()]
-    table = np.array([delimiter if c == " " else vocab.get(c, unk) for c in chars], dtype=np.int32)
+    spaces = (" ", text.WORD_DELIMITER)  # the tokenizer reads a `|` in the text as its delimiter too
+    table = np.array([delimiter if c in spaces else vocab.get(c, unk) for c in chars], dtype=np.int32)
     counts = np.bincount(inverse, minlength=len(chars)) if len(chars) else np.zeros(0, np.int64)
-    unknown = Counter({c: int(n) for c, n in zip(chars, counts) if c != " " and c not in vocab})
+    unknown = Counter({c: int(n) for c, n in zip(chars, counts) if c not in spaces and c not in vocab})
     return Ragged(table[inverse].astype(np.int32) if len(chars) else np.zeros(0, np.int32), offsets), unknown
 
 
@@ -169,7 +173,7 @@ def _repeats(labels: Ragged) -> np.ndarray:
 
 
 def channel_examples(ix: ChannelIndex, vocab: dict[str, int], chars_to_ignore: str, decode_reference,
-                     texts: list[str] | None = None) -> tuple[Examples, Counter, int]:
+                     texts: list[str] | None = None, space_id: int | None = None) -> tuple[Examples, Counter, int]:
     """All non-empty examples of a channel: (examples, unknown characters, empty transcripts dropped)."""
     samples = np.rint(ix.seconds * TARGET_RATE).astype(np.int64)
     if ix.processed:
@@ -179,7 +183,7 @@ def channel_examples(ix: ChannelIndex, vocab: dict[str, int], chars_to_ignore: s
         unknown = Counter()
     else:
         texts = texts if texts is not None else normalized_texts(ix, chars_to_ignore)
-        labels, unknown = encode(texts, vocab)
+        labels, unknown = encode(texts, vocab, space_id)
         references = Strings(texts)
         keep = np.flatnonzero(labels.lengths > 0)
     all_ = Examples(ix, np.arange(len(ix), dtype=np.int64), labels, samples, references)
@@ -234,9 +238,10 @@ def label_examples(indexes: dict[str, ChannelIndex], vocab: dict[str, int], toke
 
     counts: dict = {"dropped": {}, "unknown_characters": {}}
     out = {}
+    space_id = tokenizer.convert_tokens_to_ids(tokenizer.word_delimiter_token)  # as tokenizer(text).input_ids
     for name, ix in indexes.items():
         examples, unknown, empty = channel_examples(ix, vocab, hp.chars_to_ignore, decode_reference,
-                                                    train_texts if name == "train" else None)
+                                                    train_texts if name == "train" else None, space_id)
         counts["dropped"][name] = {"empty_transcript": empty}
         counts["unknown_characters"][name] = dict(unknown)
         if unknown:

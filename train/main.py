@@ -46,16 +46,11 @@ def check_input_modes(config: dict) -> dict[str, str]:
 
 
 def newest_checkpoint(checkpoints_dir: Path) -> tuple[Path, int] | None:
-    """The checkpoint-N with the largest N that was completely written (trainer_state.json comes last)."""
-    found = []
-    for d in checkpoints_dir.glob("checkpoint-*") if checkpoints_dir.is_dir() else []:
-        step = d.name.rpartition("-")[2]
-        if step.isdigit() and (d / "trainer_state.json").is_file():
-            found.append((int(step), d))
-    if not found:
-        return None
-    step, path = max(found)
-    return path, step
+    """The checkpoint-N with the largest N that was completely written (train/checkpointing.py); newer ones cut
+    short (a spot stop mid-write, a partial S3 sync) are logged and skipped."""
+    from .checkpointing import newest_complete
+
+    return newest_complete(checkpoints_dir, log=say)
 
 
 def model_source(paths: OptML, hp) -> str:
@@ -186,6 +181,7 @@ def run(paths: OptML, hp, sagemaker_hyperparameters: dict | None = None, given: 
             lm_metrics = build_lm(lm_plan, paths.model_dir, trained, processor, prepared, hp, step)
         except Exception as exc:  # noqa: BLE001 - the trained model is saved: a failed add-on must not lose it
             lm_metrics = lm_failed(paths.model_dir, exc)
+        outputs.declare_processor(paths.model_dir)  # AutoProcessor and the ASR pipeline load the LM with it
     epochs_done = float(trainer.state.epoch or 0.0)
     metrics = {
         "wer": final.get("wer"), "cer": final.get("cer"), "eval_loss": final.get("loss"),

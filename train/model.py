@@ -118,7 +118,8 @@ def load(source: str, hp, vocab: dict[str, int], vocab_size: int, pad_token_id: 
         else:
             # A hub id: safetensors when the repository has them, else its .bin through weights_only.
             model, info = cls.from_pretrained(source, config=config, use_safetensors=None, weights_only=True,
-                                              ignore_mismatched_sizes=True, output_loading_info=True)
+                                              ignore_mismatched_sizes=True, output_loading_info=True,
+                                              dtype=torch.float32)  # as modeldir.load_weights: fp32 masters
         for note in modeldir.check_loading_info(info, model, weights or Path(source), config_dict, new_head=True):
             log(f"[model] {note}")
     except modeldir.ModelDirError as exc:

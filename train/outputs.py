@@ -42,6 +42,34 @@ def save_model(model_dir: Path, model, processor) -> None:
                             f"job a larger volume (VolumeSizeInGB)") from None
 
 
+PROCESSOR_CONFIG = "processor_config.json"
+
+
+def declare_processor(model_dir: Path) -> str:
+    """Name the processor class in processor_config.json: Wav2Vec2ProcessorWithLM when model/ holds the LM
+    (language_model/ and alphabet.json), else Wav2Vec2Processor. Returns the class named.
+
+    AutoProcessor reads the top-level `processor_class`. transformers' ASR pipeline (5.x,
+    pipelines._maybe_load_ctc_decoder) reads it from the feature extractor's dict only, which it takes from
+    the nested `feature_extractor` of processor_config.json, as published LM checkpoints carry it in their
+    preprocessor_config.json; so it goes in both places, and `pipeline("automatic-speech-recognition",
+    model=dir)` decodes with the LM (beam search at pyctcdecode's default width) instead of greedily."""
+    from common import lm as common_lm
+
+    path = model_dir / PROCESSOR_CONFIG
+    config = json.loads(path.read_text())
+    with_lm = (model_dir / common_lm.LM_DIR).is_dir() and (model_dir / common_lm.ALPHABET_FILE).is_file()
+    name = "Wav2Vec2ProcessorWithLM" if with_lm else "Wav2Vec2Processor"
+    config["processor_class"] = name
+    if isinstance(config.get("feature_extractor"), dict):
+        if with_lm:
+            config["feature_extractor"]["processor_class"] = name
+        else:
+            config["feature_extractor"].pop("processor_class", None)
+    path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    return name
+
+
 def _clean(value):
     if isinstance(value, float) and not math.isfinite(value):
         return None

@@ -57,8 +57,11 @@ def time_budget_scheduler(optimizer, *, kind: str, warmup_steps: float, total_st
 
     With only a time budget a step-based schedule would stop at a high learning rate; this one reaches
     the end of its decay when the budget (or max_steps/epochs, whichever comes first) runs out.
+    warmup_steps: a number of steps (>= 1) or a fraction of the progress (< 1); either way the decay starts
+    where the warm-up ends, from the peak.
     """
     start = time.monotonic()
+    warm_end: list[float] = []  # progress when a warm-up of whole steps ended (time makes it unknown before)
 
     def progress(step: int) -> float:
         p = step / max(1, total_steps)
@@ -69,7 +72,14 @@ def time_budget_scheduler(optimizer, *, kind: str, warmup_steps: float, total_st
     def factor(step: int) -> float:
         p = progress(step)
         if warmup_steps >= 1:
-            warm, rest = min(1.0, step / warmup_steps), p
+            warm = min(1.0, step / warmup_steps)
+            if step < warmup_steps:
+                rest = 0.0
+            else:
+                if not warm_end:
+                    # The step the warm-up ended at (a fresh run), else a resumed run past it: its step share.
+                    warm_end.append(p if step < warmup_steps + 1 else min(p, warmup_steps / max(1, total_steps)))
+                rest = max(0.0, (p - warm_end[0]) / (1 - warm_end[0])) if warm_end[0] < 1 else 1.0
         else:
             warm = min(1.0, p / warmup_steps) if warmup_steps > 0 else 1.0
             rest = max(0.0, (p - warmup_steps) / (1 - warmup_steps)) if warmup_steps > 0 else p

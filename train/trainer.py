@@ -210,6 +210,7 @@ def build(model, processor, train: Examples, evaluation: Examples | None, hp, ar
           skips: SkipTracker, callbacks: list, min_samples: int) -> CTCTrainer:
     from transformers.trainer_callback import PrinterCallback
 
+    from .checkpointing import ManifestCallback
     from .collator import CTCCollator
 
     train_ds = SpeechDataset(train, train=True, min_samples=min_samples, speed_perturbation=hp.speed_perturbation,
@@ -225,7 +226,7 @@ def build(model, processor, train: Examples, evaluation: Examples | None, hp, ar
         data_collator=CTCCollator(attention_mask=train_mask or getattr(model, "exact_evaluation", False)),
         train_dataset=train_ds, eval_dataset=eval_ds, processing_class=processor,
         compute_metrics=make_compute_metrics(tok, evaluation.references) if evaluation is not None else None,
-        callbacks=[skips, *callbacks],
+        callbacks=[skips, *callbacks, ManifestCallback()],
     )
     trainer.remove_callback(PrinterCallback)  # our [metrics]/[eval] lines replace its dict dumps
     return trainer
