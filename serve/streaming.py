@@ -58,6 +58,7 @@ from . import contract, decoding, streamfeatures
 
 MAX_COMMIT_S = 10.0  # most audio one window commits (a stream that fell behind catches up in larger windows)
 WARMUP_S = 3.0  # a stream's first seconds run whole windows, before its frames are cached
+FINAL_LEFT_S = 2.0  # left context of a final's pass over its utterance (at least SERVE_STREAM_LEFT_S)
 
 
 @dataclass(frozen=True)
@@ -116,6 +117,7 @@ class Transcriber:
         v = self.vocab
         self.quiet_ids = torch.tensor(sorted({v.blank_id, *v.dropped, *(i for i in range(v.size) if v.is_space(i))}))
         self.max_steps = max(1, round(MAX_COMMIT_S / (self.S * self.frame_s)))
+        self.final_left = max(self.L, frames(FINAL_LEFT_S))
         self.audio = np.zeros(0, np.float32)
         self.audio_start = 0  # absolute sample index of self.audio[0]
         # Feature-encoder frames computed once (serve/streamfeatures.py), where the model can: frames
@@ -236,14 +238,14 @@ class Transcriber:
 
     def _final_from(self, start: int) -> int:
         """The first sample the final pass of an utterance starting at frame `start` reads (L frames before)."""
-        return max(0, start - self.L) * self.F
+        return max(0, start - self.final_left) * self.F
 
     def _final_logits(self, start: int, frames: int, deadline: float) -> torch.Tensor:
         """Frames [start, start + frames) of the stream from one pass over the utterance's audio, with L frames
         of left context and up to R of look-ahead, normalised over its own samples as /invocations normalises a
         clip: what the windows computed (their context, catch-up windows, running statistics) and so the
         client's sending pace do not change a final."""
-        first = max(0, start - self.L)
+        first = max(0, start - self.final_left)
         end = min(self.received, self._end(start + frames + self.R))
         audio = self.audio[first * self.F - self.audio_start: end - self.audio_start]
         logits = self._result(self.model.submit([audio], self.options)[0], deadline).value
