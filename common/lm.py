@@ -277,6 +277,62 @@ def check_options(options: DecodeOptions, labels: Sequence[str], has_lm: bool) -
                               f"{''.join(outside)!r}{hint}")
 
 
+# The LM's words against the model's alphabet. Beam search can only put forward words spelled with the
+# alphabet's labels; an LM whose words mostly use other characters (an upper-case vocabulary with a
+# lower-case LM, another script) scores every hypothesis as unknown words and gives garbage, not an error.
+MIN_SPELLABLE = 0.5  # below this fraction of spellable unigrams the LM is refused (serving and training)
+WARN_SPELLABLE = 0.95  # below this, loading logs which characters the model cannot write
+NOT_WORDS = ("<s>", "</s>", "<unk>")  # KenLM's own entries in unigram lists
+
+
+@dataclass(frozen=True)
+class Spelling:
+    """How many of an LM's unigrams the model's alphabet can spell; `outside`: characters it cannot write
+    (of the first unspellable words), `case`: True when most of them are the other case of a label's."""
+    words: int
+    spellable: int
+    outside: str = ""
+    case: bool = False
+
+    @property
+    def fraction(self) -> float:
+        return self.spellable / self.words if self.words else 1.0
+
+    def describe(self) -> str:
+        hint = " (the LM looks upper-case and the model lower-case, or the reverse)" if self.case else ""
+        return (f"{self.words - self.spellable} of {self.words} words ({1 - self.fraction:.0%}) use characters the "
+                f"model cannot write, characters {self.outside[:30]!r}{hint}")
+
+
+def alphabet_letters(labels: Sequence[str]) -> set[str]:
+    """The characters a CTC alphabet (pyctcdecode labels) writes: not the blank, the word gap, the unknown
+    token's "⁇", nor special tokens such as <s> or [UNK] (whose letters are not written one by one)."""
+    return {c for label in labels if label not in ("", " ", "⁇") and not _special(label) for c in label}
+
+
+def _special(label: str) -> bool:
+    return len(label) > 2 and label[0] + label[-1] in ("<>", "[]")
+
+
+def spelling(words: Sequence[str], labels: Sequence[str]) -> Spelling:
+    """Spelling of `words` (an LM's unigrams; KenLM's <s>, </s>, <unk> left out) by `labels`."""
+    letters = alphabet_letters(labels)
+    words = [w for w in words if w not in NOT_WORDS]
+    unspellable = [w for w in words if not set(w) <= letters]
+    outside = sorted({c for w in unspellable[:1000] for c in w} - letters)
+    case = bool(outside) and sum(c.swapcase() in letters for c in outside) > len(outside) / 2
+    return Spelling(len(words), len(words) - len(unspellable), "".join(outside), case)
+
+
+def check_spelling(words: Sequence[str], labels: Sequence[str], where: str = "the language model") -> Spelling:
+    """LMError when fewer than MIN_SPELLABLE of the words can be spelled by the labels; else the Spelling."""
+    found = spelling(words, labels)
+    if found.fraction < MIN_SPELLABLE:
+        raise LMError(f"{where}: {found.describe()}; at least {MIN_SPELLABLE:.0%} of an LM's words must be "
+                      f"spellable by the model's vocabulary: give an LM over the model's characters, in its case")
+    return found
+
+
 # ------------------------------------------------------------------------------------------- the decoder
 
 @dataclass
@@ -291,9 +347,10 @@ class Transcript:
 class BeamDecoder:
     """pyctcdecode's BeamSearchDecoderCTC over one model's alphabet, with or without its LM."""
 
-    def __init__(self, decoder, files: LMFiles | None):
+    def __init__(self, decoder, files: LMFiles | None, spelling: Spelling | None = None):
         self._decoder = decoder
         self.files = files
+        self.spelling = spelling  # of the LM's unigrams by the alphabet; None without an LM
         # pyctcdecode 0.5.0 has no public accessors for these two; Wav2Vec2ProcessorWithLM reads them too.
         self.labels: list[str] = decoder._alphabet.labels
         lm = decoder._language_model
@@ -394,13 +451,19 @@ def load(model_dir: str | Path, labels: Sequence[str] | None = None) -> BeamDeco
     if isinstance(vocab_size, int) and vocab_size != len(alphabet.labels):
         raise LMError(f"the decoder's alphabet has {len(alphabet.labels)} labels but the model "
                       f"({model_dir / 'config.json'}) writes {vocab_size} logits per frame")
-    language_model = None
+    language_model = found = None
     if files is not None and files.kenlm is not None:
+        try:
+            words = files.unigrams.read_text(encoding="utf-8").split()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise LMError(f"cannot read {files.unigrams} as UTF-8 words: {exc}") from None
+        # Before the (slow) KenLM load: an LM the model cannot spell is refused, never decoded with.
+        found = check_spelling(words, alphabet.labels, where=f"{files.lm_dir.name}/{UNIGRAMS_FILE}")
         try:
             language_model = LanguageModel.load_from_dir(str(files.lm_dir), unigram_encoding="utf-8")
         except (OSError, ValueError, RuntimeError) as exc:  # kenlm raises OSError for a bad file
             raise LMError(f"cannot load the language model in {files.lm_dir}: {exc}") from None
-    return BeamDecoder(BeamSearchDecoderCTC(alphabet, language_model), files)
+    return BeamDecoder(BeamSearchDecoderCTC(alphabet, language_model), files, found)
 
 
 # ----------------------------------------------------------------------------------------- process pools
@@ -478,14 +541,13 @@ def pool_info() -> dict:
     decoder = _worker()
     files = decoder.files
     kenlm = files.kenlm if files is not None else None
-    unigrams = None
-    if files is not None and files.unigrams is not None:
-        with open(files.unigrams, "rb") as f:
-            unigrams = sum(1 for line in f if line.strip())
+    spelled = decoder.spelling
+    unigrams = spelled.words if spelled is not None else None
     return {"has_lm": decoder.has_lm, "alpha": decoder.alpha, "beta": decoder.beta, "order": decoder.order,
             "vocab_size": decoder.vocab_size, "labels": list(decoder.labels),
             "kenlm": str(kenlm) if kenlm else None, "kenlm_bytes": kenlm.stat().st_size if kenlm else None,
-            "unigrams": unigrams, "pid": os.getpid(), "loads": _LOADS, "torch_imported": "torch" in sys.modules}
+            "unigrams": unigrams, "spellable": spelled.fraction if spelled is not None else None,
+            "spelling": spelled.describe() if spelled is not None else None, "pid": os.getpid(), "loads": _LOADS, "torch_imported": "torch" in sys.modules}
 
 
 def make_pool(model_dir: str | Path, processes: int, labels: Sequence[str] | None = None,

@@ -363,6 +363,10 @@ def load_processor_parts(model_dir: Path, language: str | None = None):
                             f"(Wav2Vec2CTCTokenizer) is needed")
     if any(isinstance(v, dict) for v in tok.encoder.values()):
         raise ModelDirError("vocab.json is nested by language but no language was chosen")
+    if language and getattr(tok, "target_lang", None) != language:
+        # The vocabulary that decodes must be the applied adapter's, or every transcript is in the wrong alphabet.
+        raise ModelDirError(f"the tokenizer loaded language {getattr(tok, 'target_lang', None)!r} when "
+                            f"{language!r} was asked for: its vocabulary would not be the adapter's")
     return fe, tok
 
 

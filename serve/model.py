@@ -469,7 +469,9 @@ def beam_search(checkpoint: modeldir.Checkpoint, processes: int) -> tuple[decodi
 
     With an LM (language_model/): its pool started now (in this worker, after the fork), the LM loaded by the
     first process, what it found logged; ModelDirError when the decoder files cannot be used (the server
-    does not start: a model that ships an LM is not served without it). Without one: beam search without an
+    does not start: a model that ships an LM is not served without it), among them an LM whose unigrams the
+    vocabulary mostly cannot spell (common/lm.py, MIN_SPELLABLE: e.g. a lower-case LM beside an upper-case
+    vocabulary, which would decode to garbage with status 200). Without one: beam search without an
     LM on request, its processes started on the first such request. Adapter (MMS) models: none (one alphabet
     per pool; an LM beside them refuses the model).
     """
@@ -515,6 +517,9 @@ def beam_search(checkpoint: modeldir.Checkpoint, processes: int) -> tuple[decodi
         beam.close()
         raise modeldir.ModelDirError(f"its language model cannot be used: {lm.ALPHABET_FILE} has "
                                      f"{info['vocab_size']} labels, the model writes {columns} logits per frame")
+    if info.get("spellable") is not None and info["spellable"] < lm.WARN_SPELLABLE:
+        # Refused below lm.MIN_SPELLABLE (LMError above); between the two it decodes, with fewer usable words.
+        log.warning("language model: %s; those words can never be transcribed", info["spelling"])
     size = info["kenlm_bytes"] or 0
     log.info("decoder: beam search + LM by default: %s (%s, %.1f MB, order %s, %s unigrams), alpha=%g beta=%g, "
              "beam width %d unless a request sets one; %d process(es) (SERVE_BEAM_PROCESSES), first loaded in "

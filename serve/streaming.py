@@ -24,15 +24,20 @@ own samples (as the Hugging Face pipeline normalises each chunk).
 
 Utterances: a committed frame is non-speech when its best token is the CTC blank, the word delimiter or a
 special token. A run of SERVE_STREAM_SILENCE_S of non-speech after speech ends the utterance (the run may end
-in the tentative frames once half of it is committed), and the utterance's committed logits are decoded by
-the decoder the session's options choose (`ServingModel.decoder`, serve/decoding.py) into its `final`, with
-word times from the start of the stream. An utterance that runs SERVE_STREAM_MAX_UTTERANCE_S without such a
-pause is cut at the end of its last complete word. Partials are greedy: the committed words (`stable`, they
-never change within the utterance) and the words of the frames after them; with greedy decoding the final of
-an utterance starts with every stable prefix its partials showed. A model with an LM decodes finals with beam
-search + LM by default (the request options decoder, beam_width, alpha, beta, hotwords apply, as in
-/invocations), in its beam-search processes: the final can then differ from the greedy partials (that is the
-LM's point), and the session waits for it before its next window.
+in the tentative frames once half of it is committed). The utterance's audio (with L frames of left context
+and up to R of look-ahead) then runs once more through the model in one pass, normalised over its own samples
+as /invocations normalises a clip, and those logits are decoded by the decoder the session's options choose
+(`ServingModel.decoder`, serve/decoding.py) into its `final`, with word times from the start of the stream.
+So a final does not depend on the windows that committed its frames: not on catch-up windows, nor on running
+statistics, nor therefore on how fast the client sent the audio (issue 28: window-decoded finals were 0.044
+CER from /invocations at 4x real time, 0.013 at real time; bench/README.md, Live streaming). The pass costs
+one forward pass over the utterance per final. An utterance that runs SERVE_STREAM_MAX_UTTERANCE_S without
+such a pause is cut at the end of its last complete word. Partials are greedy, from the windows: the committed
+words (`stable`, they never change within the utterance) and the words of the frames after them; the final
+usually starts with the stable words its partials showed, but is not bound to (its own pass has more
+context). A model with an LM decodes finals with beam search + LM by default (the request options decoder,
+beam_width, alpha, beta, hotwords apply, as in /invocations), in its beam-search processes, and the session
+waits for it before its next window.
 
 Events are dicts, sent by serve/stream_route.py as JSON text frames:
     {"type": "partial", "utterance": 0, "text": "the red ca", "stable": "the red", "start": 0.0, "end": 1.86,
@@ -53,6 +58,7 @@ from . import contract, decoding, streamfeatures
 
 MAX_COMMIT_S = 10.0  # most audio one window commits (a stream that fell behind catches up in larger windows)
 WARMUP_S = 3.0  # a stream's first seconds run whole windows, before its frames are cached
+FINAL_LEFT_S = 2.0  # left context of a final's pass over its utterance (at least SERVE_STREAM_LEFT_S)
 
 
 @dataclass(frozen=True)
@@ -111,6 +117,7 @@ class Transcriber:
         v = self.vocab
         self.quiet_ids = torch.tensor(sorted({v.blank_id, *v.dropped, *(i for i in range(v.size) if v.is_space(i))}))
         self.max_steps = max(1, round(MAX_COMMIT_S / (self.S * self.frame_s)))
+        self.final_left = max(self.L, frames(FINAL_LEFT_S))
         self.audio = np.zeros(0, np.float32)
         self.audio_start = 0  # absolute sample index of self.audio[0]
         # Feature-encoder frames computed once (serve/streamfeatures.py), where the model can: frames
@@ -127,6 +134,7 @@ class Transcriber:
         self.utterance = self._utterance(0, 0)
         self._last_partial: tuple[str, str] | None = None
         self.windows = 0  # statistics for the session's log line
+        self.final_passes = 0
         self.max_batch = 0
         self.utterances = 0
 
@@ -190,14 +198,7 @@ class Transcriber:
         else:
             future = self.model.submit([self.audio[w.first * self.F - self.audio_start: w.end - self.audio_start]],
                                        self.options)[0]
-        done, _ = wait([future], timeout=max(0.0, deadline - time.monotonic()))
-        if not done:
-            future.cancel()
-            raise contract.Timeout("a stream window was not transcribed by its deadline")
-        if future.exception() is not None:
-            raise contract.ModelFailure("the model failed on this stream (details in the server log)") \
-                from future.exception()
-        outcome = future.result()
+        outcome = self._result(future, deadline)
         if cached:
             out = outcome.value
             old = None if self.features is None else self.features[w.first - self.features_start:]
@@ -218,10 +219,38 @@ class Transcriber:
             self.features = self.features[first - self.features_start:]
             self.features_start = first
         keep = self.encoded * self.F if cached else first * self.F  # (stats_until >= encoded * F)
+        keep = min(keep, self._final_from(self.utterance.start))  # the utterance's audio, for its final pass
         if keep > self.audio_start:
             self.audio = self.audio[keep - self.audio_start:]
             self.audio_start = keep
         return events
+
+    @staticmethod
+    def _result(future, deadline: float):
+        done, _ = wait([future], timeout=max(0.0, deadline - time.monotonic()))
+        if not done:
+            future.cancel()
+            raise contract.Timeout("a stream window was not transcribed by its deadline")
+        if future.exception() is not None:
+            raise contract.ModelFailure("the model failed on this stream (details in the server log)") \
+                from future.exception()
+        return future.result()
+
+    def _final_from(self, start: int) -> int:
+        """The first sample the final pass of an utterance starting at frame `start` reads (L frames before)."""
+        return max(0, start - self.final_left) * self.F
+
+    def _final_logits(self, start: int, frames: int, deadline: float) -> torch.Tensor:
+        """Frames [start, start + frames) of the stream from one pass over the utterance's audio, with L frames
+        of left context and up to R of look-ahead, normalised over its own samples as /invocations normalises a
+        clip: what the windows computed (their context, catch-up windows, running statistics) and so the
+        client's sending pace do not change a final."""
+        first = max(0, start - self.final_left)
+        end = min(self.received, self._end(start + frames + self.R))
+        audio = self.audio[first * self.F - self.audio_start: end - self.audio_start]
+        logits = self._result(self.model.submit([audio], self.options)[0], deadline).value
+        self.final_passes += 1
+        return logits.float().cpu()[start - first: start - first + frames]
 
     def _features_window(self, w: _Window) -> streamfeatures.Window:
         """The window as cached frames [first, encoded) plus the samples of its frames not encoded yet, the new
@@ -279,16 +308,18 @@ class Transcriber:
         return [self._cut(deadline)] if u.quiet + lead >= self.silence else []
 
     def _cut(self, deadline: float, last: bool = False, at_word: bool = False) -> dict:
-        """The current utterance's final; the next utterance starts after it. Beam search (a model with an LM)
-        decodes it in the model's beam-search processes, by `deadline` (contract.Timeout otherwise)."""
+        """The current utterance's final, from one pass over its audio (`_final_logits`); the next utterance
+        starts after it. Beam search (a model with an LM) decodes it in the model's beam-search processes, by
+        `deadline` (contract.Timeout otherwise)."""
         u = self.utterance
         logits = torch.cat(u.logits) if u.logits else torch.zeros(0, self.vocab.size)
         at = len(logits)
         if at_word and u.words and 0 < u.words[-1][2] < at:
             at = u.words[-1][2]
         if at and u.speech:
+            final = self._final_logits(u.start, at, deadline)
             with torch.inference_mode():
-                hyp = self.final_decoder.decode(logits[:at], self.vocab, words=True, deadline=deadline)
+                hyp = self.final_decoder.decode(final, self.vocab, words=True, deadline=deadline)
         else:  # no speech frame: nothing to decode (and no beam-search round trip for a pause)
             hyp = decoding.Hypothesis("")
         step = self.frame_s

@@ -225,3 +225,17 @@ def test_process_pool_loads_once_per_process_and_decodes_alike(lm_dir, decoder):
     assert first["has_lm"] and first["loads"] == again["loads"] == 1 and first["pid"] == again["pid"]
     want = decoder.decode_batch(clips, options, 0.02)
     assert [(t.text, t.words, t.score) for t in got] == [(t.text, t.words, t.score) for t in want]
+
+
+def test_spelling_of_unigrams_by_an_alphabet():
+    """The check serving and training make of an LM's words (MIN_SPELLABLE): special tokens spell nothing
+    (an upper-case vocabulary's <s> does not make 's' writable), KenLM's own entries are not words."""
+    upper = ["", "<s>", "</s>", "⁇", " ", *"ABCDEFGHIJKLMNOPQRSTUVWXYZ'"]
+    found = lm.spelling(["<s>", "</s>", "<unk>", "sss", "the", "cat"], upper)
+    assert (found.words, found.spellable, found.outside, found.case) == (3, 0, "acehst", True)
+    with pytest.raises(lm.LMError, match=r"3 of 3 words \(100%\) .*upper-case and the model lower-case"):
+        lm.check_spelling(["sss", "the", "cat"], upper)
+    assert lm.check_spelling(["THE", "CAT", "ÜBER"], upper).fraction == pytest.approx(2 / 3)
+    with pytest.raises(lm.LMError, match=r"2 of 3 words .*characters 'ÖÜ'; at least 50%"):
+        lm.check_spelling(["THE", "ÜBER", "ÖL"], upper)
+    assert lm.spelling([], upper).fraction == 1.0

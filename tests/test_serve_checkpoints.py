@@ -205,6 +205,80 @@ def test_default_language_setting(opt_ml_of, speech_clip):
         modeldir.load_checkpoint(root, language="deu")
 
 
+def _mms_after_save_pretrained(dest) -> "Path":
+    """facebook/mms-1b-all as `save_pretrained` leaves it, at tiny size: model.safetensors holds the English
+    adapter and CTC head (what MMS loads by default), adapter.eng.safetensors (the same weights) and
+    adapter.deu.safetensors beside it, vocab.json nested by language with a German alphabet larger than the
+    English one (ä ö ü ß beyond its ids), and the processor saved by transformers with target_lang "deu"."""
+    import torch
+    from safetensors.torch import save_file
+    from transformers import Wav2Vec2CTCTokenizer, Wav2Vec2FeatureExtractor, Wav2Vec2Processor
+
+    specials = {"<pad>": 0, "<s>": 1, "</s>": 2, "<unk>": 3, "|": 4}
+    alphabets = {"eng": "etaoinshrdlucmfwypvbgkjqxz'", "deu": "enisratdhulcgmobwfkzvüpäßjöyqx'"}
+    vocabs = {lang: {**specials, **{c: 5 + i for i, c in enumerate(chars)}} for lang, chars in alphabets.items()}
+    dest.mkdir(parents=True)
+    vocab_file = dest.parent / "vocab_in.json"
+    vocab_file.write_text(json.dumps(vocabs, ensure_ascii=False))
+    tokenizer = Wav2Vec2CTCTokenizer(str(vocab_file), target_lang="deu", unk_token="<unk>", pad_token="<pad>",
+                                     word_delimiter_token="|")
+    fe = Wav2Vec2FeatureExtractor(feature_size=1, sampling_rate=RATE, padding_value=0.0, do_normalize=True,
+                                  return_attention_mask=True)
+    Wav2Vec2Processor(feature_extractor=fe, tokenizer=tokenizer).save_pretrained(dest)
+    model = checkpoints._model(checkpoints._config("wav2vec2", checkpoints.LAYER, len(vocabs["eng"]), 0,
+                                                   adapter_attn_dim=8), 11)
+    model.save_pretrained(dest)
+    torch.manual_seed(12)
+    for lang, vocab in vocabs.items():
+        tensors = {}
+        for name, p in modeldir.adapter_parameters(model).items():
+            if lang == "eng":
+                tensors[name] = p.detach().clone()
+            else:
+                shape = (len(vocab),) + tuple(p.shape[1:]) if name.startswith("lm_head.") else tuple(p.shape)
+                tensors[name] = torch.randn(shape) * (0.5 if name.startswith("lm_head.") else 0.3)
+        save_file({k: v.contiguous() for k, v in tensors.items()}, str(dest / f"adapter.{lang}.safetensors"))
+    return dest
+
+
+def _transformers_mms(model_dir, audio, language: str) -> str:
+    """transformers' own MMS recipe: from_pretrained(target_lang=..., ignore_mismatched_sizes=True) and the
+    processor with that target_lang, argmax, batch_decode; the special tokens' text removed."""
+    import torch
+    from transformers import AutoProcessor, Wav2Vec2ForCTC
+
+    model = Wav2Vec2ForCTC.from_pretrained(model_dir, target_lang=language, ignore_mismatched_sizes=True).eval()
+    processor = AutoProcessor.from_pretrained(model_dir, target_lang=language)
+    assert processor.tokenizer.target_lang == language
+    with torch.inference_mode():
+        ids = model(**processor(audio, sampling_rate=RATE, return_tensors="pt")).logits.argmax(-1)
+    text = processor.batch_decode(ids)[0]
+    tok = processor.tokenizer
+    for special in sorted(set(tok.all_special_tokens) - {tok.word_delimiter_token}, key=len, reverse=True):
+        text = text.replace(special, "")
+    return text.strip()
+
+
+def test_mms_default_is_the_tokenizers_target_lang_as_transformers_loads_it(tmp_path, speech_clip):
+    """Issue 28: with target_lang "deu" in the tokenizer config and the English head in model.safetensors, a
+    request without `language` gets transformers' German transcript (the deu adapter and head, the deu
+    vocabulary), and language=eng transformers' English one."""
+    root = make_opt_ml(tmp_path / "opt_ml", _mms_after_save_pretrained(tmp_path / "mms")) / "model"
+    assert json.loads((root / "tokenizer_config.json").read_text())["target_lang"] == "deu"
+    deu, eng = (_transformers_mms(root, speech_clip, lang) for lang in ("deu", "eng"))
+    assert deu != eng and set(deu) & set("äöüß")  # the German head writes letters the English one cannot
+    model, client = app_client(root)
+    try:
+        assert model.info.default_language == "deu"
+        default = client.post("/invocations", data=wav(speech_clip), content_type="audio/wav")
+        english = client.post("/invocations?language=eng", data=wav(speech_clip), content_type="audio/wav")
+        german = client.post("/invocations?language=deu", data=wav(speech_clip), content_type="audio/wav")
+        again = client.post("/invocations", data=wav(speech_clip), content_type="audio/wav")  # after eng's adapter
+        assert [r.get_json()["text"] for r in (default, english, german, again)] == [deu, eng, deu, deu]
+    finally:
+        model.close()
+
+
 def test_language_on_a_model_without_adapters_is_a_400(opt_ml_of, speech_clip):
     model, client = app_client(opt_ml_of("wav2vec2-base"))
     try:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import threading
@@ -501,3 +502,49 @@ def test_sigterm_drains_a_beam_search_and_stops_its_processes(lm_model_dir, tmp_
         assert not Path(f"/proc/{pool[0]}").exists() or b"spawn_main" not in Path(f"/proc/{pool[0]}/cmdline").read_bytes()
     finally:
         srv.stop()
+
+
+def _lm_over(model_dir: Path, sentences, work: Path) -> Path:
+    """alphabet.json + language_model/ over `sentences` beside a model, whatever its vocabulary's case."""
+    from pyctcdecode import build_ctcdecoder
+    from transformers import Wav2Vec2Processor, Wav2Vec2ProcessorWithLM
+
+    from train.lm import estimate_arpa
+
+    processor = Wav2Vec2Processor.from_pretrained(str(model_dir))
+    vocab = processor.tokenizer.get_vocab()
+    decoder = build_ctcdecoder(sorted(vocab, key=vocab.get), kenlm_model_path=str(estimate_arpa(sentences, 2, work)))
+    Wav2Vec2ProcessorWithLM(feature_extractor=processor.feature_extractor, tokenizer=processor.tokenizer,
+                            decoder=decoder).save_pretrained(str(model_dir))
+    return model_dir
+
+
+def test_an_lm_the_model_cannot_spell_refuses_the_model(tmp_path, caplog):
+    """wav2vec2-base-960h's upper-case vocabulary with a lower-case LM (no unigram spellable), and an LM in
+    another script: the server does not start, saying why (common/lm.py MIN_SPELLABLE), instead of beam
+    search + LM answering 200 with garbage. An LM the model spells mostly (below WARN_SPELLABLE) starts,
+    with a warning naming what it cannot write."""
+    upper = _lm_over(checkpoints.build("wav2vec2-base", tmp_path / "upper" / "model"), SENTENCES, tmp_path / "w1")
+    with pytest.raises(modeldir.ModelDirError, match=r"its language model cannot be used: language_model/unigrams.txt: "
+                       r"\d+ of \d+ words \(100%\) use characters the model cannot write.*upper-case and the "
+                       r"model lower-case, or the reverse.*at least 50% of an LM's words must be spellable"):
+        serve_model.beam_search(modeldir.load_checkpoint(upper), 1)
+    settings = Settings.from_env({"OPT_ML": str(upper.parent), "SERVE_CPU_BF16": "false"})
+    with pytest.raises(modeldir.ModelDirError, match="cannot write"):
+        serve_model.load(settings)  # what a worker runs at start: it exits with this message
+    greek = ["αβγ δεζ", "ηθι κλμ", "the cat"]  # 4 of 6 words outside an upper-case Latin alphabet
+    other = _lm_over(checkpoints.build("wav2vec2-base", tmp_path / "greek" / "model"),
+                     [s.upper() if s.isascii() else s for s in greek], tmp_path / "w2")
+    with pytest.raises(modeldir.ModelDirError, match=r"4 of 6 words \(67%\) use characters the model cannot write, "
+                                                     r"characters 'αβγδεζηθικλμ'; at least 50%"):
+        serve_model.beam_search(modeldir.load_checkpoint(other), 1)
+    mostly = _lm_over(checkpoints.build("wav2vec2-base", tmp_path / "mostly" / "model"),
+                      [s.upper() for s in SENTENCES] + ["αβγ δεζ ηθι κλμ"], tmp_path / "w3")
+    with caplog.at_level("WARNING", logger="serve"):
+        beam, why = serve_model.beam_search(modeldir.load_checkpoint(mostly), 1)
+    try:
+        assert beam is not None and beam.has_lm and why == ""
+        assert re.search(r"language model: 4 of \d+ words \(\d+%\) use characters the model cannot write, "
+                         r"characters 'αβγδεζηθικλμ'; those words can never be transcribed", caplog.text), caplog.text
+    finally:
+        beam.close()

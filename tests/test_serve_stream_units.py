@@ -209,7 +209,8 @@ def test_a_long_utterance_is_cut_at_its_last_word_boundary():
 def test_a_stream_that_falls_behind_catches_up_in_one_window_and_says_so():
     frames = "a|b|c|d|" * 40  # 6.4 s, all at once: 62 steps of 5 frames are ready, with 5 frames of look-ahead
     events, model, t = run(frames, StreamConfig(step_s=0.1, left_s=0.2, right_s=0.1), push_frames=len(frames))
-    assert t.windows == 2 and model.batches == [1, 1]  # one catch-up window, then the end's (not 63 windows)
+    # one catch-up window, then the end's (not 63 windows), then the final's pass over the utterance
+    assert t.windows == 2 and t.final_passes == 1 and model.batches == [1, 1, 1]
     partial = next(e for e in events if e["type"] == "partial")
     assert partial["behind_s"] == round(((len(frames) - 1 - 5) // 5 - 1) * 0.1, 3) > 0  # 61 steps more than one
     assert next(e for e in events if e["type"] == "final")["text"] == offline(frames)

@@ -500,9 +500,14 @@ def build(lm_plan: LMPlan, model_dir: Path, *, train_texts: Iterable[str], chars
         else:
             words = [w for w in lm_plan.source.unigrams.read_text(encoding="utf-8").split() if w not in SPECIAL_WORDS]
             kenlm_file = ready
+        labels = common_lm.tokenizer_labels(model_dir)
+        if labels is not None:  # refused before anything is written into model_dir (save needs the labels)
+            _check_coverage(words, labels)
         files = save(model_dir, kenlm_file, words)
-    decoder = common_lm.load(model_dir)
-    _check_coverage(words, decoder.labels)
+    try:
+        decoder = common_lm.load(model_dir)
+    except common_lm.LMError as exc:
+        raise TrainingError(f"the saved language model cannot be loaded: {exc}") from None
     size = files.kenlm.stat().st_size
     log(f"[lm] saved {files.kenlm.relative_to(model_dir)} ({size / 1e6:.1f} MB, order {decoder.order}, "
         f"{len(words)} words) with {common_lm.ALPHABET_FILE} in {model_dir}")
@@ -569,17 +574,13 @@ def check_ready_words(lm_plan: LMPlan | None, tokens: Iterable[str]) -> None:
             raise TrainingError(f"channel lm: cannot read {lm_plan.source.unigrams.name} as UTF-8 words "
                                 f"({exc})") from None
     # [PAD], [UNK], <s>...: special tokens, not letters the model writes
-    _check_coverage(words, [t for t in tokens if not (len(t) > 2 and t[0] + t[-1] in ("<>", "[]"))])
+    _check_coverage(words, list(tokens))  # special tokens ([PAD], <s>, ...) are not letters (common.lm)
 
 
 def _check_coverage(words: Sequence[str], labels: Sequence[str]) -> None:
-    """Refuse an LM whose words the model mostly cannot write (e.g. an upper-case LM, a lower-case model)."""
-    letters = {c for label in labels for c in label if label not in ("", " ")}
-    unusable = [w for w in words if set(w) - letters]
-    if words and len(unusable) > len(words) / 2:
-        outside = sorted({c for w in unusable[:1000] for c in w} - letters)
-        case = " (the LM looks upper-case and the model lower-case, or the reverse)" if any(
-            c.swapcase() in letters for c in outside) else ""
-        raise TrainingError(f"the language model's words use characters the model cannot write: "
-                            f"{len(unusable)} of {len(words)} words, characters {''.join(outside[:30])!r}{case}; "
-                            f"give an LM over the model's characters")
+    """Refuse an LM whose words the model mostly cannot write (e.g. an upper-case LM, a lower-case model):
+    common.lm's check, the one serving makes when it loads the LM (threshold common.lm.MIN_SPELLABLE)."""
+    try:
+        common_lm.check_spelling(words, labels)
+    except common_lm.LMError as exc:
+        raise TrainingError(str(exc)) from None
