@@ -286,3 +286,69 @@ def test_http_layer_imports_no_torch():
     assert out.stdout.strip() == "[]"
 
 
+
+
+def test_hooks_in_process():
+    """The hooks the model side calls, counted in this process's registry (no multiprocess folder here)."""
+    from concurrent.futures import Future
+
+    from serve import metrics
+
+    def sample(name, **labels):
+        return metrics.REGISTRY.get_sample_value(name, labels or None) or 0.0
+
+    beam0 = sample("serve_beam_search_duration_seconds_count")
+    ok, failed, cancelled = Future(), Future(), Future()
+    for f in (ok, failed, cancelled):
+        metrics.time_future(f)
+    ok.set_result("text")
+    failed.set_exception(RuntimeError("boom"))
+    cancelled.cancel()
+    assert sample("serve_beam_search_duration_seconds_count") == beam0 + 1  # only the transcript that came back
+
+    fwd0, wait0 = sample("serve_forward_duration_seconds_count", device="cpu", dtype="float32"), \
+        sample("serve_batch_queue_wait_seconds_count")
+    t = metrics.forward_started(3, [time.monotonic() - 0.2] * 3)
+    t.done()
+    assert sample("serve_forward_duration_seconds_count", device="cpu", dtype="float32") == fwd0 + 1
+    assert sample("serve_batch_queue_wait_seconds_count") == wait0 + 3
+
+    open0, behind0 = sample("serve_streams_open"), sample("serve_streams_behind_real_time")
+    m = metrics.StreamMeter()
+    m.set_behind(True)
+    m.set_behind(True)  # counted once per stream
+    assert sample("serve_streams_open") == open0 + 1 and sample("serve_streams_behind_real_time") == behind0 + 1
+    m.closed(3.5, 4.0, 1000)
+    assert sample("serve_streams_open") == open0 and sample("serve_streams_behind_real_time") == behind0
+
+
+@pytest.mark.parametrize("body,content_type,reason", [
+    (b"hello", "text/plain", "unsupported_content_type"),
+    (b"", "audio/wav", "empty_body"),
+    (b"{not json", "application/json", "invalid_json_body"),
+    (b"RIFF junk", "audio/wav", "undecodable_audio"),
+])
+def test_decode_failure_reasons(body, content_type, reason):
+    from serve import metrics
+
+    before = metrics.REGISTRY.get_sample_value("serve_decode_failures_total", {"reason": reason}) or 0.0
+    reply = app_for(FakeModel()).post("/invocations", data=body, content_type=content_type)
+    assert 400 <= reply.status_code < 500
+    assert metrics.REGISTRY.get_sample_value("serve_decode_failures_total", {"reason": reason}) == before + 1
+
+
+def test_truncated_and_too_long_audio_reasons():
+    from serve import metrics
+
+    def count(reason):
+        return metrics.REGISTRY.get_sample_value("serve_decode_failures_total", {"reason": reason}) or 0.0
+
+    t0, l0 = count("truncated_audio"), count("audio_too_long")
+    tone = np.sin(np.arange(RATE * 3) / 10).astype(np.float32) * 0.3
+    full = wav(tone)
+    assert app_for(FakeModel()).post("/invocations", data=full[:len(full) // 2],
+                                     content_type="audio/wav").status_code == 400
+    assert count("truncated_audio") == t0 + 1
+    assert app_for(FakeModel(), SERVE_MAX_AUDIO_S="1").post("/invocations", data=full,
+                                                          content_type="audio/wav").status_code == 413
+    assert count("audio_too_long") == l0 + 1

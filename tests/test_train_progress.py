@@ -149,6 +149,9 @@ def test_report_to_tensorboard_in_a_real_run(tmp_path, synthetic_data):
     assert all(" max_steps=4 " in x and re.search(r" eta_s=\d+ ", x) and re.search(r" samples_per_s=[0-9.]+", x)
                and re.search(r" audio_s_per_s=[0-9.]+", x) and re.search(r" elapsed_s=\d+", x) for x in lines), lines
     assert re.search(r" eta_s=0 ", lines[-1])  # the last step: nothing left
+    for d in METRIC_DEFINITIONS:  # every train:* regex reads the real lines
+        if d["Name"].startswith("train:"):
+            assert len(re.findall(d["Regex"], proc.stdout)) == 2, d
     events = list((opt / "output" / "tensorboard").glob("events.out.tfevents.*"))
     assert events, list((opt / "output").iterdir())
     acc = EventAccumulator(str(opt / "output" / "tensorboard"))
