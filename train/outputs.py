@@ -62,7 +62,7 @@ def write_metrics(out_dir: Path, metrics: dict) -> Path:
 def plot(out_dir: Path, train_history: list[dict], eval_history: list[dict], lm: dict | None = None) -> Path:
     """Loss (train and eval), greedy WER/CER and the learning rate over steps, in one PNG; lm: {"step", "wer_lm",
     "cer_lm"} of the LM built after training: drawn apart from the greedy curves (hollow markers in their own
-    colour right of a dashed line at the last step, labelled "beam search + LM, after training")."""
+    colour on a dashed line at the last step, labelled "beam search + LM, after training")."""
     import matplotlib
 
     matplotlib.use("Agg")
