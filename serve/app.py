@@ -17,7 +17,7 @@ from werkzeug.exceptions import RequestEntityTooLarge
 
 from common.audio import TARGET_RATE
 
-from . import bodies, contract, errors, options
+from . import bodies, contract, errors, metrics, observe, options
 from .settings import Settings
 
 log = logging.getLogger("serve")
@@ -31,6 +31,7 @@ def create_app(model: contract.Model, settings: Settings, workers: int = 1) -> F
     app.extensions["model"] = model
     errors.register(app, timeout_message=f"transcription did not finish within {settings.timeout_s} s "
                                          f"(MODEL_SERVER_TIMEOUT)")
+    observe.install(app, settings)  # GET /metrics, the request log line and metrics
     too_big = (f"request body is larger than {settings.max_payload_mb:g} MB (SAGEMAKER_MAX_PAYLOAD_IN_MB); "
                "send compressed audio (FLAC/OGG/MP3) or raise the limit")
 
@@ -52,9 +53,6 @@ def create_app(model: contract.Model, settings: Settings, workers: int = 1) -> F
         if request.path in ("/invocations", STREAM_PATH):
             if g.batch:
                 response.headers["X-Batch-Size"] = str(g.batch)
-            log.info("request id=%s content_type=%s audio_s=%.2f latency_ms=%.1f status=%d batch=%d",
-                     g.request_id, bodies.media_type(request.content_type) or "-", g.audio_s,
-                     (time.monotonic() - g.started) * 1000, response.status_code, g.batch)
         return response
 
     @app.get("/ping")
@@ -76,7 +74,11 @@ def create_app(model: contract.Model, settings: Settings, workers: int = 1) -> F
     def read_clips() -> tuple[list[contract.Clip], bool]:
         body = _read_body(settings.max_payload_bytes)
         shared = options.request_level(request.args.items(multi=True), request.headers.get(options.HEADER))
-        decoded, is_batch = bodies.decode(request.content_type, body, settings.max_audio_s)
+        try:
+            decoded, is_batch = bodies.decode(request.content_type, body, settings.max_audio_s)
+        except errors.ServeError as exc:
+            metrics.decode_failed(exc, bodies.media_type(request.content_type))
+            raise
         del body
         g.audio_s = sum(len(c.audio) for c in decoded) / TARGET_RATE
         for i, clip in enumerate(decoded):

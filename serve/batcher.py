@@ -18,6 +18,8 @@ from typing import Callable, Hashable, Sequence
 
 import numpy as np
 
+from . import metrics
+
 log = logging.getLogger("serve")
 
 # How many waiting clips the batch is chosen from, as a multiple of the batch size.
@@ -129,7 +131,9 @@ class Batcher:
 
     def _execute(self, batch: list[_Job]) -> None:
         try:
+            timer = metrics.forward_started(len(batch), [j.enqueued for j in batch])
             results = self._run(batch[0].key, [j.audio for j in batch])
+            timer.done()
         except Exception as exc:
             log.exception("forward pass failed for a batch of %d", len(batch))
             for job in batch:

@@ -46,7 +46,7 @@ import torch
 
 from common import ctc, lm
 
-from . import contract
+from . import contract, metrics
 
 log = logging.getLogger("serve")
 
@@ -245,6 +245,7 @@ class BeamSearch:
             pool = self._current()
             try:
                 future = pool.submit(lm.pool_decode, [logits], options, 1.0, wall)
+                metrics.time_future(future)
                 break
             except BrokenProcessPool:
                 # A process died while no request of ours was in it (idle, say): nothing was lost, so this

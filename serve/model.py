@@ -39,7 +39,7 @@ from common import batching, ctc, lm, modeldir
 from common.audio import TARGET_RATE, normalize
 from common.convs import convs_as_matmuls
 
-from . import contract, decoding, streamfeatures
+from . import contract, decoding, metrics, streamfeatures
 from .batcher import Batcher
 from .options import Options, beam_options_given, decode_options
 
@@ -560,4 +560,5 @@ def load(settings, workers: int = 1) -> ServingModel:
              else "off")
     log.info("model loaded from %s on %s as %s in %.1f s", checkpoint.path, device, dtype,
              time.monotonic() - started)
+    metrics.model_loaded(model, time.monotonic() - started)
     return model.start()

@@ -8,7 +8,9 @@ from __future__ import annotations
 import json
 import logging
 import os
+import tempfile
 import threading
+from pathlib import Path
 
 from gunicorn import util as gunicorn_util
 from gunicorn.app.base import BaseApplication
@@ -46,7 +48,10 @@ class Server(BaseApplication):
             "control_socket_disable": True,  # no runtime-control socket in $HOME: nothing needs it
             "pre_fork": self._pre_fork,
             "post_fork": self._post_fork,
+            "child_exit": self._child_exit,
         }
+        if s.metrics:
+            prepare_multiprocess_dir()
         for key, value in options.items():
             self.cfg.set(key, value)
 
@@ -54,6 +59,12 @@ class Server(BaseApplication):
         # Stable slot per worker (a replaced worker takes the free slot), hence a stable GPU.
         taken = {getattr(w, "slot", None) for w in server.WORKERS.values()}
         worker.slot = next(i for i in range(len(taken) + 1) if i not in taken)
+
+    def _child_exit(self, server, worker) -> None:
+        if self.settings.metrics:
+            from prometheus_client import multiprocess
+
+            multiprocess.mark_process_dead(worker.pid)  # its live gauges (open streams) must not linger
 
     def _post_fork(self, server, worker) -> None:
         gunicorn_util.write_error = _write_json_error
@@ -86,6 +97,23 @@ class Server(BaseApplication):
 
 
 _loaded = threading.Event()
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+
+def prepare_multiprocess_dir(environ=os.environ) -> str:
+    """In the master, before any worker forks: every worker's serve/metrics.py counts in files in this folder
+    (prometheus_client's multiprocess mode), which a scrape adds up. The folder given, emptied of an earlier
+    run's files (prometheus_client's rule), or a new temporary one. The master itself defines no metrics."""
+    path = environ.get(MULTIPROC_ENV)
+    if path:
+        Path(path).mkdir(parents=True, exist_ok=True)
+        for old in Path(path).glob("*.db"):
+            old.unlink()
+    else:
+        path = tempfile.mkdtemp(prefix="serve-metrics-")
+        environ[MULTIPROC_ENV] = path
+    return path
 
 
 def _write_json_error(sock, status_int: int, reason: str, mesg: str) -> None:

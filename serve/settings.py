@@ -22,6 +22,8 @@ def _setting(default, *env: str, help: str, shown: str | None = None):
     return field(default=default, metadata={"env": env, "help": help, "shown": shown})
 
 
+RESERVED_PATHS = ("/ping", "/invocations", "/invocations-response-stream", "/invocations-bidirectional-stream",
+                  "/execution-parameters")
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
 
@@ -163,6 +165,16 @@ class Settings:
              "layer-norm encoders only, `off` for whole-window passes.",
     )
     log_level: str = _setting("info", "SERVE_LOG_LEVEL", help="gunicorn and application log level.")
+    log_format: str = _setting(
+        "text", "SERVE_LOG_FORMAT",
+        help="Request log lines as `text` (key=value pairs) or `json` (one JSON object per line, for log pipelines).",
+    )
+    metrics: bool = _setting(
+        True, "SERVE_METRICS",
+        help="Serve Prometheus metrics (README, Metrics) at `SERVE_METRICS_PATH`, which SageMaker's detailed "
+             "observability scrapes; `false` answers 404 there.",
+    )
+    metrics_path: str = _setting("/metrics", "SERVE_METRICS_PATH", help="Path of the Prometheus metrics.")
     opt_ml: Path = _setting(
         Path("/opt/ml"), "OPT_ML", help="Root of the SageMaker tree; the model is read from its `model/`."
     )
@@ -243,6 +255,10 @@ class Settings:
         need(self.stream_max_batch_size >= 1, "SERVE_STREAM_MAX_BATCH_SIZE must be at least 1")
         need(self.stream_feature_cache in ("auto", "exact", "off"), "SERVE_STREAM_FEATURE_CACHE must be auto, exact "
              "or off")
+        need(self.log_format in ("text", "json"), "SERVE_LOG_FORMAT must be text or json")
+        need(self.metrics_path.startswith("/") and self.metrics_path not in RESERVED_PATHS
+             and bool(re.fullmatch(r"/[A-Za-z0-9._~/-]{1,100}", self.metrics_path)),
+             f"SERVE_METRICS_PATH must be a path such as /metrics, other than {', '.join(RESERVED_PATHS)}")
         need(self.log_level in ("debug", "info", "warning", "error", "critical"),
              "SERVE_LOG_LEVEL must be debug, info, warning, error or critical")
 
@@ -268,7 +284,7 @@ def _parse(f: dataclasses.Field, name: str, raw: str):
         if f.name == "cpu_bf16":  # true/false spelled as for the boolean settings, or auto
             low = raw.lower()
             return "true" if low in _TRUE else "false" if low in _FALSE else low
-        return raw.lower() if f.name == "log_level" else raw
+        return raw.lower() if f.name in ("log_level", "log_format") else raw
     except ValueError:
         raise SettingsError(f"{name}={raw!r} is not a valid {kind}") from None
 

@@ -38,7 +38,7 @@ import uuid
 from websockets.exceptions import ConnectionClosed
 from websockets.sync import server as ws_server
 
-from . import contract, options
+from . import contract, metrics, options
 
 log = logging.getLogger("serve")
 _WS_LOG = logging.getLogger("serve.websocket")  # websockets' own: one line per connection at INFO; ours says more
@@ -130,6 +130,7 @@ class Hub:
 class Session:
     def __init__(self, hub: Hub, connection):
         self.hub, self.conn, self.s = hub, connection, hub.settings
+        self.meter = metrics.StreamMeter()
         headers = connection.request.headers
         self.id = (headers.get("X-Amzn-RequestId") or headers.get("X-Request-Id") or uuid.uuid4().hex[:16])[:64]
         self.started = time.monotonic()
@@ -156,6 +157,7 @@ class Session:
         log.info("stream id=%s audio_s=%.2f bytes=%d utterances=%d windows=%d batch=%d duration_s=%.1f close=%d",
                  self.id, t.audio_seconds if t else 0.0, self.bytes, t.utterances if t else 0,
                  t.windows if t else 0, t.max_batch if t else 0, time.monotonic() - self.started, self.close_code)
+        self.meter.closed(t.audio_seconds if t else 0.0, time.monotonic() - self.started, self.close_code)
 
     def _run(self) -> None:
         query = urllib.parse.urlsplit(self.conn.request.path).query
@@ -191,13 +193,15 @@ class Session:
     def _drain(self) -> bool:
         """Take every message that is already waiting (a stream whose windows took longer than real time), so
         that the next window catches up on all of its audio at once; True when the stream is over."""
-        for _ in range(DRAIN_MAX):
+        for i in range(DRAIN_MAX):
             try:
                 message = self.conn.recv(timeout=0)
             except TimeoutError:
+                self.meter.set_behind(i > 0)  # frames were waiting: this stream's audio comes faster than real time
                 return False
             if self._message(message):
                 return True
+        self.meter.set_behind(True)
         return False
 
     def _message(self, message) -> bool:

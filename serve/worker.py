@@ -58,7 +58,7 @@ class Worker(ThreadWorker):
             return
         except OSError:
             head = b""
-        if head.startswith(_PING):
+        if head.startswith(_PING) or self._is_scrape(head):
             conn.sock.setblocking(True)
             fs = self.ping_pool.submit(self.handle, conn)
             fs.add_done_callback(lambda fut: self.method_queue.defer(self.finish_request, conn, fut))
@@ -69,6 +69,16 @@ class Worker(ThreadWorker):
             fs.add_done_callback(lambda fut: self.method_queue.defer(self._finish_stream, conn, fut))
             return
         super().enqueue_req(conn)
+
+    def _is_scrape(self, head: bytes) -> bool:
+        """GET of the metrics path (SERVE_METRICS_PATH): on the ping pool too, never behind transcriptions."""
+        settings = getattr(self.app, "settings", None)
+        if settings is None or not settings.metrics:
+            return False
+        line = f"GET {settings.metrics_path}".encode()
+        if len(line) < len(head):
+            return head[:len(line) + 1] in (line + b" ", line + b"?")
+        return len(head) == _PEEK and line.startswith(head)  # a path longer than the peek: its first bytes
 
     def _hub(self):
         app = getattr(self, "wsgi", None)

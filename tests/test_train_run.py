@@ -224,10 +224,15 @@ def test_training_plot_shows_the_lm_figures_beside_greedy(tmp_path, monkeypatch)
 
     seen = {}
     monkeypatch.setattr(plt.Figure, "savefig", lambda fig, path, **kw: seen.update(
-        labels=[t.get_text() for ax in fig.axes if ax.get_legend() for t in ax.get_legend().get_texts()]))
+        labels=[t.get_text() for ax in fig.axes if ax.get_legend() for t in ax.get_legend().get_texts()],
+        titles=[ax.get_title() for ax in fig.axes], lr=[ln.get_ydata().tolist() for ax in fig.axes
+                                                        if ax.get_title() == "Learning rate" for ln in ax.lines]))
     evals = [{"step": 10, "wer": 1.0, "cer": 0.9, "loss": 3.0}, {"step": 20, "wer": 0.8, "cer": 0.5, "loss": 2.0}]
-    outputs.plot(tmp_path, [{"step": 10, "loss": 3.2}], evals, {"step": 20, "wer_lm": 0.4, "cer_lm": 0.3})
-    assert {"WER", "CER", "WER with LM", "CER with LM"} <= set(seen["labels"])
+    outputs.plot(tmp_path, [{"step": 10, "loss": 3.2, "learning_rate": 1e-4}, {"step": 20, "loss": 2.9,
+                                                                              "learning_rate": 5e-5}],
+                 evals, {"step": 20, "wer_lm": 0.4, "cer_lm": 0.3})
+    assert seen["lr"] == [[1e-4, 5e-5]] and "Learning rate" in seen["titles"]
+    assert {"WER (greedy)", "CER (greedy)", "WER with LM", "CER with LM"} <= set(seen["labels"])
     outputs.plot(tmp_path, [{"step": 10, "loss": 3.2}], evals, None)
     assert not any("with LM" in label for label in seen["labels"])
 

@@ -19,6 +19,7 @@ PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 FREEZE_CHOICES = ("auto", "true", "false")
 SCHEDULERS = ("linear", "cosine", "constant_with_warmup")
 PRESETS = ("auto", "fine_tune", "from_scratch")
+REPORT_TO = ("none", "tensorboard", "mlflow")
 # preset=from_scratch: a model trained from random weights (a `model` channel with config.json and no weights),
 # often small, on little data, under a time budget. The table's defaults are the fine-tuning ones (after
 # transformers' run_speech_recognition_ctc.py). Why these values: bench/README.md, "Training accuracy".
@@ -110,6 +111,10 @@ class Hyperparameters:
     group_by_length: bool = _hp(True, "Batch utterances of similar length together (less padding).")
     # Cadence
     logging_steps: int = _hp(25, "Print a `[metrics]` line every this many steps.", min=1)
+    report_to: str = _hp("none", "Also send the `[metrics]`/`[eval]` values to `tensorboard` (event files in "
+                         "/opt/ml/output/tensorboard, which the job's TensorBoard output config syncs to S3) or "
+                         "`mlflow` (a run on the server named by the MLFLOW_TRACKING_URI environment variable, e.g. "
+                         "a SageMaker managed MLflow ARN); `none` = the log only.", choices=REPORT_TO)
     eval_steps: int = _hp(0, "Evaluate every this many steps; 0 = once per epoch (or once at the end with "
                           "`max_steps`).", min=0)
     save_steps: int = _hp(500, "Save a checkpoint to /opt/ml/checkpoints every this many steps.", min=1)

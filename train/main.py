@@ -105,12 +105,16 @@ def run(paths: OptML, hp, sagemaker_hyperparameters: dict | None = None, given: 
     from common import batching, modeldir
 
     from . import data, distributed, lm as lm_step, model as models, outputs, trainer as trainers
-    from .progress import ProgressCallback
+    from .callbacks import ProgressCallback
+    from . import reporting
+    from .reporting import open_reporter
     from .stopping import SIGTERM_EXIT_CODE, StopCallback
 
     leader = distributed.is_leader()
     # 1. Outputs writable before hours are spent training; the checkpoint to resume from.
     outputs.check_writable(paths.checkpoints_dir, *((paths.model_dir, paths.output_data_dir) if leader else ()))
+    # report_to's package and server checked now, not after training (first process only: it alone reports).
+    reporter = open_reporter(hp.report_to, paths.output_dir) if leader else None
     set_seed(hp.seed)
     resume = newest_checkpoint(paths.checkpoints_dir)
     # The language model's settings and the `lm` channel checked before any training time is spent.
@@ -144,7 +148,10 @@ def run(paths: OptML, hp, sagemaker_hyperparameters: dict | None = None, given: 
     workers = trainers.auto_workers(hp.dataloader_num_workers)
     args = trainers.training_arguments(hp, paths.checkpoints_dir, precision, prepared.eval is not None, workers)
     skips = trainers.SkipTracker(indexes, hp.max_skipped_fraction)
-    stop, progress = StopCallback(hp.max_train_seconds), ProgressCallback()
+    stop = StopCallback(hp.max_train_seconds)
+    progress = ProgressCallback(len(prepared.train), prepared.train.seconds, hp.max_train_seconds, reporter)
+    if reporter is not None:
+        reporter.params(asdict(hp))
     trainer = trainers.build(model, processor, prepared.train, prepared.eval, hp, args, skips, [progress, stop],
                              min_samples=batching.min_samples(model.config))
     say(f"[data] {workers} DataLoader worker(s) per process decode audio as batches are drawn")
@@ -160,6 +167,7 @@ def run(paths: OptML, hp, sagemaker_hyperparameters: dict | None = None, given: 
     if stop.reason == "sigterm":
         say(f"[train] stopped by SIGTERM at step {step}; checkpoint saved in {paths.checkpoints_dir}; "
             f"a restarted job resumes from it. Exiting {SIGTERM_EXIT_CODE}.")
+        reporting.close_all("KILLED")
         return SIGTERM_EXIT_CODE
     if stop.reason:
         say(f"[train] max_train_seconds={hp.max_train_seconds:g} reached at step {step}")
@@ -182,6 +190,9 @@ def run(paths: OptML, hp, sagemaker_hyperparameters: dict | None = None, given: 
         except Exception as exc:  # noqa: BLE001 - the trained model is saved: a failed add-on must not lose it
             lm_metrics = lm_failed(paths.model_dir, exc)
         outputs.declare_processor(paths.model_dir)  # AutoProcessor and the ASR pipeline load the LM with it
+    if "wer_lm" in lm_metrics:
+        reporter.scalars("eval", step, {k: lm_metrics[k] for k in ("wer_lm", "cer_lm")})
+    reporting.close_all("FINISHED")
     epochs_done = float(trainer.state.epoch or 0.0)
     metrics = {
         "wer": final.get("wer"), "cer": final.get("cer"), "eval_loss": final.get("loss"),
@@ -287,6 +298,12 @@ def main(argv: list[str] | None = None) -> int:
         _quiet_libraries()
         return run(paths, hp, reserved, hyperparameters.given(raw))
     except Exception as exc:  # noqa: BLE001 - every failure must reach the failure file
+        from .reporting import close_all
+
+        try:
+            close_all("FAILED")
+        except Exception:  # noqa: BLE001 - the job's own failure is the one to report
+            pass
         report(paths.failure_file, exc)
         return 1
 

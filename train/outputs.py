@@ -88,14 +88,15 @@ def write_metrics(out_dir: Path, metrics: dict) -> Path:
 
 
 def plot(out_dir: Path, train_history: list[dict], eval_history: list[dict], lm: dict | None = None) -> Path:
-    """Loss (train and eval) and WER/CER over steps, in one PNG; lm: {"step", "wer_lm", "cer_lm"} of the LM
-    built after training, drawn at its step beside the last greedy WER/CER."""
+    """Loss (train and eval), greedy WER/CER and the learning rate over steps, in one PNG; lm: {"step", "wer_lm",
+    "cer_lm"} of the LM built after training: drawn apart from the greedy curves (hollow markers in their own
+    colour on a dashed line at the last step, labelled "beam search + LM, after training")."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (ax_loss, ax_err) = plt.subplots(1, 2, figsize=(11, 4))
+    fig, (ax_loss, ax_err, ax_lr) = plt.subplots(1, 3, figsize=(15, 4))
     if train_history:
         ax_loss.plot([r["step"] for r in train_history], [r["loss"] for r in train_history], label="train loss")
     evals = [r for r in eval_history if r.get("loss") is not None]
@@ -106,12 +107,23 @@ def plot(out_dir: Path, train_history: list[dict], eval_history: list[dict], lm:
     for key in ("wer", "cer"):
         rows = [r for r in eval_history if r.get(key) is not None]
         if rows:
-            ax_err.plot([r["step"] for r in rows], [r[key] for r in rows], "o-", label=key.upper())
-    for key, marker in (("wer_lm", "*"), ("cer_lm", "P")):
-        if lm and lm.get(key) is not None:
-            ax_err.plot([lm["step"]], [lm[key]], marker, markersize=12, label=f"{key[:3].upper()} with LM")
+            ax_err.plot([r["step"] for r in rows], [r[key] for r in rows], "o-", label=f"{key.upper()} (greedy)")
+    if lm and any(lm.get(k) is not None for k in ("wer_lm", "cer_lm")):
+        ax_err.axvline(lm["step"], color="grey", linestyle="--", linewidth=1)
+        ax_err.annotate("beam search + LM,\nafter training", (lm["step"], 0), xytext=(-4, 4),
+                        textcoords="offset points", ha="right", va="bottom", fontsize=8, color="purple")
+        for key, marker in (("wer_lm", "D"), ("cer_lm", "s")):
+            if lm.get(key) is not None:
+                ax_err.plot([lm["step"]], [lm[key]], marker, markersize=10, markerfacecolor="none",
+                            markeredgecolor="purple", markeredgewidth=2, linestyle="none",
+                            label=f"{key[:3].upper()} with LM")
     ax_err.set(xlabel="step", ylabel="error rate", title="Evaluation", ylim=(0, None))
     ax_err.legend(loc="upper right")
+    rates = [r for r in train_history if r.get("learning_rate") is not None]
+    if rates:
+        ax_lr.plot([r["step"] for r in rates], [r["learning_rate"] for r in rates], color="tab:green")
+    ax_lr.set(xlabel="step", ylabel="learning rate", title="Learning rate", ylim=(0, None))
+    ax_lr.ticklabel_format(axis="y", style="sci", scilimits=(-3, 3))
     fig.tight_layout()
     path = out_dir / PLOT_FILE
     fig.savefig(path, dpi=100)

@@ -1,30 +1,41 @@
 """Stdout progress lines in one stable format, and the SageMaker metric_definitions that parse them.
 
-  [metrics] step=120 epoch=1.50 loss=2.3141 learning_rate=0.0004 grad_norm=1.2
+  [metrics] step=120 epoch=1.50 loss=2.3141 learning_rate=0.0004 grad_norm=1.2 max_steps=1000 elapsed_s=300
+            eta_s=2200 samples_per_s=12.8 audio_s_per_s=71.3 [train_seconds=300 max_train_seconds=600]
   [eval] step=120 epoch=1.50 wer=0.8123 cer=0.4012 loss=3.0415
 
-METRIC_DEFINITIONS is the one place a launcher takes its regexes from (README prints the same list).
+METRIC_DEFINITIONS is the one place a launcher takes its regexes from (README prints the same list). This module
+imports nothing beyond the standard library: the launcher and `train --help` import it without torch or
+transformers (the Trainer callback that prints these lines is train/callbacks.py).
 """
 from __future__ import annotations
 
 import math
-
-from transformers import TrainerCallback
-
-from .distributed import is_leader
+import time
+from typing import Callable
 
 _NUM = r"([0-9.eE+-]+)"
 
+
+def _metric(name: str, kind: str, key: str) -> dict[str, str]:
+    # `\b` + `key=`: `loss=` never matches `eval_loss=`, and a [metrics] regex never an [eval] line.
+    return {"Name": name, "Regex": rf"\[{kind}\] .*\b{key}=" + _NUM}
+
+
 METRIC_DEFINITIONS = [
-    {"Name": "train:loss", "Regex": r"\[metrics\] .*\bloss=" + _NUM},
-    {"Name": "train:learning_rate", "Regex": r"\[metrics\] .*\blearning_rate=" + _NUM},
-    {"Name": "train:epoch", "Regex": r"\[metrics\] .*\bepoch=" + _NUM},
-    {"Name": "eval:wer", "Regex": r"\[eval\] .*\bwer=" + _NUM},
-    {"Name": "eval:cer", "Regex": r"\[eval\] .*\bcer=" + _NUM},
-    {"Name": "eval:loss", "Regex": r"\[eval\] .*\bloss=" + _NUM},
+    _metric("train:loss", "metrics", "loss"),
+    _metric("train:learning_rate", "metrics", "learning_rate"),
+    _metric("train:epoch", "metrics", "epoch"),
+    _metric("train:grad_norm", "metrics", "grad_norm"),
+    _metric("train:samples_per_second", "metrics", "samples_per_s"),
+    _metric("train:audio_seconds_per_second", "metrics", "audio_s_per_s"),
+    _metric("train:eta_seconds", "metrics", "eta_s"),
+    _metric("eval:wer", "eval", "wer"),
+    _metric("eval:cer", "eval", "cer"),
+    _metric("eval:loss", "eval", "loss"),
     # Beam search with the job's language model (train/lm.py), on the same evaluation set, once at the end.
-    {"Name": "eval:wer_lm", "Regex": r"\[eval\] .*\bwer_lm=" + _NUM},
-    {"Name": "eval:cer_lm", "Regex": r"\[eval\] .*\bcer_lm=" + _NUM},
+    _metric("eval:wer_lm", "eval", "wer_lm"),
+    _metric("eval:cer_lm", "eval", "cer_lm"),
 ]
 
 
@@ -44,35 +55,45 @@ def say(text: str) -> None:
     print(text, flush=True)
 
 
-class ProgressCallback(TrainerCallback):
-    """Prints [metrics]/[eval] lines on global rank 0 only and keeps their history for metrics.json."""
+class Pace:
+    """How far training is and how fast it goes, for the [metrics] line.
 
-    def __init__(self):
-        self.train_history: list[dict] = []
-        self.eval_history: list[dict] = []
-        self.last_eval_step: int | None = None  # on every rank: all ranks must agree on a final evaluation
+    Samples and audio seconds are counted from the epochs done (`epoch` is fractional), so a resumed job counts
+    only what this run trained. Rates are over the interval since the previous line (evaluation time inside it
+    counts: it is time the job spends); the ETA is the steps left at that rate, or the time budget left when that
+    comes first. All times are seconds of `clock` (time.monotonic)."""
 
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        if not is_leader() or not logs:
-            return
-        step, epoch = state.global_step, round(float(state.epoch or 0.0), 2)
-        if "loss" in logs:
-            row = {"step": step, "epoch": epoch, "loss": float(logs["loss"]),
-                   "learning_rate": float(logs.get("learning_rate", 0.0))}
-            if "grad_norm" in logs:
-                row["grad_norm"] = float(logs["grad_norm"])
-            self.train_history.append(row)
-            say(line("metrics", **row))
+    def __init__(self, max_steps: int, max_train_seconds: float, samples_per_epoch: int,
+                 audio_seconds_per_epoch: float, clock: Callable[[], float] = time.monotonic):
+        self.max_steps, self.max_train_seconds = max_steps, max_train_seconds
+        self.samples_per_epoch, self.audio_seconds_per_epoch = samples_per_epoch, audio_seconds_per_epoch
+        self.clock = clock
+        self.started = clock()
+        self._last = (self.started, 0, 0.0)  # (time, step, epoch) of the previous line
 
-    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
-        self.last_eval_step = state.global_step
-        if not is_leader() or not metrics:
-            return
-        row = {"step": state.global_step, "epoch": round(float(state.epoch or 0.0), 2),
-               "wer": metrics.get("eval_wer"), "cer": metrics.get("eval_cer"), "loss": metrics.get("eval_loss")}
-        row = {k: (float(v) if isinstance(v, (int, float)) and k not in ("step",) else v) for k, v in row.items()}
-        if self.eval_history and self.eval_history[-1]["step"] == row["step"]:
-            self.eval_history[-1] = row
-        else:
-            self.eval_history.append(row)
-        say(line("eval", **row))
+    def start(self, step: int, epoch: float) -> None:
+        self.started = self.clock()
+        self._last = (self.started, step, epoch)
+
+    def fields(self, step: int, epoch: float) -> dict:
+        """{max_steps, elapsed_s, eta_s, samples_per_s, audio_s_per_s[, train_seconds, max_train_seconds]};
+        a rate is None before any step of the interval has run."""
+        now = self.clock()
+        t0, step0, epoch0 = self._last
+        self._last = (now, step, epoch)
+        dt = now - t0
+        elapsed = now - self.started
+        steps_per_s = (step - step0) / dt if dt > 0 and step > step0 else None
+        epochs_per_s = (epoch - epoch0) / dt if dt > 0 and epoch > epoch0 else None
+        eta = (max(0, self.max_steps - step) / steps_per_s) if steps_per_s and self.max_steps > 0 else None
+        if self.max_train_seconds > 0:
+            left = max(0.0, self.max_train_seconds - elapsed)
+            eta = left if eta is None else min(eta, left)
+        out = {"max_steps": self.max_steps if self.max_steps > 0 else None,
+               "elapsed_s": round(elapsed), "eta_s": None if eta is None else round(eta),
+               "samples_per_s": None if epochs_per_s is None else round(epochs_per_s * self.samples_per_epoch, 2),
+               "audio_s_per_s": None if epochs_per_s is None else round(epochs_per_s * self.audio_seconds_per_epoch, 2)}
+        if self.max_train_seconds > 0:
+            budget = self.max_train_seconds
+            out.update(train_seconds=round(elapsed), max_train_seconds=int(budget) if budget == int(budget) else budget)
+        return out
