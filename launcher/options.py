@@ -31,6 +31,10 @@ def aws_parent() -> argparse.ArgumentParser:
 
 
 def aws_options(ns: argparse.Namespace) -> AwsOptions:
+    if ns.region is not None:
+        from .aws import check_region
+
+        check_region(ns.region)
     return AwsOptions(region=ns.region, profile=ns.profile, role=ns.role, bucket=ns.bucket,
                       local=ns.local or ns.local_gpu, local_gpu=ns.local_gpu)
 
