@@ -389,15 +389,38 @@ def create_model(target: aws.Target, image: str | None, model_data: str, env: di
                         session=target.boto_session, region=target.region)
 
 
-def metrics_config(opts: "DeployOptions"):
-    """MetricsConfig, set explicitly: SageMaker's detailed observability scrapes the container's GET /metrics
-    (port 8080) and publishes it to CloudWatch every N seconds; --no-detailed-metrics turns it off."""
-    from sagemaker.core.shapes import MetricsConfig
-
+def metrics_config(opts: "DeployOptions") -> dict:
+    """CreateEndpointConfig's MetricsConfig, set explicitly: SageMaker's detailed observability scrapes the
+    container's GET /metrics (port 8080) and publishes it to CloudWatch every N seconds; --no-detailed-metrics
+    turns it off. A plain request dict: sagemaker-core's serializer drops False values (`if serialize(v)`), so
+    MetricsConfig(enable_detailed_observability=False) would reach AWS as {} (and leave it on)."""
     if not opts.detailed_metrics:
-        return MetricsConfig(enable_detailed_observability=False)
-    return MetricsConfig(enable_detailed_observability=True,
-                         metric_publish_frequency_in_seconds=opts.metric_publish_frequency_s)
+        return {"EnableDetailedObservability": False}
+    return {"EnableDetailedObservability": True, "MetricPublishFrequencyInSeconds": opts.metric_publish_frequency_s}
+
+
+# sagemaker-core 2.27.0 serializes ProductionVariantServerlessConfig.memory_size_in_mb as "MemorySizeInMb" (its
+# snake-to-Pascal mapping knows only VolumeSizeInGB), which CreateEndpointConfig refuses; EndpointConfig.create
+# cannot send a serverless config, so the request sagemaker.core serializes is sent with boto3, that name fixed.
+SDK_FIELD_FIXES = {"MemorySizeInMb": "MemorySizeInMB"}
+
+
+def _fix_names(value):
+    if isinstance(value, dict):
+        return {SDK_FIELD_FIXES.get(k, k): _fix_names(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_fix_names(v) for v in value]
+    return value
+
+
+def create_endpoint_config(target: aws.Target, request: dict, metrics: dict) -> dict:
+    """CreateEndpointConfig from sagemaker.core shapes (serialized by sagemaker.core), through boto3."""
+    from sagemaker.core.utils.utils import serialize
+
+    body = _fix_names(serialize({k: v for k, v in request.items() if v is not None}))
+    body["MetricsConfig"] = metrics
+    target.boto_session.client("sagemaker", region_name=target.region).create_endpoint_config(**body)
+    return body
 
 
 def deploy(opts: DeployOptions) -> int:
@@ -453,7 +476,7 @@ def _async_config(settings: AsyncSettings, target: aws.Target, session, name: st
 
 
 def _deploy_aws(opts: DeployOptions, target: aws.Target, serverless) -> int:
-    from sagemaker.core.resources import Endpoint, EndpointConfig
+    from sagemaker.core.resources import Endpoint
     from sagemaker.core.shapes import ProductionVariant, Tag
 
     name = opts.endpoint_name
@@ -474,9 +497,9 @@ def _deploy_aws(opts: DeployOptions, target: aws.Target, serverless) -> int:
                                     initial_instance_count=opts.instance_count, instance_type=opts.instance_type,
                                     container_startup_health_check_timeout_in_seconds=opts.startup_timeout_s,
                                     inference_ami_version=opts.ami.version)
-    EndpointConfig.create(endpoint_config_name=name, production_variants=[variant],
-                          async_inference_config=async_config, metrics_config=metrics_config(opts), tags=tags,
-                          session=target.boto_session, region=target.region)
+    create_endpoint_config(target, {"EndpointConfigName": name, "ProductionVariants": [variant],
+                                    "AsyncInferenceConfig": async_config, "Tags": tags},
+                           metrics=metrics_config(opts))
     Endpoint.create(endpoint_name=name, endpoint_config_name=name, tags=tags, session=target.boto_session,
                     region=target.region)
     if async_config:
