@@ -48,8 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _quiet_sdk() -> None:
-    # The SDK logs its config-file search and each resource it creates at INFO; the launcher says what it does.
-    for name in ("sagemaker.config", "sagemaker.core", "sagemaker.train", "sagemaker_core"):
+    # The SDK logs its config-file search and ModelTrainer's defaults at INFO; the launcher says what it does. The
+    # sagemaker.core.resources logger stays: TrainingJob/TransformJob.wait(logs=True) prints the job's log with it.
+    for name in ("sagemaker.config", "sagemaker.core.config", "sagemaker.train", "sagemaker.core.telemetry"):
         logging.getLogger(name).setLevel(logging.WARNING)
 
 

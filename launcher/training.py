@@ -188,7 +188,7 @@ def trainer(opts: TrainOptions, target: aws.Target, session, name: str, output_p
     model_trainer = ModelTrainer(
         training_mode=Mode.LOCAL_CONTAINER if target.local else Mode.SAGEMAKER_TRAINING_JOB,
         sagemaker_session=None if target.local else session, role=target.role_arn,
-        base_job_name=TRAIN_REPOSITORY, training_image=opts.image or target.ecr_image(TRAIN_REPOSITORY),
+        base_job_name=name if target.local else TRAIN_REPOSITORY, training_image=opts.image or target.ecr_image(TRAIN_REPOSITORY),
         compute=Compute(instance_type=opts.instance_type, instance_count=opts.instance_count,
                         volume_size_in_gb=opts.volume_size_gb, enable_managed_spot_training=opts.spot or None),
         stopping_condition=StoppingCondition(max_runtime_in_seconds=opts.max_run_s,
@@ -197,7 +197,8 @@ def trainer(opts: TrainOptions, target: aws.Target, session, name: str, output_p
                                                                       compression_type="GZIP"),
         training_input_mode=opts.input_mode, environment=opts.env, hyperparameters=opts.hyperparameters,
         tags=[Tag(key=k, value=v) for k, v in opts.tags.items()] or None,
-        local_container_root=str(Path(output_path[len("file://"):]).parent) if target.local else None,
+        # local mode: the compose file, each host's folders and the packed artifacts go under the output folder
+        local_container_root=output_path[len("file://"):] if target.local else None,
     )
     model_trainer.with_metric_definitions([MetricDefinition(name=d["Name"], regex=d["Regex"])
                                           for d in metric_definitions()])
@@ -292,13 +293,13 @@ def run(opts: TrainOptions) -> int:
 
 
 def _run_local(opts: TrainOptions, target: aws.Target, name: str) -> int:
-    """ModelTrainer's local container mode: docker compose runs one container per host; the artifacts are
-    packed into OUTPUT/compressed_artifacts/model.tar.gz (and output.tar.gz)."""
+    """ModelTrainer's local container mode: docker compose runs one container per host (algo-1, algo-2, ...) on
+    one network; the SDK packs /opt/ml/model and /opt/ml/output into OUTPUT/compressed_artifacts/."""
     output_path = opts.output_path or f"file://{Path('sagemaker-local/output').resolve()}"
     out = Path(output_path[len("file://"):])
     out.mkdir(parents=True, exist_ok=True)
     model_trainer = trainer(opts, target, None, name, output_path)
-    model_trainer.local_container_root = str(out)
+    # (the SDK names a local job BASE-TIMESTAMP, BASE being this name)
     print(f"[launch] local training job {name}: {opts.instance_count} x {opts.instance_type}, image "
           f"{model_trainer.training_image}", flush=True)
     started = time.time()
@@ -317,15 +318,19 @@ def _run_local(opts: TrainOptions, target: aws.Target, name: str) -> int:
     return 0
 
 
+LOCAL_ARTIFACTS = "compressed_artifacts"  # where sagemaker-train 1.27's _LocalContainer.retrieve_artifacts packs them
+
+
 def local_artifact(root: Path, name: str) -> Path | None:
-    """The newest NAME the local container mode left under root (compressed_artifacts/ in SDK 3.27)."""
-    found = sorted(root.rglob(name), key=lambda p: p.stat().st_mtime)
-    return found[-1] if found else None
+    """model.tar.gz or output.tar.gz of the local container mode under root, if there."""
+    path = root / LOCAL_ARTIFACTS / name
+    return path if path.is_file() else None
 
 
 def local_failure_reason(output_path: str, since: float) -> str | None:
-    """Local mode: the first line of /opt/ml/output/failure, which the SDK packs into output.tar.gz (on
-    SageMaker the same text becomes the job's FailureReason). An archive older than this job is ignored."""
+    """Local mode: the first line of /opt/ml/output/failure, which the SDK packs into output.tar.gz even when the
+    job fails (on SageMaker the same text becomes the job's FailureReason). An archive older than this job is
+    ignored."""
     archive = local_artifact(Path(output_path[len("file://"):]), "output.tar.gz")
     try:
         if archive is None or archive.stat().st_mtime < since - 1:
