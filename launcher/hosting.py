@@ -7,10 +7,6 @@ S3, up to 1 GB and an hour each, scales to zero) and serverless (`--serverless`:
 from __future__ import annotations
 
 import argparse
-import os
-import shutil
-import signal
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -354,20 +350,6 @@ def _check_name(name: str) -> None:
     if not re.match(r"^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}$", name):
         raise LaunchError(f"--endpoint-name {name!r}: up to 63 letters, digits and hyphens, starting with a letter "
                           "or digit")
-
-
-def local_model_copy(model_data: str, work: str) -> str:
-    """Local mode extracts a model.tar.gz in its own folder and mounts that whole folder at /opt/ml/model:
-    give it a private copy so the user's folder stays as it was and the container sees only the model."""
-    path = Path(model_data[len("file://"):])
-    if path.is_dir():
-        return model_data
-    os.chmod(work, 0o755)  # the serving image runs as a non-root user; temporary folders are 0700
-    copy = Path(work) / "model.tar.gz"
-    shutil.copyfile(path, copy)
-    return f"file://{copy}"
-
-
 
 
 def container(target: aws.Target, image: str | None, model_data: str, env: dict[str, str]):

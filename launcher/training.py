@@ -104,6 +104,9 @@ class TrainOptions:
             given = f" (given: {', '.join(channels)})" if channels else ""
             raise LaunchError(f"--channel train=LOCATION is required (the audio and transcripts to train on){given}")
         channels = {k: options.location(v, f"--channel {k}=", local=aws_opts.local) for k, v in channels.items()}
+        for name, loc in channels.items():
+            if not options.is_s3(loc):
+                check_channel_folder(name, Path(loc[len("file://"):] if loc.startswith("file://") else loc))
         hps: dict[str, str] = {}
         if ns.hyperparameters_file:
             try:
@@ -152,6 +155,20 @@ class TrainOptions:
                    checkpoint_s3_uri=ns.checkpoint_s3_uri, output_path=output_path, tensorboard=ns.tensorboard,
                    env=options.pairs(ns.env, "--env", env_names=True), tags=options.pairs(ns.tag, "--tag"),
                    job_name=ns.job_name, wait=not ns.no_wait, dry_run=ns.dry_run)
+
+
+def check_channel_folder(name: str, folder: Path) -> None:
+    """A folder that holds only sub-folders named like channels (a dataset's root: train/, test/, or a
+    misspelled training/) is refused, naming what is there and the flags that were meant."""
+    entries = list(folder.iterdir())
+    if any(e.is_file() for e in entries):
+        return
+    subfolders = sorted(e.name for e in entries if e.is_dir())
+    meant = {sub: near[0] for sub in subfolders if (near := suggest.closest(sub, CHANNELS, n=1))}
+    if meant:
+        flags = " ".join(f"--channel {c}={folder / sub}" for sub, c in meant.items())
+        raise LaunchError(f"--channel {name}={folder}: it holds no files, only the folders {', '.join(subfolders)}; "
+                          f"did you mean {flags}?")
 
 
 def check_hyperparameters(hps: dict[str, str]) -> None:

@@ -400,3 +400,16 @@ def test_serverless_memory_bench_runs(tmp_path):
     (row,) = figures["rows"]
     assert row["model"] == "tiny" and 0 < row["idle_rss_mb"] <= row["peak_rss_mb"]
     assert row["audio_s"] == pytest.approx(16.4, abs=0.1)
+
+
+def test_a_dataset_root_given_as_a_channel_names_the_folders_in_it(tmp_path):
+    root = tmp_path / "speech"
+    for sub in ("training", "test"):
+        (root / sub).mkdir(parents=True)
+        (root / sub / "manifest.jsonl").write_text("")
+    r = launch("train", "--dry-run", "--channel", f"train={root}", env=clean_env(tmp_path))
+    assert r.returncode == 2
+    assert (f"--channel train={root}: it holds no files, only the folders test, training; did you mean "
+            f"--channel test={root / 'test'} --channel train={root / 'training'}?") in r.stderr
+    r = launch("train", "--dry-run", "--channel", f"train={root / 'training'}", env=clean_env(tmp_path))
+    assert r.returncode == 0, r.stderr
