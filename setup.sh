@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # Set up everything the programs and tests need, natively; safe to re-run (skips what is in place).
 #   - system tools: espeak-ng (synthetic speech), sox, libopus0 (Ogg/Opus live streams); installed with apt-get when missing
-#   - .venv at the repo root with every Python dependency pinned (requirements/)
+#   - .venv at the repo root with every Python dependency pinned (requirements/), Python 3.11 as the images
+#   - .venv-launch: the launcher's environment (requirements/launch.txt: SageMaker SDK v3 and the
+#     bidirectional-stream client), on the first Python >= 3.12 found (README, Launch on SageMaker)
 #   - KenLM (requirements/lm.txt): its Python module and its estimation tools lmplz and build_binary
 #     (into .venv/bin), compiled from KenLM's PyPI source; the compilers and headers this needs are
 #     installed with apt-get when missing, and only while something of KenLM is missing
-# Environment: PYTHON (default python3), TORCH_INDEX_URL (e.g. https://download.pytorch.org/whl/cpu to
+# Environment: PYTHON (default python3), LAUNCH_PYTHON_BIN (the launcher's interpreter), TORCH_INDEX_URL (e.g. https://download.pytorch.org/whl/cpu to
 # get a small CPU-only torch instead of PyPI's CUDA build).
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -71,7 +73,7 @@ fi
 
 # Re-install only when a requirements file changed since the last successful install.
 stamp=.venv/.requirements.sha256
-want=$(cat requirements/*.txt | sha256sum | cut -d' ' -f1)
+want=$(ls requirements/*.txt | grep -v "/launch.txt$" | xargs cat | sha256sum | cut -d' ' -f1)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   log "installing Python dependencies into .venv"
   pip=(.venv/bin/python -m pip install -q --disable-pip-version-check)
@@ -104,4 +106,33 @@ if ! kenlm_tools_ok; then
   install -m 755 "$kenlm_tmp/build/bin/lmplz" "$kenlm_tmp/build/bin/build_binary" .venv/bin/
   echo "$kenlm_version" >.venv/.kenlm-tools
 fi
+# The launcher's environment. Its bidirectional-stream client declares Python >= 3.12; Debian bookworm's apt
+# has 3.11 only, and `uv python install` downloads from GitHub, so: LAUNCH_PYTHON_BIN, else the first
+# python3.12/python3.13 on PATH or among pyenv's installed versions (this project's machines have pyenv's 3.12).
+launch_python=""
+for candidate in "${LAUNCH_PYTHON_BIN:-}" python3.12 python3.13 \
+    "$(pyenv root 2>/dev/null || echo "$HOME/.pyenv")"/versions/3.1[23]*/bin/python3; do
+  [ -n "$candidate" ] || continue
+  if "$candidate" -c 'import sys, venv; sys.exit(sys.version_info < (3, 12))' >/dev/null 2>&1; then
+    launch_python=$candidate; break
+  fi
+done
+if [ -z "$launch_python" ]; then
+  echo "setup: the launcher needs Python >= 3.12 (none found: set LAUNCH_PYTHON_BIN)" >&2; exit 1
+fi
+if [ -x .venv-launch/bin/python ] && ! .venv-launch/bin/python -c 'import sys; sys.exit(sys.version_info < (3, 12))'; then
+  rm -rf .venv-launch  # an older interpreter's environment
+fi
+if [ ! -x .venv-launch/bin/python ]; then
+  log "creating .venv-launch with $("$launch_python" --version 2>&1) (the launcher: SageMaker SDK v3)"
+  "$launch_python" -m venv .venv-launch
+fi
+launch_stamp=.venv-launch/.requirements.sha256
+launch_want=$(sha256sum requirements/launch.txt | cut -d' ' -f1)
+if [ "$(cat "$launch_stamp" 2>/dev/null)" != "$launch_want" ]; then
+  log "installing the launcher's dependencies into .venv-launch"
+  .venv-launch/bin/python -m pip install -q --disable-pip-version-check -r requirements/launch.txt
+  echo "$launch_want" >"$launch_stamp"
+fi
+log "launcher: $(.venv-launch/bin/python -c 'import sys, importlib.metadata as m; print("Python", sys.version.split()[0] + ", sagemaker", m.version("sagemaker"))')"
 log "ready: $(.venv/bin/python -c 'import torch, transformers; print(f"torch {torch.__version__}, transformers {transformers.__version__}")')"

@@ -147,7 +147,11 @@ def invoke(opts, target) -> int:
         s3.upload_file(str(opts.file), bucket, key)
 
     request = {"EndpointName": opts.endpoint_name, "InputLocation": input_uri, "ContentType": opts.content_type,
-               "Accept": "application/json", "InvocationTimeoutSeconds": opts.invocation_timeout_s}
+               "Accept": opts.accept, "InvocationTimeoutSeconds": opts.invocation_timeout_s}
+    if opts.request_options:
+        from .hosting import custom_attributes
+
+        request["CustomAttributes"] = custom_attributes(opts.request_options)
     if opts.request_ttl_s is not None:
         request["RequestTTLSeconds"] = opts.request_ttl_s
     import botocore.exceptions

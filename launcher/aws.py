@@ -1,7 +1,8 @@
 """Where jobs run: region, credentials, account, execution role and bucket, checked before anything is created.
 
 Order of the checks (each fails with a message that says what to do, and nothing has been created yet):
-  1. region      --region, else the profile / AWS_REGION / AWS_DEFAULT_REGION
+  1. region      --region, else the profile / AWS_REGION / AWS_DEFAULT_REGION; checked against botocore's
+                 partition data (the regions where SageMaker exists), with the closest names when unknown
   2. credentials the standard chain (env, ~/.aws, SSO, container or instance role); none -> error
   3. role        --role (ARN or name), else $SAGEMAKER_ROLE_ARN, else the SDK defaults config
                  (SageMaker.TrainingJob.RoleArn / SageMaker.Model.ExecutionRoleArn); none -> error
@@ -10,9 +11,8 @@ Order of the checks (each fails with a message that says what to do, and nothing
 Only then may the bucket be resolved (--bucket, else the SDK's default bucket, which the SDK creates).
 
 Local mode (`--local`) runs the images on this machine: no AWS call at all. It sets placeholder
-credentials when none exist (the SDK insists on a boto session), turns the SDK's telemetry off, and points
-every AWS endpoint at a closed loopback port so that an unexpected AWS call fails at once instead of
-leaving the machine.
+credentials when none exist, turns the SDK's telemetry off, and points every AWS endpoint at a closed
+loopback port so that an unexpected AWS call fails at once instead of leaving the machine.
 """
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from . import suggest
 from .errors import LaunchError
 
 ROLE_ARN = re.compile(r"^arn:aws[a-z-]*:iam::\d{12}:role/[\w+=,.@/-]+$")
@@ -91,11 +92,64 @@ def role_arn(role: str | None, account: str | None) -> str | None:
     raise LaunchError(f"--role {role!r} is neither a role ARN (arn:aws:iam::123456789012:role/NAME) nor a role name")
 
 
+def sagemaker_regions() -> set[str]:
+    """Every region of every partition where botocore's endpoint data has SageMaker (no AWS call)."""
+    import botocore.session
+
+    session = botocore.session.get_session()
+    return {r for partition in session.get_available_partitions()
+            for r in session.get_available_regions("sagemaker", partition)}
+
+
+def check_region(region: str, where: str = "--region") -> str:
+    regions = sagemaker_regions()
+    if region not in regions:
+        raise LaunchError(f"{where} {region!r} is not an AWS region with SageMaker (botocore's partition data): "
+                          f"{suggest.did_you_mean(region, regions, where='`aws ec2 describe-regions` lists them')}; "
+                          "nothing was created")
+    return region
+
+
+def configured_region(opts: AwsOptions) -> str | None:
+    """The region the profile or the environment names, without any AWS call."""
+    try:
+        return _boto_session(AwsOptions(profile=opts.profile)).region_name
+    except LaunchError:
+        return None
+
+
+def sdk_version() -> str:
+    import importlib.metadata
+
+    return importlib.metadata.version("sagemaker")
+
+
+class offline:
+    """Within: every AWS endpoint is a closed loopback port and the SDK's role check is off, so that building
+    a plan with the SDK cannot reach AWS (a dry run)."""
+
+    NAMES = ("AWS_ENDPOINT_URL", "SAGEMAKER_VALIDATE_ROLE", "AWS_EC2_METADATA_DISABLED")
+
+    def __enter__(self):
+        self.saved = {n: os.environ.get(n) for n in self.NAMES}
+        os.environ.update(AWS_ENDPOINT_URL=LOCAL_DEAD_ENDPOINT, SAGEMAKER_VALIDATE_ROLE="false",
+                          AWS_EC2_METADATA_DISABLED="true")
+        return self
+
+    def __exit__(self, *exc):
+        for name, value in self.saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        return False
+
+
 def _role_from_config() -> str | None:
     """The execution role from the SDK's own defaults file (~/.config/sagemaker/config.yaml), if any."""
     try:
-        from sagemaker.config import load_sagemaker_config
-        from sagemaker.utils import get_config_value
+        from sagemaker.core.common_utils import get_config_value
+        from sagemaker.core.config.config import load_sagemaker_config
     except ImportError:
         return None
     try:
@@ -115,6 +169,7 @@ def resolve(opts: AwsOptions, *, need_role: bool) -> Target:
     if not region:
         raise LaunchError("no AWS region: pass --region (e.g. --region us-east-1), set AWS_REGION, or run "
                           "`aws configure`")
+    check_region(region, "--region" if opts.region else "the configured region")
     if session.get_credentials() is None:
         raise LaunchError(
             "no AWS credentials found: run `aws configure` (or `aws sso login`), set AWS_ACCESS_KEY_ID and "
@@ -170,54 +225,17 @@ def bucket(target: Target, session) -> str:
     return target.bucket or session.default_bucket()
 
 
-def _validate_sdk_config_once() -> None:
-    """The SDK (sagemaker 2.257.7) validates its defaults config against its whole JSON schema on every config
-    lookup (sagemaker.utils.get_sagemaker_config_value -> validate_sagemaker_config -> jsonschema.validate,
-    which re-checks the schema itself each time): about 25 lookups per `deploy`, a minute of CPU on a busy
-    2-core machine. The config does not change during a run, so each distinct config is validated once.
-    Depends on the private module global sagemaker.utils.validate_sagemaker_config."""
-    import json
+def sdk_session(target: Target):
+    """The SDK v3's sagemaker.core Session over the checked boto3 session (AWS only: local mode needs none)."""
+    from sagemaker.core.helper.session_helper import Session
 
-    import sagemaker.utils
-
-    validate = sagemaker.utils.validate_sagemaker_config
-    if getattr(validate, "wav2vec2_once", False):
-        return
-    seen: set[str] = set()
-
-    def once(config=None):
-        key = json.dumps(config, sort_keys=True, default=str)
-        if key not in seen:
-            validate(config)  # raises on an invalid config, as before
-            seen.add(key)
-
-    once.wav2vec2_once = True
-    sagemaker.utils.validate_sagemaker_config = once
-
-
-def sdk_session(target: Target, *, container_root: str | None = None, serving_port: int | None = None):
-    """A sagemaker.Session (AWS) or LocalSession (local mode) with telemetry off."""
-    _validate_sdk_config_once()
-    if target.local:
-        from sagemaker.local import LocalSession
-
-        session = LocalSession(boto_session=target.boto_session, sagemaker_config=SDK_CONFIG)
-        local: dict[str, Any] = {"local_code": True}
-        if container_root:
-            local["container_root"] = container_root
-        if serving_port:
-            local["serving_port"] = serving_port
-        session.config = {"local": local}
-        return session
-    import sagemaker
-
-    return sagemaker.Session(boto_session=target.boto_session, default_bucket=target.bucket,
-                             sagemaker_config=_user_config_without_telemetry())
+    return Session(boto_session=target.boto_session, default_bucket=target.bucket,
+                   sagemaker_config=_user_config_without_telemetry())
 
 
 def _user_config_without_telemetry() -> dict:
     """The user's SDK defaults (VPC, KMS, tags...) kept, telemetry turned off."""
-    from sagemaker.config import load_sagemaker_config
+    from sagemaker.core.config.config import load_sagemaker_config
 
     cfg = load_sagemaker_config() or {}
     cfg.setdefault("SchemaVersion", "1.0")

@@ -6,15 +6,13 @@ given, so SageMaker takes them from the container's GET /execution-parameters. O
 input file, under the output path, next to each other, holding that file's JSON answer (or plain text).
 
 On GPU families whose default driver cannot run the images' CUDA 12 torch, the job asks for a machine image with
-a newer one (TransformResources.TransformAmiVersion, launcher/limits.py). SDK v2's Transformer (sagemaker 2.257.7)
-has no parameter for it, so the field is added to the CreateTransformJob request through boto3's documented
-`provide-client-params` event on the SDK session's sagemaker_client (see _with_transform_ami).
+a newer one (TransformResources.TransformAmiVersion, launcher/limits.py). The job is made with the SDK v3's
+sagemaker.core resources (Model.create, TransformJob.create), whose TransformResources carries that field.
+Local mode runs the serving image here and sends each file itself (launcher/localmode.py says why).
 """
 from __future__ import annotations
 
 import argparse
-import contextlib
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -115,81 +113,60 @@ class TransformOptions:
 
 def run(opts: TransformOptions) -> int:
     target = aws.resolve(opts.aws, need_role=True)
-    session = aws.sdk_session(target, serving_port=opts.serving_port)
     name = opts.job_name or f"wav2vec2-transform-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}"
     if target.local:
+        from . import localmode
+
         output_path = opts.output_path or f"file://{Path('sagemaker-local/transform').resolve()}"
-        Path(output_path[len("file://"):]).mkdir(parents=True, exist_ok=True)
-    else:
-        output_path = opts.output_path or f"s3://{aws.bucket(target, session)}/wav2vec2/transform/{name}"
-    if target.local:
-        with tempfile.TemporaryDirectory(prefix="wav2vec2-model-") as work:
-            return _transform(opts, target, session, name, output_path,
-                              hosting.local_model_copy(opts.model_data, work))
-    return _transform(opts, target, session, name, output_path, opts.model_data)
+        out = Path(output_path[len("file://"):])
+        out.mkdir(parents=True, exist_ok=True)
+        print(f"[launch] transform job {name}: {opts.input} -> {output_path}, 1 x {opts.instance_type}", flush=True)
+        localmode.transform(opts, out)
+        print(f"[launch] transcripts: {output_path}")
+        return 0
+    session = aws.sdk_session(target)
+    output_path = opts.output_path or f"s3://{aws.bucket(target, session)}/wav2vec2/transform/{name}"
+    return _transform(opts, target, name, output_path)
 
 
-def _transform(opts: TransformOptions, target: aws.Target, session, name: str, output_path: str,
-               model_data: str) -> int:
-    model = hosting.make_model(target, session, opts.image, model_data, opts.env, name=name)
-    transformer = model.transformer(
-        instance_count=opts.instance_count, instance_type=opts.instance_type, strategy="SingleRecord",
-        output_path=output_path, accept=opts.accept, max_concurrent_transforms=opts.max_concurrent,
-        max_payload=opts.max_payload_mb, env=opts.env or None)
+def _transform(opts: TransformOptions, target: aws.Target, name: str, output_path: str) -> int:
+    from sagemaker.core.resources import TransformJob
+    from sagemaker.core.shapes import (TransformDataSource, TransformInput, TransformOutput, TransformResources,
+                                       TransformS3DataSource)
+
+    hosting.create_model(target, opts.image, opts.model_data, opts.env, name)
     image = f"; machine image {opts.ami.version} ({opts.ami.reason})" if opts.ami.version else \
         f"; {opts.ami.reason}" if opts.ami.reason else ""
     print(f"[launch] transform job {name}: {opts.input} -> {output_path}, {opts.instance_count} x "
           f"{opts.instance_type}{image}", flush=True)
-    with _with_transform_ami(session, name, opts.ami.version):
-        # On AWS the job is created first, then waited for with its log (local mode has no CloudWatch).
-        transformer.transform(opts.input, data_type="S3Prefix", content_type=opts.content_type, split_type=None,
-                              job_name=name, wait=opts.wait and target.local, logs=False)
-    if opts.wait and not target.local:
-        transformer.wait(logs=True)
-        _delete_model(session, name)  # only needed by this job (a failed job keeps it, for inspection; models are free)
+    job = TransformJob.create(
+        transform_job_name=name, model_name=name, batch_strategy="SingleRecord",
+        max_concurrent_transforms=opts.max_concurrent, max_payload_in_mb=opts.max_payload_mb,
+        environment=opts.env or None,
+        transform_input=TransformInput(
+            data_source=TransformDataSource(s3_data_source=TransformS3DataSource(s3_data_type="S3Prefix",
+                                                                                 s3_uri=opts.input)),
+            content_type=opts.content_type, split_type="None"),
+        transform_output=TransformOutput(s3_output_path=output_path, accept=opts.accept),
+        transform_resources=TransformResources(instance_type=opts.instance_type, instance_count=opts.instance_count,
+                                               transform_ami_version=opts.ami.version),
+        session=target.boto_session, region=target.region)
+    if opts.wait:
+        try:
+            job.wait(logs=True)
+        except Exception as exc:  # FailedStatusError: the job's FailureReason says why
+            job.refresh()
+            if job.transform_job_status == "Failed":
+                raise JobFailed(f"transform job {name} failed: {job.failure_reason}") from None
+            raise
+        _delete_model(target, name)  # only needed by this job (a failed job keeps it, for inspection)
     print(f"[launch] transcripts: {output_path}")
     return 0
 
 
-@contextlib.contextmanager
-def _with_transform_ami(session, name: str, ami: str | None):
-    """Add TransformResources.TransformAmiVersion to the CreateTransformJob request the SDK sends.
-
-    sagemaker 2.257.7's Transformer.transform has no such parameter; it sends the request through
-    Session.transform -> session.sagemaker_client.create_transform_job (an SDK internal this relies on). The field
-    goes in through boto3's `provide-client-params` event, the extension point boto3's Extensibility guide shows
-    for adding request parameters, registered on that client only while the job is created. Were the request to
-    bypass that client, the job would run on the default driver: it is stopped and the launcher fails instead."""
-    if ami is None:
-        yield
-        return
-    client = session.sagemaker_client
-    event, handler_id = "provide-client-params.sagemaker.CreateTransformJob", "wav2vec2-transform-ami"
-    added: list[str] = []
-
-    def add_ami(params, **_):
-        if params.get("TransformJobName") == name:
-            params["TransformResources"].setdefault("TransformAmiVersion", ami)
-            added.append(params["TransformResources"]["TransformAmiVersion"])
-
-    client.meta.events.register(event, add_ami, unique_id=handler_id)
-    try:
-        yield
-    finally:
-        client.meta.events.unregister(event, unique_id=handler_id)
-    if added != [ami]:
-        try:
-            client.stop_transform_job(TransformJobName=name)
-        except Exception as exc:  # botocore ClientError: not created, or already stopping
-            print(f"[launch] could not stop transform job {name}: {exc}")
-        raise JobFailed(f"the SageMaker SDK did not send CreateTransformJob through its sagemaker_client, so "
-                        f"TransformAmiVersion {ami} was not set (job {name} stopped): install the SDK version "
-                        "requirements/launch.txt pins")
-
-
-def _delete_model(session, name: str) -> None:
+def _delete_model(target: aws.Target, name: str) -> None:
     """The model was only needed for this job; a failure here must not hide the job's own error."""
     try:
-        session.delete_model(name)
+        target.boto_session.client("sagemaker", region_name=target.region).delete_model(ModelName=name)
     except Exception as exc:  # botocore ClientError: already gone, or never created
         print(f"[launch] model {name} not deleted: {exc}")

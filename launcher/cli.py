@@ -31,8 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="launcher/launch",
         description="Train, deploy and batch-transcribe with the wav2vec2 images on Amazon SageMaker (SageMaker "
-                    "Python SDK v2). Every command takes --local to run the same images here with the SDK's "
-                    "local mode.",
+                    "Python SDK v3: ModelTrainer and sagemaker.core resources; README, Launch on SageMaker, gives "
+                    "the version and the Python). Every command takes --local to run the same images here.",
         epilog="steps: prepare -> train -> deploy -> invoke -> delete (or transform for batches). "
                "`launcher/launch COMMAND --help` for each.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -48,9 +48,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _quiet_sdk() -> None:
-    # The v2 SDK warns about v3 on import and logs its config-file search at INFO; neither helps here.
-    os.environ.setdefault("SAGEMAKER_SUPPRESS_V2_WARNING", "1")
-    logging.getLogger("sagemaker.config").setLevel(logging.WARNING)
+    # The SDK logs its config-file search and ModelTrainer's defaults at INFO; the launcher says what it does. The
+    # sagemaker.core.resources logger stays: TrainingJob/TransformJob.wait(logs=True) prints the job's log with it.
+    for name in ("sagemaker.config", "sagemaker.core.config", "sagemaker.train", "sagemaker.core.telemetry"):
+        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -59,6 +60,12 @@ def main(argv: list[str] | None = None) -> int:
     opts_cls, runner = COMMANDS[ns.command]
     try:
         return runner(opts_cls.from_args(ns))
+    except ImportError as exc:
+        if not (exc.name or "").startswith(("sagemaker", "boto3", "botocore")):
+            raise
+        print(f"launch {ns.command}: error: {exc.name} is not installed in this Python ({sys.executable}): run "
+              "./setup.sh, which builds the launcher's environment .venv-launch", file=sys.stderr)
+        return 2
     except LaunchError as exc:
         print(f"launch {ns.command}: error: {exc}", file=sys.stderr)
         return exc.exit_code

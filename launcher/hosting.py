@@ -1,4 +1,5 @@
-"""`launch deploy | invoke | delete`: endpoints of the serving image (sagemaker.model.Model) in the three
+"""`launch deploy | invoke | delete`: endpoints of the serving image, made with the SDK v3's sagemaker.core
+resources (Model, EndpointConfig, Endpoint: an image-only deploy needs no ModelBuilder) in the three
 SageMaker hosting modes: real-time (instances, 6 MB, 60 s), asynchronous (`--async`: requests and answers in
 S3, up to 1 GB and an hour each, scales to zero) and serverless (`--serverless`: CPU only, 1-6 GB of memory,
 4 MB, 60 s, billed per request). Every limit is checked before any AWS call (launcher/limits.py cites them).
@@ -6,15 +7,11 @@ S3, up to 1 GB and an hour each, scales to zero) and serverless (`--serverless`:
 from __future__ import annotations
 
 import argparse
-import os
-import shutil
-import signal
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import asyncinvoke, aws, limits, options, scaling
+from . import asyncinvoke, aws, limits, options, scaling, suggest
 from .errors import JobFailed, LaunchError
 
 SERVE_REPOSITORY = "wav2vec2-serve"
@@ -27,6 +24,8 @@ REALTIME_MAX_BYTES = limits.REALTIME_MAX_BYTES
 DEFAULT_MAX_CONCURRENT_INVOCATIONS = 4  # per instance: each may hold a body of up to 1 GB and its decoded audio
 DEFAULT_SERVERLESS_CONCURRENCY = 5
 ENDPOINT_POLL_S = 15
+METRIC_PUBLISH_FREQUENCIES_S = (10, 30, 60, 120, 180, 240, 300)  # MetricsConfig.MetricPublishFrequencyInSeconds
+DEFAULT_METRIC_PUBLISH_FREQUENCY_S = 60
 
 # The serving program's settings (serve/settings.py) that each mode needs; --env values win.
 MODE_ENV = {
@@ -81,6 +80,13 @@ def add_deploy_parser(sub, parents) -> None:
                         f"{limits.ENDPOINT_AMI} (driver 535) on ml.p3, g4dn, g5, p4d and p4de, whose default "
                         "driver 470 cannot run the images' CUDA 12 torch; SageMaker's default elsewhere")
     p.add_argument("--no-wait", action="store_true", help="return once the endpoint is being created (AWS only)")
+    p.add_argument("--metric-publish-frequency-s", type=int, default=None,
+                   help="detailed observability (MetricsConfig): SageMaker scrapes the container's GET /metrics and "
+                        f"publishes to CloudWatch every N seconds, one of "
+                        f"{', '.join(map(str, METRIC_PUBLISH_FREQUENCIES_S))} (default {DEFAULT_METRIC_PUBLISH_FREQUENCY_S})")
+    p.add_argument("--no-detailed-metrics", action="store_true",
+                   help="turn detailed observability off (EnableDetailedObservability false; SageMaker's standard "
+                        "invocation metrics stay)")
     g = p.add_argument_group("asynchronous endpoint (--async)")
     g.add_argument("--async", dest="is_async", action="store_true",
                    help="an asynchronous endpoint: `invoke --async` puts recordings in S3 (up to 1 GB, an hour of "
@@ -130,6 +136,15 @@ def add_invoke_parser(sub, parents) -> None:
     p.add_argument("--content-type", help="Content-Type (default: from the file's suffix, else "
                                           "application/octet-stream)")
     p.add_argument("--json", action="store_true", help="print the full JSON answer, not just the text")
+    p.add_argument("--option", action="append", metavar="NAME=VALUE",
+                   help="a request option (timestamps=true, decoder=beam, hotwords=..., language=fra; README, Request "
+                        "options), sent as the CustomAttributes header; repeatable")
+    p.add_argument("--accept", default=DEFAULT_ACCEPT,
+                   help=f"the answer's media type, sent as Accept (default {DEFAULT_ACCEPT}); an answer that is not "
+                        "JSON is printed as it comes")
+    p.add_argument("--openai", action="store_true",
+                   help="send the OpenAI audio-transcription multipart body (multipart/form-data: file, model and the "
+                        "--option values as form fields) instead of the bare audio")
     p.add_argument("--serving-port", type=int, default=8080, help="local mode: port of the local endpoint")
     g = p.add_argument_group("asynchronous endpoints (--async)")
     g.add_argument("--async", dest="is_async", action="store_true",
@@ -193,6 +208,8 @@ class DeployOptions:
     serverless: ServerlessSettings | None = None
     autoscale: scaling.Autoscale | None = None
     ami: limits.AmiChoice = limits.AmiChoice(None, "")
+    detailed_metrics: bool = True
+    metric_publish_frequency_s: int = DEFAULT_METRIC_PUBLISH_FREQUENCY_S
 
     @property
     def mode(self) -> str:
@@ -230,6 +247,16 @@ class DeployOptions:
             raise LaunchError("--autoscale is an AWS feature: drop it in local mode")
         name = ns.endpoint_name or f"wav2vec2-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}"
         _check_name(name)
+        frequency = ns.metric_publish_frequency_s
+        if frequency is not None:
+            if ns.no_detailed_metrics:
+                raise LaunchError("--metric-publish-frequency-s and --no-detailed-metrics exclude each other")
+            if frequency not in METRIC_PUBLISH_FREQUENCIES_S:
+                raise LaunchError(f"--metric-publish-frequency-s {frequency}: SageMaker publishes every "
+                                  f"{', '.join(map(str, METRIC_PUBLISH_FREQUENCIES_S))} seconds")
+        if a.local and (frequency is not None or ns.no_detailed_metrics):
+            raise LaunchError("detailed metrics are SageMaker's (CloudWatch): in local mode read "
+                              "http://localhost:PORT/metrics directly")
         serverless = _serverless_settings(ns) if ns.serverless else None
         if serverless:
             instance_type, instance_count = None, 1
@@ -263,7 +290,8 @@ class DeployOptions:
                    env=options.pairs(ns.env, "--env", env_names=True), tags=options.pairs(ns.tag, "--tag"),
                    serving_port=ns.serving_port, local_seconds=ns.local_seconds, wait=not ns.no_wait,
                    async_=_async_settings(ns) if ns.is_async else None, serverless=serverless, autoscale=autoscale,
-                   ami=ami)
+                   ami=ami, detailed_metrics=not ns.no_detailed_metrics,
+                   metric_publish_frequency_s=frequency or DEFAULT_METRIC_PUBLISH_FREQUENCY_S)
 
 
 def _refuse_flags(ns: argparse.Namespace, mode: str, refuse: bool, names: tuple[str, ...]) -> None:
@@ -324,42 +352,74 @@ def _check_name(name: str) -> None:
                           "or digit")
 
 
-def local_model_copy(model_data: str, work: str) -> str:
-    """Local mode extracts a model.tar.gz in its own folder and mounts that whole folder at /opt/ml/model:
-    give it a private copy so the user's folder stays as it was and the container sees only the model."""
-    path = Path(model_data[len("file://"):])
-    if path.is_dir():
-        return model_data
-    os.chmod(work, 0o755)  # the serving image runs as a non-root user; temporary folders are 0700
-    copy = Path(work) / "model.tar.gz"
-    shutil.copyfile(path, copy)
-    return f"file://{copy}"
+def container(target: aws.Target, image: str | None, model_data: str, env: dict[str, str]):
+    from sagemaker.core.shapes import ContainerDefinition
+
+    return ContainerDefinition(image=image or target.ecr_image(SERVE_REPOSITORY), model_data_url=model_data,
+                               environment=env or {})
 
 
-def make_model(target: aws.Target, session, image: str | None, model_data: str, env: dict[str, str],
-               name: str | None = None):
-    from sagemaker.model import Model
+def create_model(target: aws.Target, image: str | None, model_data: str, env: dict[str, str], name: str,
+                 tags: dict[str, str] | None = None):
+    """sagemaker.core.resources.Model.create: CreateModel with the serving image and model.tar.gz."""
+    from sagemaker.core.resources import Model
+    from sagemaker.core.shapes import Tag
 
-    return Model(image_uri=image or target.ecr_image(SERVE_REPOSITORY), model_data=model_data,
-                 role=target.role_arn, env=env or None, name=name, sagemaker_session=session)
+    return Model.create(model_name=name, primary_container=container(target, image, model_data, env),
+                        execution_role_arn=target.role_arn,
+                        tags=[Tag(key=k, value=v) for k, v in (tags or {}).items()] or None,
+                        session=target.boto_session, region=target.region)
+
+
+def metrics_config(opts: "DeployOptions") -> dict:
+    """CreateEndpointConfig's MetricsConfig, set explicitly: SageMaker's detailed observability scrapes the
+    container's GET /metrics (port 8080) and publishes it to CloudWatch every N seconds; --no-detailed-metrics
+    turns it off. A plain request dict: sagemaker-core's serializer drops False values (`if serialize(v)`), so
+    MetricsConfig(enable_detailed_observability=False) would reach AWS as {} (and leave it on)."""
+    if not opts.detailed_metrics:
+        return {"EnableDetailedObservability": False}
+    return {"EnableDetailedObservability": True, "MetricPublishFrequencyInSeconds": opts.metric_publish_frequency_s}
+
+
+# sagemaker-core 2.27.0 serializes ProductionVariantServerlessConfig.memory_size_in_mb as "MemorySizeInMb" (its
+# snake-to-Pascal mapping knows only VolumeSizeInGB), which CreateEndpointConfig refuses; EndpointConfig.create
+# cannot send a serverless config, so the request sagemaker.core serializes is sent with boto3, that name fixed.
+SDK_FIELD_FIXES = {"MemorySizeInMb": "MemorySizeInMB"}
+
+
+def _fix_names(value):
+    if isinstance(value, dict):
+        return {SDK_FIELD_FIXES.get(k, k): _fix_names(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_fix_names(v) for v in value]
+    return value
+
+
+def create_endpoint_config(target: aws.Target, request: dict, metrics: dict) -> dict:
+    """CreateEndpointConfig from sagemaker.core shapes (serialized by sagemaker.core), through boto3."""
+    from sagemaker.core.utils.utils import serialize
+
+    body = _fix_names(serialize({k: v for k, v in request.items() if v is not None}))
+    body["MetricsConfig"] = metrics
+    target.boto_session.client("sagemaker", region_name=target.region).create_endpoint_config(**body)
+    return body
 
 
 def deploy(opts: DeployOptions) -> int:
     target = aws.resolve(opts.aws, need_role=True)
     if target.local:
-        session = aws.sdk_session(target, serving_port=opts.serving_port)
-        with tempfile.TemporaryDirectory(prefix="wav2vec2-model-") as work:
-            return _deploy_local(opts, target, session, local_model_copy(opts.model_data, work))
+        from . import localmode
+
+        return localmode.deploy(opts)
     serverless = None
     if opts.serverless:
         # Before anything is created: the memory must hold the model (HeadObject only reads its size).
         serverless = _serverless_config(opts.serverless, target, opts.model_data)
-    session = aws.sdk_session(target)
-    return _deploy_aws(opts, target, session, serverless)
+    return _deploy_aws(opts, target, serverless)
 
 
 def _serverless_config(settings: ServerlessSettings, target: aws.Target, model_data: str):
-    """The ServerlessInferenceConfig, its memory checked against (or, unset, chosen from) the size of
+    """The ProductionVariantServerlessConfig, its memory checked against (or, unset, chosen from) the size of
     model.tar.gz with the serving program's measured needs (limits.serverless_memory_needed_mb)."""
     archive = asyncinvoke.object_size(target.boto_session.client("s3", region_name=target.region), model_data)
     needed = limits.serverless_memory_needed_mb(archive)
@@ -372,52 +432,63 @@ def _serverless_config(settings: ServerlessSettings, target: aws.Target, model_d
     if memory < needed:
         raise LaunchError(f"--memory-mb {memory} is too small for this model ({size} model.tar.gz needs about "
                           f"{needed:,} MB to serve a 4 MB request): use --memory-mb {fits}")
-    from sagemaker.serverless import ServerlessInferenceConfig
+    from sagemaker.core.shapes import ProductionVariantServerlessConfig
 
     print(f"[launch] serverless memory {memory} MB (the model needs about {needed:,} MB)", flush=True)
-    return ServerlessInferenceConfig(memory_size_in_mb=memory, max_concurrency=settings.max_concurrency,
-                                     provisioned_concurrency=settings.provisioned_concurrency)
+    return ProductionVariantServerlessConfig(memory_size_in_mb=memory, max_concurrency=settings.max_concurrency,
+                                             provisioned_concurrency=settings.provisioned_concurrency)
 
 
 def _async_config(settings: AsyncSettings, target: aws.Target, session, name: str):
-    from sagemaker.async_inference import AsyncInferenceConfig
+    from sagemaker.core.shapes import (AsyncInferenceClientConfig, AsyncInferenceConfig,
+                                       AsyncInferenceNotificationConfig, AsyncInferenceOutputConfig)
 
     base = None
     if settings.output_path is None or settings.failure_path is None:
         base = f"s3://{aws.bucket(target, session)}/wav2vec2/async/{name}"
-    notification = {k: v for k, v in (("SuccessTopic", settings.success_topic),
-                                      ("ErrorTopic", settings.error_topic)) if v}
-    return AsyncInferenceConfig(output_path=settings.output_path or f"{base}/output",
-                                failure_path=settings.failure_path or f"{base}/failure",
-                                max_concurrent_invocations_per_instance=settings.max_concurrent_invocations,
-                                notification_config=notification or None)
+    notification = {k: v for k, v in (("success_topic", settings.success_topic),
+                                      ("error_topic", settings.error_topic)) if v}
+    return AsyncInferenceConfig(
+        output_config=AsyncInferenceOutputConfig(
+            s3_output_path=settings.output_path or f"{base}/output",
+            s3_failure_path=settings.failure_path or f"{base}/failure",
+            notification_config=AsyncInferenceNotificationConfig(**notification) if notification else None),
+        client_config=AsyncInferenceClientConfig(
+            max_concurrent_invocations_per_instance=settings.max_concurrent_invocations))
 
 
-class _Stop(Exception):
-    """SIGTERM while a local endpoint runs: unwind so that its containers are removed."""
+def _deploy_aws(opts: DeployOptions, target: aws.Target, serverless) -> int:
+    from sagemaker.core.resources import Endpoint
+    from sagemaker.core.shapes import ProductionVariant, Tag
 
-
-def _raise_stop(*_):
-    raise _Stop()
-
-
-def _deploy_aws(opts: DeployOptions, target: aws.Target, session, serverless) -> int:
     name = opts.endpoint_name
-    model = make_model(target, session, opts.image, opts.model_data, opts.server_env, name=name)
     kind = {"async": "asynchronous", "serverless": "serverless", "realtime": "real-time"}[opts.mode]
     where = "serverless" if serverless else f"{opts.instance_count} x {opts.instance_type}"
+    image_uri = opts.image or target.ecr_image(SERVE_REPOSITORY)
     image = f"; machine image {opts.ami.version} ({opts.ami.reason})" if opts.ami.version else \
         f"; {opts.ami.reason}" if opts.ami.reason else ""
-    print(f"[launch] deploying {kind} endpoint {name}: {where}, image {model.image_uri}{image}", flush=True)
-    async_config = _async_config(opts.async_, target, session, name) if opts.async_ else None
-    model.deploy(initial_instance_count=None if serverless else opts.instance_count,
-                 instance_type=None if serverless else opts.instance_type, endpoint_name=name,
-                 container_startup_health_check_timeout=opts.startup_timeout_s,
-                 async_inference_config=async_config, serverless_inference_config=serverless,
-                 inference_ami_version=opts.ami.version,
-                 tags=[{"Key": k, "Value": v} for k, v in opts.tags.items()] or None, wait=False)
+    print(f"[launch] deploying {kind} endpoint {name}: {where}, image {image_uri}{image}", flush=True)
+    async_config = _async_config(opts.async_, target, aws.sdk_session(target), name) if opts.async_ else None
+    tags = [Tag(key=k, value=v) for k, v in opts.tags.items()] or None
+    create_model(target, opts.image, opts.model_data, opts.server_env, name, opts.tags)
+    if serverless:
+        variant = ProductionVariant(variant_name=scaling.VARIANT, model_name=name, initial_variant_weight=1,
+                                    serverless_config=serverless)
+    else:
+        variant = ProductionVariant(variant_name=scaling.VARIANT, model_name=name, initial_variant_weight=1,
+                                    initial_instance_count=opts.instance_count, instance_type=opts.instance_type,
+                                    container_startup_health_check_timeout_in_seconds=opts.startup_timeout_s,
+                                    inference_ami_version=opts.ami.version)
+    create_endpoint_config(target, {"EndpointConfigName": name, "ProductionVariants": [variant],
+                                    "AsyncInferenceConfig": async_config, "Tags": tags},
+                           metrics=metrics_config(opts))
+    Endpoint.create(endpoint_name=name, endpoint_config_name=name, tags=tags, session=target.boto_session,
+                    region=target.region)
     if async_config:
-        print(f"[launch] answers go to {async_config.output_path}, failures to {async_config.failure_path}", flush=True)
+        out = async_config.output_config
+        print(f"[launch] answers go to {out.s3_output_path}, failures to {out.s3_failure_path}", flush=True)
+    metrics = (f"every {opts.metric_publish_frequency_s} s" if opts.detailed_metrics else "off")
+    print(f"[launch] detailed metrics (the container's /metrics, to CloudWatch): {metrics}", flush=True)
     if not opts.wait:
         print(f"[launch] endpoint {name} is being created")
     else:
@@ -451,54 +522,6 @@ def wait_in_service(target: aws.Target, name: str) -> None:
         time.sleep(ENDPOINT_POLL_S)
 
 
-def _deploy_local(opts: DeployOptions, target: aws.Target, session, model_data: str) -> int:
-    model = make_model(target, session, opts.image, model_data, opts.server_env, name=opts.endpoint_name)
-    print(f"[launch] deploying {opts.endpoint_name}: {opts.instance_count} x {opts.instance_type}, image "
-          f"{model.image_uri}", flush=True)
-    # Local endpoints live in this process (the SDK runs docker compose from a thread): SIGTERM and Ctrl-C
-    # must unwind through `finally` so that the containers go with it, even during start-up.
-    signal.signal(signal.SIGTERM, _raise_stop)
-    try:
-        model.deploy(initial_instance_count=1, instance_type=opts.instance_type, endpoint_name=opts.endpoint_name,
-                     wait=True)
-        print(f"[launch] local endpoint {opts.endpoint_name} on http://localhost:{opts.serving_port} "
-              f"({'for %.0f s' % opts.local_seconds if opts.local_seconds else 'until Ctrl-C or SIGTERM'})", flush=True)
-        deadline = None if opts.local_seconds is None else time.monotonic() + opts.local_seconds
-        while deadline is None or time.monotonic() < deadline:
-            time.sleep(0.5)
-            if not _local_container_alive(opts.endpoint_name):
-                raise JobFailed(f"the local serving container of {opts.endpoint_name} exited; its log is above")
-    except (_Stop, KeyboardInterrupt):
-        print("[launch] stopping the local endpoint", flush=True)
-    finally:
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # clean-up must not be interrupted in turn
-        _delete_local(session, opts.endpoint_name)
-    return 0
-
-
-def _local_container_alive(name: str) -> bool:
-    """The SDK runs `docker compose up` for a local endpoint in a thread that ends when the container does."""
-    from sagemaker.local.local_session import LocalSagemakerClient
-
-    endpoint = LocalSagemakerClient._endpoints.get(name)
-    compose = getattr(getattr(endpoint, "container", None), "container", None)
-    return compose is None or compose.is_alive()
-
-
-def _delete_local(session, name: str) -> None:
-    """Local endpoints belong to this process: stop their containers (docker compose down) and forget them."""
-    from sagemaker.local.local_session import LocalSagemakerClient
-
-    # The SDK registers the endpoint before it starts the container, so this also stops one still starting.
-    client = session.sagemaker_client
-    for delete, registry in ((client.delete_endpoint, LocalSagemakerClient._endpoints),
-                             (client.delete_endpoint_config, LocalSagemakerClient._endpoint_configs),
-                             (client.delete_model, LocalSagemakerClient._models)):
-        if name in registry:
-            delete(name)
-    print(f"[launch] local endpoint {name} removed", flush=True)
-
-
 @dataclass
 class InvokeOptions:
     aws: aws.AwsOptions
@@ -514,9 +537,26 @@ class InvokeOptions:
     request_ttl_s: int | None = None
     wait_s: float | None = None
     wait: bool = True
+    request_options: dict[str, str] = field(default_factory=dict)
+    accept: str = "application/json"
+    openai: bool = False
 
     @classmethod
     def from_args(cls, ns: argparse.Namespace) -> "InvokeOptions":
+        opts = cls._from_args(ns)
+        opts.request_options = request_options(ns.option)
+        opts.accept = _media_type(ns.accept, "--accept", ACCEPT_TYPES)
+        opts.openai = ns.openai
+        if ns.openai and opts.is_async:
+            raise LaunchError("--openai is a real-time request body: drop --async")
+        if ns.openai and ns.content_type:
+            raise LaunchError("--openai sends multipart/form-data: drop --content-type")
+        if ns.content_type:
+            _media_type(ns.content_type, "--content-type", set(CONTENT_TYPES.values()) | {"application/octet-stream"})
+        return opts
+
+    @classmethod
+    def _from_args(cls, ns: argparse.Namespace) -> "InvokeOptions":
         a = options.aws_options(ns)
         if not ns.is_async:
             given = [f for f, v in (("--input-path", ns.input_path), ("--request-ttl-s", ns.request_ttl_s),
@@ -572,6 +612,64 @@ class InvokeOptions:
                    as_json=ns.json, serving_port=ns.serving_port)
 
 
+DEFAULT_ACCEPT = "application/json"
+# Answer formats the launcher knows the name of, for corrections; others pass if they are type/subtype.
+ACCEPT_TYPES = {"application/json", "text/plain", "text/vtt", "application/x-subrip", "application/jsonlines", "*/*"}
+MEDIA_TYPE = r"^[a-z0-9][\w.+-]*/[\w.+*-]+(\s*;.*)?$"
+
+
+def _media_type(value: str, flag: str, known: set[str]) -> str:
+    import re
+
+    if re.match(MEDIA_TYPE, value.strip().lower()):
+        return value.strip()
+    raise LaunchError(f"{flag} {value!r} is not a media type like type/subtype; {suggest.did_you_mean(value, known)}")
+
+
+def request_options(items: list[str] | None) -> dict[str, str]:
+    """--option NAME=VALUE pairs, names checked against the serving program's option table when it can be read
+    here (serve/options.py imports only numpy and the standard library)."""
+    pairs = options.pairs(items, "--option")
+    try:
+        import dataclasses
+
+        from serve.options import Options
+        valid = [f.name for f in dataclasses.fields(Options)]
+    except ImportError:  # a launcher checkout without serve/: the server checks them (400 naming the option)
+        valid = None
+    for name in pairs:
+        if valid is not None and name not in valid:
+            raise LaunchError(f"--option {name}: not a request option of the serving program; "
+                              f"{suggest.did_you_mean(name, valid, where='README, Request options')}")
+    return pairs
+
+
+def custom_attributes(pairs: dict[str, str]) -> str | None:
+    """The X-Amzn-SageMaker-Custom-Attributes value serve/options.py reads: name=value pairs joined by ';',
+    values percent-encoded (a ';' or '&' inside a value stays one value)."""
+    import urllib.parse
+
+    if not pairs:
+        return None
+    return ";".join(f"{k}={urllib.parse.quote(v, safe=',')}" for k, v in pairs.items())
+
+
+def openai_body(path: Path, pairs: dict[str, str]) -> tuple[bytes, str]:
+    """The OpenAI audio-transcription request (POST /v1/audio/transcriptions): multipart/form-data with the
+    audio as `file`, `model`, and each option as a form field. Returns (body, Content-Type)."""
+    import uuid
+
+    boundary = f"wav2vec2-{uuid.uuid4().hex}"
+    parts = []
+    for name, value in {"model": "wav2vec2", **pairs}.items():
+        parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'.encode())
+    ctype = asyncinvoke.content_type_of(path.name, None, CONTENT_TYPES)
+    parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{path.name}"\r\n'
+                 f"Content-Type: {ctype}\r\n\r\n".encode() + path.read_bytes() + b"\r\n")
+    parts.append(f"--{boundary}--\r\n".encode())
+    return b"".join(parts), f"multipart/form-data; boundary={boundary}"
+
+
 def _local_file(value: str) -> Path:
     path = Path(value).expanduser()
     if not path.is_file():
@@ -587,26 +685,30 @@ def invoke(opts: InvokeOptions) -> int:
         return asyncinvoke.invoke(opts, target)
     if not target.local and opts.file.stat().st_size > limits.SERVERLESS_MAX_BYTES:
         _refuse_if_serverless(target, opts.endpoint_name, opts.file)
-    session = aws.sdk_session(target, serving_port=opts.serving_port)
+    if opts.openai:
+        body, ctype = openai_body(opts.file, opts.request_options)
+        attributes = None  # the options are form fields
+    else:
+        body, ctype = opts.file.read_bytes(), opts.content_type
+        attributes = custom_attributes(opts.request_options)
+    if target.local:
+        from . import localmode
+
+        status, answer = localmode.invoke(opts.serving_port, body, ctype, opts.accept, attributes)
+        if status >= 400:
+            raise LaunchError(f"the endpoint answered {status}: {answer.decode(errors='replace')[:500]}")
+        return asyncinvoke._print_output(answer, opts.as_json)
     import botocore.exceptions
 
+    runtime = target.boto_session.client("sagemaker-runtime", region_name=target.region)
+    request = {"EndpointName": opts.endpoint_name, "Body": body, "ContentType": ctype, "Accept": opts.accept}
+    if attributes:
+        request["CustomAttributes"] = attributes
     try:
-        response = session.sagemaker_runtime_client.invoke_endpoint(
-            EndpointName=opts.endpoint_name or "local", Body=opts.file.read_bytes(),
-            ContentType=opts.content_type, Accept="application/json")
+        response = runtime.invoke_endpoint(**request)
     except botocore.exceptions.ClientError as exc:
         raise LaunchError(f"the endpoint refused the request: {exc}") from None
-    except Exception as exc:  # local mode: urllib3 errors when nothing listens
-        if target.local:
-            raise LaunchError(f"no local endpoint answers on port {opts.serving_port} ({type(exc).__name__}): "
-                              "start one with `launch deploy --local`") from None
-        raise
-    body = response["Body"].read()
-    # Local mode hands back the raw HTTP response (errors included) instead of raising.
-    status = getattr(response["Body"], "status", 200)
-    if status >= 400:
-        raise LaunchError(f"the endpoint answered {status}: {body.decode(errors='replace')[:500]}")
-    return asyncinvoke._print_output(body, opts.as_json)
+    return asyncinvoke._print_output(response["Body"].read(), opts.as_json)
 
 
 def _refuse_if_serverless(target: aws.Target, name: str, file: Path) -> None:

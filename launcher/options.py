@@ -24,13 +24,18 @@ def aws_parent() -> argparse.ArgumentParser:
                                   "SageMaker.TrainingJob.RoleArn in the SDK config file)")
     g.add_argument("--bucket", help="S3 bucket for uploads and outputs (default: the SDK's sagemaker-REGION-ACCOUNT)")
     g.add_argument("--local", action="store_true",
-                   help="run in the SageMaker SDK's local mode: the images run here under docker compose, "
+                   help="local mode: the images run here (training: the SDK v3's local container mode under docker "
+                        "compose; endpoints and transforms: docker run), "
                         "no AWS account needed")
     g.add_argument("--local-gpu", action="store_true", help="local mode with the host's GPUs (implies --local)")
     return p
 
 
 def aws_options(ns: argparse.Namespace) -> AwsOptions:
+    if ns.region is not None:
+        from .aws import check_region
+
+        check_region(ns.region)
     return AwsOptions(region=ns.region, profile=ns.profile, role=ns.role, bucket=ns.bucket,
                       local=ns.local or ns.local_gpu, local_gpu=ns.local_gpu)
 

@@ -3,9 +3,8 @@
 Two ways to reach a serving container:
   --endpoint-name NAME   a SageMaker endpoint, through InvokeEndpointWithBidirectionalStream (HTTP/2) with the AWS
                          SDK's bidirectional-stream client, aws-sdk-sagemaker-runtime-http2 (IAM action
-                         sagemaker:InvokeEndpointWithBidirectionalStream). That SDK needs Python >= 3.12 while the
-                         launcher's .venv is 3.11: it lives in a venv of its own (requirements/stream-client.txt;
-                         README, Live transcription, shows the two commands).
+                         sagemaker:InvokeEndpointWithBidirectionalStream). That SDK needs Python >= 3.12: it is in
+                         the launcher's environment, .venv-launch (Python 3.12, beside the SageMaker SDK v3).
   --local [--url URL]    the container's WebSocket itself (docker run -p 8080:8080 ... serve, or serve/serve):
                          ws://127.0.0.1:8080/invocations-bidirectional-stream by default; needs websockets only.
 
@@ -106,7 +105,7 @@ def audio_source(opts: StreamOptions):
         try:
             import soundfile as sf
         except ImportError:
-            raise LaunchError("reading audio files needs soundfile (pip install -r requirements/stream-client.txt)") \
+            raise LaunchError("reading audio files needs soundfile (./setup.sh builds .venv-launch with it)") \
                 from None
         try:
             info = sf.info(opts.source)
@@ -208,7 +207,7 @@ def _run_websocket(opts: StreamOptions, settings: dict, frames, printer: Printer
         from websockets.exceptions import ConnectionClosed, InvalidHandshake
         from websockets.sync.client import connect
     except ImportError:
-        raise LaunchError("--local needs websockets (pip install -r requirements/stream-client.txt)") from None
+        raise LaunchError("--local needs websockets (./setup.sh builds .venv-launch with it)") from None
     try:
         conn = connect(opts.url, open_timeout=30, max_size=None, compression=None)
     except (OSError, InvalidHandshake, TimeoutError) as exc:
@@ -255,7 +254,7 @@ def _run_sagemaker(opts: StreamOptions, settings: dict, frames, printer: Printer
         raise LaunchError(
             f"streaming to an endpoint needs the AWS SDK's bidirectional-stream client ({SDK_PACKAGE}, Python >= "
             f"3.12), which is not in this Python ({sys.version.split()[0]}): python3.12 -m venv .venv-stream && "
-            f".venv-stream/bin/pip install -r requirements/stream-client.txt, then run this command with "
+            f".venv-stream/bin/./setup.sh builds .venv-launch with it, then run this command with "
             f"LAUNCH_PYTHON=.venv-stream/bin/python launcher/launch stream ...") from None
     import asyncio
 

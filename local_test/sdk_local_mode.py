@@ -1,10 +1,11 @@
 #!/usr/bin/env python3
-"""Prove the launcher against the real images with the SageMaker SDK's local mode (docker compose).
+"""Prove the launcher against the real images in local mode (SageMaker Python SDK v3).
 
-  1. `launch train --local --instance-count 2`: two training containers on one Docker network, one
-     torch.distributed job across them (the program reads resourceconfig.json), one model.tar.gz
-  2. `launch deploy --local`: the serving container, /ping healthy; `launch invoke --local` with a
-     held-out synthetic clip returns a transcript
+  1. `launch train --local --instance-count 2`: the SDK's ModelTrainer local container mode (docker compose):
+     two training containers on one Docker network, one torch.distributed job across them (the program reads
+     resourceconfig.json), one model.tar.gz
+  2. `launch deploy --local`: the serving container (docker run: v3's local endpoint serves only its own model
+     servers, README says why), /ping healthy; `launch invoke --local` with a held-out clip returns a transcript
   3. `launch transform --local` over a folder of clips: one transcript file per clip
   4. nothing the run started is left running
 
@@ -34,8 +35,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 LAUNCH = ROOT / "launcher" / "launch"
-# Container names the SDK's local mode gives: <10 random>-algo-<n>-<5 random>.
-SDK_CONTAINER = re.compile(r"^[a-z0-9]{10}-algo-\d+-[a-z0-9]{5}$")
+# Container names: docker compose's PROJECT-algo-<n>-<index> for the SDK v3's training hosts (PROJECT: the
+# output folder's name), wav2vec2-local-NAME for the launcher's local endpoints and transforms.
+SDK_CONTAINER = re.compile(r"(^.+-algo-\d+-\d+$)|(^wav2vec2-local-.+$)")
 
 
 class ProofError(Exception):
@@ -98,7 +100,7 @@ def step_train(work: Path, data: Path, args) -> Path:
     stdout, text = launch(*cmd, log_file=work / "train.log", timeout_s=args.timeout_s)
     log(f"training finished in {time.monotonic() - t0:.0f} s")
     # Two hosts in one job: the compose file names both, and both containers logged the same torch job.
-    hosts = sorted(set(re.findall(r"\balgo-\d+-[a-z0-9]{5}\b", text)))
+    hosts = sorted(set(re.findall(r"\b(algo-\d+)-\d+\s*\|", text)))
     if len(hosts) < args.instance_count:
         raise ProofError(f"expected {args.instance_count} training hosts in the log, saw {hosts}")
     # Each host's training program starts torchrun for the same multi-node job; torchrun only proceeds

@@ -20,6 +20,8 @@ import pytest
 from conftest import ROOT, program_env
 
 LAUNCH = ROOT / "launcher" / "launch"
+# The launcher's own environment (./setup.sh builds it: Python 3.12, SageMaker SDK v3); launcher/launch uses it.
+LAUNCH_PYTHON = ROOT / ".venv-launch" / "bin" / "python"
 COMMANDS = ["prepare", "train", "deploy", "invoke", "delete", "transform", "stream"]
 ROLE = "arn:aws:iam::123456789012:role/SageMakerWav2Vec2"
 
@@ -112,7 +114,17 @@ def test_no_command_is_a_usage_error():
 
 @pytest.mark.parametrize("args,message", [
     (["train", "--channel", "test=s3://bucket-x/t"], "--channel train=LOCATION is required"),
-    (["train", "--channel", "train=s3://bucket-x/t", "--channel", "extra=s3://bucket-x/e"], "reads only the channels"),
+    (["train", "--channel", "train=s3://bucket-x/t", "--channel", "extra=s3://bucket-x/e"],
+     "--channel extra: not a channel the training program reads"),
+    (["train", "--channel", "training=s3://bucket-x/t"], "--channel training: not a channel the training program "
+                                                         "reads; did you mean train?"),
+    (["train", "--channel", "test=s3://bucket-x/t"], "(given: test)"),
+    (["train", "--channel", "train=s3://bucket-x/t", "--region", "eu-west-9"],
+     "--region 'eu-west-9' is not an AWS region with SageMaker (botocore's partition data): did you mean eu-west-3"),
+    (["train", "--channel", "train=s3://bucket-x/t", "--dry-run", "--region", "eu-west-9"], "did you mean"),
+    (["train", "--channel", "train=s3://bucket-x/t", "--tensorboard", "/tmp/tb"], "is not an S3 URI"),
+    (["deploy", "--model-data", "s3://bucket-x/m/model.tar.gz", "--metric-publish-frequency-s", "45"],
+     "SageMaker publishes every 10, 30, 60, 120, 180, 240, 300 seconds"),
     (["train", "--channel", "train"], "must look like NAME=VALUE"),
     (["train", "--channel", "train=ftp://host/x"], "give an s3:// URI or a local folder"),
     (["train", "--channel", "train=/no/such/folder"], "is not an existing folder"),
@@ -218,7 +230,12 @@ def _hosting_refusals(tmp_path: Path) -> list[tuple[list[str], str]]:
          "drop it when FILE is already in S3"),
         (["invoke", str(clip), "--endpoint-name", "e", "--request-ttl-s", "100"], "only applies with --async"),
         (["invoke", "s3://bucket-x/a.wav", "--endpoint-name", "e"], "needs --async"),
-        (["train", "--channel", "train=s3://bucket-x/t", "--hp", "max_step=3"], "unknown hyperparameter max_step"),
+        (["train", "--channel", "train=s3://bucket-x/t", "--hp", "max_step=3"],
+         "unknown hyperparameter max_step: did you mean max_steps"),
+        (["invoke", str(clip), "--endpoint-name", "e", "--option", "timestamp=true"],
+         "--option timestamp: not a request option of the serving program; did you mean timestamps?"),
+        (["invoke", str(clip), "--endpoint-name", "e", "--content-type", "audiowav"], "did you mean audio/wav"),
+        (["invoke", str(clip), "--endpoint-name", "e", "--accept", "json"], "--accept 'json' is not a media type"),
         (["train", "--channel", "train=s3://bucket-x/t", "--hp", "learning_rate=fast"],
          "hyperparameter learning_rate='fast' is not a valid float"),
         (["train", "--channel", "train=s3://bucket-x/t", "--hp", "precision=fp8"], "must be one of auto, fp32"),
@@ -234,7 +251,7 @@ def test_aws_limits_are_refused_before_any_aws_call(tmp_path, aws_listener):
              "    code = main(args); print('EXIT', code, flush=True); sys.stderr.write('END\\n')"
     cases = _hosting_refusals(tmp_path)
     # One interpreter for all cases (each would otherwise pay the start-up); main() does not exit.
-    r = subprocess.run([sys.executable, "-c", script, json.dumps([a for a, _ in cases])], capture_output=True,
+    r = subprocess.run([str(LAUNCH_PYTHON), "-c", script, json.dumps([a for a, _ in cases])], capture_output=True,
                        text=True, env={**env, "PYTHONPATH": str(ROOT)}, timeout=300, cwd=str(ROOT))
     codes = [int(line.split()[1]) for line in r.stdout.splitlines() if line.startswith("EXIT")]
     errors = r.stderr.split("END\n")
@@ -252,10 +269,12 @@ def test_metric_definitions_come_from_the_training_program(tmp_path):
     r = launch("train", "--dry-run", "--channel", "train=s3://bucket-x/train", "--channel", "lm=s3://bucket-x/lm",
                "--hp", "max_steps=5", env=clean_env(tmp_path))
     assert r.returncode == 0, r.stderr
-    plan = json.loads(r.stdout)
-    assert set(plan["channels"]) == {"train", "lm"}
-    assert plan["metric_definitions"] == progress.METRIC_DEFINITIONS
-    assert plan["hyperparameters"] == {"max_steps": "5"}
+    plan = json.loads(r.stdout)  # the CreateTrainingJob request the SDK v3's ModelTrainer builds
+    request = plan["request"]
+    assert {c["ChannelName"] for c in request["InputDataConfig"]} == {"train", "lm"}
+    assert request["AlgorithmSpecification"]["MetricDefinitions"] == progress.METRIC_DEFINITIONS
+    assert request["HyperParameters"] == {"max_steps": "5"}
+    plan["metric_definitions"] = request["AlgorithmSpecification"]["MetricDefinitions"]
     # And the regexes pick the numbers out of the lines the training program prints.
     by_name = {d["Name"]: d["Regex"] for d in plan["metric_definitions"]}
     eval_line = progress.line("eval", step=40, epoch=2.0, wer=0.8123, cer=0.4012, loss=3.0415)
@@ -359,3 +378,35 @@ def test_region_credentials_and_role_from_aws_and_sdk_config_files(tmp_path, aws
     assert r.returncode == 2, (r.stdout, r.stderr)
     assert "cannot reach AWS STS in eu-central-1" in r.stderr
     assert aws_listener.count >= 1
+
+
+def test_serverless_memory_bench_runs(tmp_path):
+    # (in .venv: the bench runs the serving program, torch included)
+    """bench/serverless_memory, whose figures are the memory check's constants, kept from rotting: tiny model,
+    a 0.5 MB request."""
+    import subprocess
+    import sys
+
+    from conftest import ROOT, program_env
+
+    r = subprocess.run([sys.executable, str(ROOT / "bench" / "serverless_memory"), "--models", "tiny",
+                        "--payload-mb", "0.5", "--workdir", str(tmp_path)], capture_output=True, text=True,
+                       env=program_env(), timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    figures = json.loads(r.stdout.strip().splitlines()[-1])
+    (row,) = figures["rows"]
+    assert row["model"] == "tiny" and 0 < row["idle_rss_mb"] <= row["peak_rss_mb"]
+    assert row["audio_s"] == pytest.approx(16.4, abs=0.1)
+
+
+def test_a_dataset_root_given_as_a_channel_names_the_folders_in_it(tmp_path):
+    root = tmp_path / "speech"
+    for sub in ("training", "test"):
+        (root / sub).mkdir(parents=True)
+        (root / sub / "manifest.jsonl").write_text("")
+    r = launch("train", "--dry-run", "--channel", f"train={root}", env=clean_env(tmp_path))
+    assert r.returncode == 2
+    assert (f"--channel train={root}: it holds no files, only the folders test, training; did you mean "
+            f"--channel test={root / 'test'} --channel train={root / 'training'}?") in r.stderr
+    r = launch("train", "--dry-run", "--channel", f"train={root / 'training'}", env=clean_env(tmp_path))
+    assert r.returncode == 0, r.stderr

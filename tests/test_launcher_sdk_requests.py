@@ -1,8 +1,9 @@
 """What the launcher asks SageMaker for: the real launcher, SDK and botocore send their requests over HTTP to a
 loopback recorder standing in for the AWS endpoints (AWS_ENDPOINT_URL), since AWS itself is out of reach here.
 The recorder answers STS GetCallerIdentity and the few calls whose answers the SDK needs to go on, and refuses
-the rest, so each test checks the request bodies the launcher builds (not AWS's behaviour). Endpoints (deploy,
-invoke, delete, autoscaling) are tested against moto's stateful stand-in in test_launcher_hosting.py."""
+the rest, so each test checks the request bodies the launcher builds (not AWS's behaviour). Training and
+transform requests (machine image included) are checked against moto in test_launcher_sdk_hosting.py. Endpoints (deploy,
+invoke, delete, autoscaling) are tested against moto's stateful stand-in in test_launcher_sdk_hosting.py. Runs in .venv-launch (SDK v3)."""
 from __future__ import annotations
 
 import json
@@ -24,7 +25,11 @@ STS_REPLY = (f'<GetCallerIdentityResponse xmlns="https://sts.amazonaws.com/doc/2
 # Minimal answers that let the SDK proceed to its next call.
 REPLIES = {
     "CreateModel": {"ModelArn": "arn:aws:sagemaker:eu-west-1:123456789012:model/m"},
+    # sagemaker.core's Model.create describes what it created
+    "DescribeModel": {"ModelName": "m", "ModelArn": "arn:aws:sagemaker:eu-west-1:123456789012:model/m",
+                      "CreationTime": 0},
     "CreateTransformJob": {"TransformJobArn": "a"},
+    "CreateTrainingJob": {"TrainingJobArn": "a"},
 }
 
 
@@ -79,51 +84,8 @@ def launch(recorder: Recorder, tmp_path, *args: str) -> subprocess.CompletedProc
                           text=True, env=env, timeout=120)
 
 
-def test_training_job_request(recorder, tmp_path):
-    from train.progress import METRIC_DEFINITIONS
-
-    r = launch(recorder, tmp_path, "train", "--channel", "train=s3://my-bucket/speech/train",
-               "--channel", "test=s3://my-bucket/speech/test", "--hp", "max_steps=10", "--instance-count", "2",
-               "--spot", "--max-run-s", "3600", "--max-wait-s", "7200", "--output-path", "s3://my-bucket/out",
-               "--job-name", "asr-job", "--env", "NCCL_DEBUG=INFO")
-    assert r.returncode == 1 and "recorder stops at CreateTrainingJob" in r.stderr, r.stderr
-    assert "Traceback" not in r.stderr
-    (job,) = recorder.bodies("CreateTrainingJob")
-    algo = job["AlgorithmSpecification"]
-    assert algo["TrainingImage"] == f"{ACCOUNT}.dkr.ecr.eu-west-1.amazonaws.com/wav2vec2-train:latest"
-    assert algo["MetricDefinitions"] == METRIC_DEFINITIONS
-    assert job["RoleArn"] == ROLE and job["TrainingJobName"] == "asr-job"
-    assert job["ResourceConfig"]["InstanceCount"] == 2
-    assert job["HyperParameters"] == {"max_steps": "10"}
-    assert job["EnableManagedSpotTraining"] is True
-    assert job["StoppingCondition"] == {"MaxRuntimeInSeconds": 3600, "MaxWaitTimeInSeconds": 7200}
-    assert job["CheckpointConfig"]["S3Uri"] == "s3://my-bucket/out/asr-job/checkpoints"
-    assert job["Environment"] == {"NCCL_DEBUG": "INFO"}
-    channels = {c["ChannelName"]: c["DataSource"]["S3DataSource"] for c in job["InputDataConfig"]}
-    assert channels["train"]["S3Uri"] == "s3://my-bucket/speech/train"
-    assert channels["test"]["S3DataDistributionType"] == "FullyReplicated"
 
 
-def test_transform_request_leaves_limits_to_execution_parameters(recorder, tmp_path):
-    r = launch(recorder, tmp_path, "transform", "--model-data", "s3://my-bucket/m/model.tar.gz",
-               "--input", "s3://my-bucket/clips/", "--output-path", "s3://my-bucket/transcripts/", "--job-name", "tj",
-               "--no-wait")  # waiting starts with a 10 s sleep in the SDK
-    assert r.returncode == 0, r.stderr
-    (job,) = recorder.bodies("CreateTransformJob")
-    assert job["BatchStrategy"] == "SingleRecord"
-    assert "SplitType" not in job["TransformInput"]  # one whole file per record
-    assert job["TransformInput"]["DataSource"]["S3DataSource"]["S3Uri"] == "s3://my-bucket/clips/"
-    assert job["TransformOutput"] == {"S3OutputPath": "s3://my-bucket/transcripts/", "Accept": "application/json"}
-    # Unset, so SageMaker asks the container's GET /execution-parameters.
-    assert "MaxConcurrentTransforms" not in job and "MaxPayloadInMB" not in job
-
-    recorder.calls.clear()
-    launch(recorder, tmp_path, "transform", "--model-data", "s3://my-bucket/m/model.tar.gz",
-           "--input", "s3://my-bucket/clips/", "--job-name", "tj2", "--max-concurrent", "4", "--max-payload-mb", "50",
-           "--no-wait")
-    (job,) = recorder.bodies("CreateTransformJob")
-    assert (job["MaxConcurrentTransforms"], job["MaxPayloadInMB"]) == (4, 50)
-    assert job["TransformOutput"]["S3OutputPath"] == "s3://my-bucket/wav2vec2/transform/tj2"
 
 
 # --- The machine image (NVIDIA driver) of GPU endpoints and transform jobs -------------------------------------------
@@ -182,44 +144,8 @@ def test_endpoint_machine_image_follows_the_instance_family(recorder, launch_her
         assert why in line and (ami is None or f"machine image {ami}" in line), line
 
 
-@pytest.mark.parametrize("instance_type,extra,ami", [
-    ("ml.g5.xlarge", [], BATCH_535),  # launch transform's default type; batch runs driver 470 there
-    ("ml.p4de.24xlarge", [], BATCH_535),
-    ("ml.g6.xlarge", [], None),  # AWS lists no batch driver for g6: left to SageMaker, and said so
-    ("ml.g6.xlarge", ["--transform-ami-version", BATCH_535], BATCH_535),
-    ("ml.m5.xlarge", [], None),
-])
-def test_transform_machine_image_follows_the_instance_family(recorder, launch_here, instance_type, extra, ami):
-    code, out = launch_here("transform", "--model-data", "s3://my-bucket/m/model.tar.gz", "--input",
-                            "s3://my-bucket/clips/", "--job-name", "tj", "--instance-type", instance_type,
-                            "--no-wait", *extra)
-    assert code == 0
-    (job,) = recorder.bodies("CreateTransformJob")
-    assert job["TransformResources"].get("TransformAmiVersion") == ami
-    assert job["TransformResources"]["InstanceType"] == instance_type
-    if ami:
-        assert f"machine image {ami}" in out
-    elif instance_type == "ml.g6.xlarge":
-        assert f"AWS lists no default NVIDIA driver for ml.g6; if the container cannot start, pass " \
-               f"--transform-ami-version {BATCH_535}" in out
 
 
-def test_transform_fails_and_stops_the_job_if_the_machine_image_was_not_sent(recorder, capsys):
-    """Were a later SDK to send CreateTransformJob past the session's client, the job would run on driver 470:
-    the launcher stops it and fails instead."""
-    import boto3
-
-    from launcher import batch
-    from launcher.errors import JobFailed
-
-    class Session:  # the one attribute _with_transform_ami uses
-        sagemaker_client = boto3.client("sagemaker", region_name="eu-west-1", endpoint_url=recorder.url,
-                                        aws_access_key_id="AKIAEXAMPLE", aws_secret_access_key="example")
-
-    with pytest.raises(JobFailed, match=rf"TransformAmiVersion {BATCH_535} was not set \(job tj stopped\)"):
-        with batch._with_transform_ami(Session(), "tj", BATCH_535):
-            pass  # nothing sent through the client
-    assert recorder.bodies("StopTransformJob") == [{"TransformJobName": "tj"}]
 
 
 def test_machine_image_tables_match_what_the_api_accepts():
