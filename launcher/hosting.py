@@ -11,7 +11,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import asyncinvoke, aws, limits, options, scaling, suggest
+from common import suggest
+
+from . import asyncinvoke, aws, limits, options, scaling
 from .errors import JobFailed, LaunchError
 
 SERVE_REPOSITORY = "wav2vec2-serve"

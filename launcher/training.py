@@ -18,7 +18,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import aws, options, suggest
+from common import suggest
+
+from . import aws, options
 from .errors import JobFailed, LaunchError
 from .metrics import metric_definitions
 

@@ -289,7 +289,7 @@ def test_sagemaker_reserved_hyperparameters_are_accepted_unknown_ones_are_not():
     raw = {"_tuning_objective_metric": "eval:cer", "sagemaker_program": "\"train\"", "max_steps": "3"}
     assert H.parse(raw).max_steps == 3
     assert H.reserved(raw) == {"_tuning_objective_metric": "eval:cer", "sagemaker_program": "train"}
-    with pytest.raises(TrainingError, match="^unknown hyperparameter tuning_objective; valid names"):
+    with pytest.raises(TrainingError, match="^unknown hyperparameter tuning_objective: "):
         H.parse({"tuning_objective": "x"})
 
 

@@ -46,12 +46,21 @@ def test_integers_written_as_floats_are_accepted_but_fractions_are_not():
     ({"test_split": "1"}, "hyperparameter test_split=1.0 must be < 1.0"),
     ({"min_duration_s": "5", "max_duration_s": "2"}, "hyperparameter min_duration_s=5.0 must be below"),
     ({"lr_scheduler": "step"}, "hyperparameter lr_scheduler='step' must be one of linear, cosine"),
-    ({"bogus": "1", "epochz": "2"}, "unknown hyperparameter bogus, epochz; valid names: model_name, "),
+    ({"bogus": "1", "epochz": "2"}, "unknown hyperparameter bogus: "),
 ])
 def test_bad_values_name_the_hyperparameter(raw, message):
     with pytest.raises(TrainingError) as err:
         H.parse(raw)
     assert str(err.value).startswith(message)
+
+
+def test_unknown_names_get_the_closest_name_and_a_short_first_line():
+    with pytest.raises(TrainingError) as err:
+        H.parse({"max_step": "3", "epochz": "2", "lerning_rate": "1", "bogusname": "1", "zzz": "1"})
+    message = str(err.value)
+    assert "epochz: did you mean epochs?" in message and "lerning_rate: did you mean learning_rate?" in message
+    assert message.endswith("(and 2 more)") and len(message) < 300
+    assert "valid names: " in err.value.details and "learning_rate" in err.value.details
 
 
 def test_seed_names_are_kept():

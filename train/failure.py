@@ -13,7 +13,12 @@ FAILURE_REASON_CHARS = 1024
 
 
 class TrainingError(Exception):
-    """A problem the user can fix (settings, data, output location); the message says how."""
+    """A problem the user can fix (settings, data, output location); the message says how.
+    `details` (optional) goes below the first line in the failure file and the log, e.g. a long list of names."""
+
+    def __init__(self, message: str = "", *, details: str = "") -> None:
+        super().__init__(message)
+        self.details = details
 
 
 def write_failure(path: Path, message: str, details: str = "") -> None:
@@ -31,7 +36,7 @@ def write_failure(path: Path, message: str, details: str = "") -> None:
 def report(path: Path, exc: BaseException) -> None:
     """Log and record a failure: user errors as is, anything else with its traceback after line one."""
     if isinstance(exc, TrainingError):
-        message, details = str(exc), ""
+        message, details = str(exc), exc.details
     else:
         first = f"{type(exc).__name__}: {exc}".splitlines()[0] if str(exc) else type(exc).__name__
         message = f"training failed unexpectedly ({first}); see the job log for the traceback"

@@ -11,6 +11,7 @@ import math
 from dataclasses import MISSING, dataclass, field, fields, replace
 from typing import Any, Iterable, Mapping
 
+from common.suggest import did_you_mean
 from common.text import DEFAULT_CHARS_TO_IGNORE
 
 from .failure import TrainingError
@@ -223,7 +224,12 @@ def parse(raw: Mapping[str, Any]) -> Hyperparameters:
     raw = {k: v for k, v in raw.items() if not k.startswith(RESERVED_PREFIXES)}
     unknown = sorted(set(raw) - set(_FIELDS))
     if unknown:
-        raise TrainingError(f"unknown hyperparameter {', '.join(unknown)}; valid names: {', '.join(_FIELDS)}")
+        # One short first line (SageMaker's FailureReason keeps 1,024 characters); the full list goes to the log.
+        hints = "; ".join(f"{name}: {did_you_mean(name, _FIELDS, where='docs/hyperparameters.md')}"
+                          for name in unknown[:3])
+        more = f" (and {len(unknown) - 3} more)" if len(unknown) > 3 else ""
+        raise TrainingError(f"unknown hyperparameter {hints}{more}",
+                            details=f"valid names: {', '.join(_FIELDS)}")
     values = {}
     for name, value in raw.items():
         values[name] = _convert(name, value)
