@@ -107,6 +107,10 @@ class Hyperparameters:
     reverberation: float = _hp(0.0, "Augmentation: the fraction of training draws heard in a synthetic room (a "
                                "random reverberation time of 0.2-0.8 s and direct-to-reverberant ratio of 5-20 dB); "
                                "0 = off.", min=0.0, max=1.0)
+    voice_perturbation: float = _hp(0.0, "Augmentation: the fraction of training draws spoken by another voice: "
+                                    "pitch moved to a random median of 80-250 Hz with the formants kept, then the "
+                                    "formants scaled by a random 0.9-1.25 (Praat's PSOLA, through praat-parselmouth; "
+                                    "duration kept); 0 = off.", min=0.0, max=1.0)
     group_by_length: bool = _hp(True, "Batch utterances of similar length together (less padding).")
     # Cadence
     logging_steps: int = _hp(25, "Print a `[metrics]` line every this many steps.", min=1)
