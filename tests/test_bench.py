@@ -91,23 +91,49 @@ def test_training_compares_with_the_seed_style_script(tmp_path):
     assert f["cer"] is None  # --accuracy not given: said not measured, not invented
 
 
-def test_train_accuracy_scores_both_layouts_on_both_heldout_sets(tmp_path):
-    f = run_bench("train_accuracy", "--utterances", "8", "--heldout-utterances", "2", "--max-steps", "1",
+def test_train_accuracy_scores_both_layouts_on_three_disjoint_heldout_sets(tmp_path):
+    f = run_bench("train_accuracy", "--utterances", "8", "--heldout-utterances", "3", "--max-steps", "1",
                   "--seconds", "0", "--plain-loop", "--workdir", str(tmp_path), timeout=600)
+    sets = "ABC"
     assert set(f["results"]) == {"layer", "group"} and set(f["plain_loop"]) == {"layer", "group"}
     for r in [*f["results"].values(), *f["plain_loop"].values()]:
         assert r["steps"] == 1
-        assert all(0 <= r[f"cer_{s}"] and 0 <= r[f"wer_{s}"] for s in "AB")
-    # The training program built its default LM: both held-out sets are also scored with it.
-    assert all(0 <= r[f"cer_lm_{s}"] and 0 <= r[f"wer_lm_{s}"] for r in f["results"].values() for s in "AB")
-    assert f["cer"] == max(r[f"cer_{s}"] for r in f["results"].values() for s in "AB")
-    voices = [{json.loads(line)["voice"] for line in (tmp_path / d / "test" / "manifest.jsonl").read_text().splitlines()}
-              for d in ("data_a", "data_b")]
-    trained = {json.loads(line)["voice"] for line in (tmp_path / "data_a" / "train" / "manifest.jsonl").read_text().splitlines()}
-    assert not (voices[0] & voices[1]) and not (voices[0] | voices[1]) & trained
+        assert all(0 <= r[f"cer_{s}"] and 0 <= r[f"wer_{s}"] for s in sets)
+    # The training program built its default LM: every held-out set is also scored with it.
+    assert all(0 <= r[f"cer_lm_{s}"] and 0 <= r[f"wer_lm_{s}"] for r in f["results"].values() for s in sets)
+    assert f["cer"] == max(r[f"cer_{s}"] for r in f["results"].values() for s in sets)
+
+    def column(split, key):
+        return {json.loads(line)[key] for line in (tmp_path / split / "manifest.jsonl").read_text().splitlines()}
+
+    for key in ("voice", "text"):  # no voice and no sentence in two of training, A, B, C
+        values = [column("data_a/train", key), *(column(f"data_{s.lower()}/test", key) for s in sets)]
+        assert sum(len(v) for v in values) == len(set().union(*values)), key
     for r in f["results"].values():  # CER per held-out voice, each a rate
-        assert [set(r[f"cer_by_voice_{s}"]) for s in "AB"] == voices
-        assert all(0 <= c for s in "AB" for c in r[f"cer_by_voice_{s}"].values())
+        assert [set(r[f"cer_by_voice_{s}"]) for s in sets] == [column(f"data_{s.lower()}/test", "voice") for s in sets]
+        assert all(0 <= c for s in sets for c in r[f"cer_by_voice_{s}"].values())
+
+
+def test_train_accuracy_refuses_heldout_sets_that_share_a_sentence(tmp_path):
+    import importlib.machinery
+    import importlib.util
+
+    loader = importlib.machinery.SourceFileLoader("train_accuracy", str(BENCH / "train_accuracy"))
+    bench = importlib.util.module_from_spec(importlib.util.spec_from_loader("train_accuracy", loader))
+    loader.exec_module(bench)
+
+    def channel(path, rows):
+        path.mkdir(parents=True)
+        (path / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+    channel(tmp_path / "a" / "train", [{"audio": "1.wav", "text": "red cat", "voice": "en-us"}])
+    channel(tmp_path / "a" / "test", [{"audio": "2.wav", "text": "big dog", "voice": "en-us+f2"}])
+    channel(tmp_path / "b" / "test", [{"audio": "3.wav", "text": "small bird", "voice": "en-us+f4"}])
+    bench.check_disjoint({"A": tmp_path / "a", "B": tmp_path / "b"})  # disjoint: no error
+    (tmp_path / "b" / "test" / "manifest.jsonl").write_text(json.dumps({"audio": "3.wav", "text": "big dog",
+                                                                         "voice": "en-us+f4"}) + "\n")
+    with pytest.raises(SystemExit, match="set A and set B share the text"):
+        bench.check_disjoint({"A": tmp_path / "a", "B": tmp_path / "b"})
 
 
 def test_coldstart_times_the_serving_image(images, tmp_path):  # noqa: F811

@@ -10,8 +10,8 @@ import torch
 from conftest import ROOT
 from train import hyperparameters as H
 from train import model as model_source
-from train.data import (REVERB_DRR_DB, REVERB_RT60_S, Examples, Ragged, SpeechDataset, Strings, reverberate,
-                        speed_perturb)
+from train.data import (REVERB_DRR_DB, REVERB_RT60_S, VOICE_FORMANT_RATIO, VOICE_PITCH_HZ, Examples, Ragged,
+                        SpeechDataset, Strings, change_voice, reverberate, speed_perturb)
 
 RATE = 16_000
 
@@ -70,12 +70,13 @@ def test_the_reverberation_help_states_the_ranges_the_data_step_draws_from():
 
 
 def _dataset(x: np.ndarray, labels: list[int], speed_perturbation: float = 0.0, reverberation: float = 0.0,
-             train: bool = True) -> SpeechDataset:
+             train: bool = True, voice_perturbation: float = 0.0) -> SpeechDataset:
     """A one-item dataset whose audio is `x` (already 16 kHz), as if read from a channel."""
     audio = types.SimpleNamespace(load=lambda i: x, normalized=True)
     ix = types.SimpleNamespace(name="train", audio=audio, names=["x.wav"])
     examples = Examples(ix, np.array([0]), Ragged.from_lists([labels]), np.array([len(x)]), Strings(["ab"]))
-    return SpeechDataset(examples, train=train, speed_perturbation=speed_perturbation, reverberation=reverberation)
+    return SpeechDataset(examples, train=train, speed_perturbation=speed_perturbation, reverberation=reverberation,
+                         voice_perturbation=voice_perturbation)
 
 
 def test_dataset_draws_a_new_factor_each_time_within_range_and_seeded():
@@ -108,8 +109,91 @@ def test_regularisation_hyperparameters_reach_the_model_config():
 
 
 @pytest.mark.parametrize("name,value", [("speed_perturbation", "0.5"), ("hidden_dropout", "1.0"),
-                                        ("mask_feature_prob", "-0.1"), ("reverberation", "1.5")])
+                                        ("mask_feature_prob", "-0.1"), ("reverberation", "1.5"),
+                                        ("voice_perturbation", "1.01"), ("voice_perturbation", "-0.5")])
 def test_out_of_range_values_fail_naming_the_hyperparameter(name, value):
     with pytest.raises(Exception) as e:
         H.parse({name: value})
     assert name in str(e.value).splitlines()[0]
+
+
+def _voiced(seconds: float, f0: float, formants=(700.0, 1200.0, 2600.0)) -> np.ndarray:
+    """A vowel-like sound: a glottal pulse train at `f0` Hz through resonators at `formants` (Hz), 16 kHz."""
+    n = int(seconds * RATE)
+    y = np.zeros(n)
+    y[(np.arange(0, seconds, 1 / f0) * RATE).astype(int)] = 1.0
+    r = np.exp(-np.pi * 80 / RATE)  # 80 Hz bandwidth
+    for f in formants:  # a two-pole resonator per formant
+        a1, a2 = 2 * r * np.cos(2 * np.pi * f / RATE), -r * r
+        out, p1, p2 = np.empty(n), 0.0, 0.0
+        for i in range(n):
+            p1, p2 = y[i] + a1 * p1 + a2 * p2, p1
+            out[i] = p1
+        y = out
+    return (y / np.abs(y).max() * 0.5).astype(np.float32)
+
+
+def _median_f0(x: np.ndarray) -> float:
+    import parselmouth
+    from parselmouth.praat import call
+
+    pitch = call(parselmouth.Sound(x.astype(np.float64), sampling_frequency=RATE), "To Pitch", 0.0, 75, 600)
+    return call(pitch, "Get quantile", 0, 0, 0.5, "Hertz")
+
+
+def _centroid_hz(x: np.ndarray) -> float:
+    """Spectral centroid: moves with the formants, not with the pitch (harmonics sample the same envelope)."""
+    spectrum = np.abs(np.fft.rfft(x)) ** 2
+    return float(np.sum(np.fft.rfftfreq(len(x), 1 / RATE) * spectrum) / np.sum(spectrum))
+
+
+def test_change_voice_moves_the_pitch_and_keeps_the_formants_and_duration():
+    x = _voiced(1.0, 110.0)
+    y = change_voice(x, 220.0, 1.0)
+    assert y.dtype == np.float32 and abs(len(y) - len(x)) <= 160  # duration kept (within 10 ms)
+    assert _median_f0(x) == pytest.approx(110, rel=0.03)
+    assert _median_f0(y) == pytest.approx(220, rel=0.03)
+    assert _centroid_hz(y) == pytest.approx(_centroid_hz(x), rel=0.1)  # resampling would have doubled it
+    assert _centroid_hz(speed_perturb(x, 1.5)) > 1.3 * _centroid_hz(x)  # what resampling does instead
+
+
+def test_change_voice_scales_the_formants_at_the_same_pitch():
+    x = _voiced(1.0, 120.0)
+    y = change_voice(x, 120.0, 1.25)
+    assert _median_f0(y) == pytest.approx(120, rel=0.03)
+    assert _centroid_hz(y) == pytest.approx(1.25 * _centroid_hz(x), rel=0.08)
+
+
+def test_change_voice_is_repeatable_for_a_seed():
+    x = _voiced(0.5, 110.0)
+    assert np.array_equal(change_voice(x, 200.0, 1.1, seed=3), change_voice(x, 200.0, 1.1, seed=3))
+    assert not np.array_equal(change_voice(x, 200.0, 1.1, seed=3), change_voice(x, 200.0, 1.1, seed=4))
+
+
+def test_change_voice_returns_unvoiced_audio_unchanged():
+    silence = np.zeros(RATE, dtype=np.float32)
+    assert change_voice(silence, 200.0, 1.1) is silence
+
+
+def test_dataset_changes_the_voice_of_the_asked_fraction_of_draws_within_the_ranges():
+    x = _voiced(1.0, 110.0)
+    x = (x - x.mean()) / x.std()
+    ds = _dataset(x, [1, 2], voice_perturbation=0.5)
+    torch.manual_seed(0)
+    draws = [ds[0]["input_values"] for _ in range(60)]
+    changed = [d for d in draws if d is not x]
+    assert 18 <= len(changed) <= 42  # about half of 60 (binomial sd ~4)
+    assert all(abs(d.mean()) < 1e-3 and abs(d.std() - 1) < 1e-3 for d in changed)  # renormalised
+    f0 = [_median_f0(d) for d in changed]
+    assert all(VOICE_PITCH_HZ[0] * 0.95 <= f <= VOICE_PITCH_HZ[1] * 1.05 for f in f0)
+    assert max(f0) / min(f0) > 1.8  # spread over the range, not one voice
+    torch.manual_seed(0)
+    assert all(np.array_equal(a, ds[0]["input_values"]) for a in draws[:5])  # seeded
+    evaluation = _dataset(x, [1, 2], voice_perturbation=1.0, train=False)
+    assert evaluation[0]["input_values"] is x  # never at evaluation
+
+
+def test_the_voice_perturbation_help_states_the_ranges_the_data_step_draws_from():
+    help_text = H.Hyperparameters.__dataclass_fields__["voice_perturbation"].metadata["help"]
+    assert "%g-%g Hz" % VOICE_PITCH_HZ in help_text and "%g-%g" % VOICE_FORMANT_RATIO in help_text
+    assert "voice_perturbation" in H.help_text() and "`voice_perturbation`" in H.markdown_table()

@@ -43,6 +43,18 @@ def test_a_layer_normed_encoder_from_scratch_also_gets_reverberation_unless_set(
     assert H.resolve_preset(hp, H.given({}), random_start=False, layer_norm_encoder=True)[2] == {}
 
 
+def test_a_layer_normed_encoder_from_scratch_gets_other_voices_and_a_group_normed_one_does_not():
+    hp = H.parse({})
+    tuned, _, changed = H.resolve_preset(hp, H.given({}), random_start=True, layer_norm_encoder=True)
+    assert changed["voice_perturbation"] == 0.5 and tuned.voice_perturbation == 0.5
+    group, _, changed = H.resolve_preset(hp, H.given({}), random_start=True, layer_norm_encoder=False)
+    assert "voice_perturbation" not in changed and group.voice_perturbation == 0.0
+    raw = {"voice_perturbation": "0"}
+    tuned, _, changed = H.resolve_preset(H.parse(raw), H.given(raw), random_start=True, layer_norm_encoder=True)
+    assert "voice_perturbation" not in changed and tuned.voice_perturbation == 0.0
+    assert "`voice_perturbation` 0.5" in H.Hyperparameters.__dataclass_fields__["preset"].metadata["help"]
+
+
 def test_the_feature_encoder_layout_is_read_from_the_model_folder(tmp_path):
     assert layer_norm_encoder(str(ROOT / "local_test" / "tiny_model"))
     assert not layer_norm_encoder(str(ROOT / "local_test" / "tiny_model_group"))

@@ -30,7 +30,7 @@ def learned(tmp_path_factory, synthetic_data):
         "lr_scheduler": "constant_with_warmup", "test_split": "0.25", "eval_on_start": "true",
         "logging_steps": "50",
         "save_steps": "1000", "mask_time_prob": "0.0", "speed_perturbation": "0", "reverberation": "0",
-        "lm_order": "3",
+        "voice_perturbation": "0", "lm_order": "3",
         "lm_tuning_seconds": "20",
     })
     started = time.monotonic()
@@ -82,6 +82,7 @@ def test_metrics_json_and_plot(learned):
     assert all(m["hyperparameters"][k] == v for k, v in FROM_SCRATCH.items()
                if k not in ("learning_rate", "lr_scheduler", "warmup_steps", "mask_time_prob", "speed_perturbation"))
     assert m["hyperparameters"]["reverberation"] == 0  # the job's 0, not the layer-norm preset's 0.5
+    assert m["hyperparameters"]["voice_perturbation"] == 0  # likewise
     png = (opt / "output" / "data" / "training.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
 

@@ -312,13 +312,48 @@ def reverberate(x: np.ndarray, rt60: float, drr_db: float, noise: np.ndarray) ->
     return y.astype(np.float32)
 
 
+# Voices for `voice_perturbation`: a new pitch median drawn log-uniformly over adult voices (low male to high
+# female), and a formant scale (a shorter or longer vocal tract: women's formants are ~10-20% above men's).
+VOICE_PITCH_HZ = (80.0, 250.0)
+VOICE_FORMANT_RATIO = (0.9, 1.25)
+# Praat's pitch analysis range for the shift (its "Change gender" defaults).
+_PITCH_FLOOR_HZ, _PITCH_CEILING_HZ = 75.0, 600.0
+
+
+def change_voice(x: np.ndarray, pitch_median_hz: float, formant_ratio: float, seed: int = 0) -> np.ndarray:
+    """`x` (float32 samples at 16 kHz) spoken by another voice: pitch moved so that its median is
+    `pitch_median_hz` while the formants stay (PSOLA, no vocoder), then the formants (the spectral envelope)
+    scaled by `formant_ratio`, duration kept: Praat's "Change gender" through praat-parselmouth. seed: for
+    Praat's own random numbers (its overlap-add draws some), so that a draw is repeatable. Returns float32,
+    about len(x) samples (PSOLA may differ by a few). A clip Praat finds no voiced frame in comes back as it
+    was (nothing to shift)."""
+    import parselmouth
+    from parselmouth.praat import call, run
+
+    run(f"random_initializeWithSeedUnsafelyButPredictably ({int(seed)})")
+    sound = parselmouth.Sound(np.asarray(x, dtype=np.float64), sampling_frequency=TARGET_RATE)
+    pitch = call(sound, "To Pitch", 0.0, _PITCH_FLOOR_HZ, _PITCH_CEILING_HZ)
+    if call(pitch, "Count voiced frames") == 0:
+        return x
+    shifted = call(sound, "Change gender", _PITCH_FLOOR_HZ, _PITCH_CEILING_HZ, formant_ratio, pitch_median_hz,
+                   1.0, 1.0)
+    y = shifted.values[0]
+    if shifted.sampling_frequency != TARGET_RATE:  # Praat keeps the rate; resample if a version does not
+        import soxr
+
+        y = soxr.resample(y, shifted.sampling_frequency, TARGET_RATE, quality="HQ")
+    return y.astype(np.float32)
+
+
 class SpeechDataset:
     """Map-style dataset over `Examples`: item i is {"input_values": normalised float32 16 kHz samples,
     "labels": int32 ids, "index": i, "skipped": [(channel, entry, name, reason), ...]}.
 
     Audio is decoded when the item is drawn, in the DataLoader worker that draws it. With
     `speed_perturbation` = s > 0 a training item is resampled by a random factor in [1 - s, 1 + s] each time
-    (Ko et al. 2015); with `reverberation` = p > 0 that fraction of draws is then heard in a synthetic room
+    (Ko et al. 2015); with `voice_perturbation` = q > 0 that fraction of draws is then spoken by another voice
+    (`change_voice`: pitch median and formant ratio drawn log-uniformly from VOICE_PITCH_HZ and
+    VOICE_FORMANT_RATIO); with `reverberation` = p > 0 that fraction of draws is then heard in a synthetic room
     (`reverberate`, RT60 and direct-to-reverberant ratio drawn from REVERB_RT60_S and REVERB_DRR_DB). The
     random draws come from torch's generator, which the Trainer seeds per worker.
     An unreadable file is reported in "skipped"; a training item is then replaced by the next readable one
@@ -327,10 +362,10 @@ class SpeechDataset:
     """
 
     def __init__(self, examples: Examples, *, train: bool, min_samples: int = 0, speed_perturbation: float = 0.0,
-                 reverberation: float = 0.0):
+                 reverberation: float = 0.0, voice_perturbation: float = 0.0):
         self.examples, self.train = examples, train
         self.min_samples, self.speed_perturbation = min_samples, speed_perturbation
-        self.reverberation = reverberation
+        self.reverberation, self.voice_perturbation = reverberation, voice_perturbation
         self.lengths = examples.samples.tolist()  # for length-grouped batches
 
     def __len__(self) -> int:
@@ -348,6 +383,13 @@ class SpeechDataset:
         if self.train and self.speed_perturbation > 0:
             s = self.speed_perturbation
             x = speed_perturb(x, float(torch.empty(()).uniform_(1 - s, 1 + s)))
+        changed = False
+        if self.train and self.voice_perturbation > 0:
+            if float(torch.rand(())) < self.voice_perturbation:
+                pitch = _log_uniform(*VOICE_PITCH_HZ)
+                formants = _log_uniform(*VOICE_FORMANT_RATIO)
+                seed = int(torch.randint(0, 2**31 - 1, ()))
+                x, changed = change_voice(x, pitch, formants, seed), True
         reverberated = False
         if self.train and self.reverberation > 0:
             if float(torch.rand(())) < self.reverberation:
@@ -357,8 +399,8 @@ class SpeechDataset:
                 x, reverberated = reverberate(x, rt60, drr, noise), True
         if len(x) < self.min_samples:  # as serving does: no output frame at all otherwise
             x = np.pad(x, (0, self.min_samples - len(x)))
-        # A room's tail changes the level: normalise again even when the audio came normalised.
-        return x if ix.audio.normalized and not reverberated else audio.normalize(x)
+        # A room's tail or another voice changes the level: normalise again even when the audio came normalised.
+        return x if ix.audio.normalized and not (reverberated or changed) else audio.normalize(x)
 
     def __getitem__(self, i: int) -> dict:
         skipped = []
@@ -375,6 +417,12 @@ class SpeechDataset:
             return {"input_values": x, "labels": self.examples.labels[j], "index": j, "skipped": skipped}
         return {"input_values": np.zeros(max(self.min_samples, 1), np.float32), "labels": np.zeros(0, np.int32),
                 "index": -1, "skipped": skipped}
+
+
+def _log_uniform(low: float, high: float) -> float:
+    import torch
+
+    return float(np.exp(float(torch.empty(()).uniform_(np.log(low), np.log(high)))))
 
 
 # ---- Whole channels at once (launcher/launch prepare) -----------------------------------------------------

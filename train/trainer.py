@@ -214,7 +214,7 @@ def build(model, processor, train: Examples, evaluation: Examples | None, hp, ar
     from .collator import CTCCollator
 
     train_ds = SpeechDataset(train, train=True, min_samples=min_samples, speed_perturbation=hp.speed_perturbation,
-                             reverberation=hp.reverberation)
+                             reverberation=hp.reverberation, voice_perturbation=hp.voice_perturbation)
     eval_ds = SpeechDataset(evaluation, train=False, min_samples=min_samples) if evaluation is not None else None
     tok = processor.tokenizer
     # Training passes the attention mask to layer-norm encoders only; evaluation also to a group-norm encoder
