@@ -23,7 +23,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tarfile
@@ -33,6 +32,9 @@ import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from common.ports import free_port  # noqa: E402
+
 LAUNCH = ROOT / "launcher" / "launch"
 # Container names the SDK's local mode gives: <10 random>-algo-<n>-<5 random>.
 SDK_CONTAINER = re.compile(r"^[a-z0-9]{10}-algo-\d+-[a-z0-9]{5}$")
@@ -44,12 +46,6 @@ class ProofError(Exception):
 
 def log(msg: str) -> None:
     print(f"[local-mode] {msg}", flush=True)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def sdk_containers(all_states: bool = False) -> set[str]:
