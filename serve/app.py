@@ -13,7 +13,7 @@ import time
 import uuid
 
 from flask import Flask, Response, g, jsonify, request
-from werkzeug.exceptions import RequestEntityTooLarge
+from werkzeug.exceptions import ClientDisconnected, RequestEntityTooLarge
 
 from common.audio import TARGET_RATE
 
@@ -199,7 +199,14 @@ def _read_body(cap: int) -> bytes:
         raise RequestEntityTooLarge()
     parts, total = [], 0
     while True:
-        piece = request.stream.read(min(1 << 20, cap + 1 - total))
+        try:
+            piece = request.stream.read(min(1 << 20, cap + 1 - total))
+        except ClientDisconnected as exc:
+            # werkzeug turns any OSError of the read into this 400; serve.worker's read timeout is a 408 of its own.
+            cause = exc.__cause__ or exc.__context__
+            if isinstance(cause, errors.ServeError):
+                raise cause from None
+            raise
         if not piece:
             return b"".join(parts)
         parts.append(piece)
