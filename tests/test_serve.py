@@ -583,3 +583,21 @@ def test_one_log_line_per_request_without_audio(server, clips):
     assert f"audio_s={len(audio) / RATE:.2f}" in line
     assert re.search(r"latency_ms=\d+(\.\d+)? status=200", line)
     assert repr(float(audio[1000]))[:8] not in server.log()
+
+
+def _peak_rss_mb(pid: int) -> float:
+    status = open(f"/proc/{pid}/status").read()
+    return int(re.search(r"VmHWM:\s+(\d+) kB", status).group(1)) / 1024
+
+
+def test_a_decompression_bomb_costs_the_worker_no_memory(server, bomb_flac, clips):
+    """Issue 28: the 196 KiB FLAC declaring 60 s of 8 channels at 384 kHz cost the worker +1.5 GB. Its peak resident
+    memory (VmHWM) before and after the request, printed, must not grow by more than a few MB."""
+    pid = int(re.findall(r"Booting worker with pid: (\d+)", server.log())[-1])
+    before = _peak_rss_mb(pid)
+    reply = server.post(bomb_flac, "audio/flac")
+    after = _peak_rss_mb(pid)
+    print(f"worker peak RSS {before:.0f} MB -> {after:.0f} MB for a {len(bomb_flac) / 1024:.0f} KiB bomb")
+    assert reply.status == 413 and "SERVE_MAX_DECODED_MB" in reply.json["error"], reply.body
+    assert after - before < 20, (before, after)
+    _good_request_works(server, clips)
