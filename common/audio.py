@@ -28,6 +28,7 @@ import functools
 import io
 import logging
 import os
+import re
 from pathlib import Path
 from typing import NamedTuple
 
@@ -50,6 +51,17 @@ class AudioError(ValueError):
 
 class AudioTooLong(AudioError):
     """The audio decodes to more than the allowed length; caught while decoding, before it is all in memory."""
+
+
+class AudioTooLarge(AudioError):
+    """The audio would decode to more float32 samples (channels x rate x duration) than allowed: refused from its
+    header before decoding, or as soon as decoding passes the bound when the header gives no length."""
+
+
+# Decoded samples allowed per file by default: channels x frames x 4 bytes (float32, at the file's own rate, before
+# downmixing and resampling). 1 h of 16 kHz mono is 230 MB; a 196 KiB FLAC declaring 60 s of 8 channels at
+# 384 kHz would be 737 MB. Serving sets its own (SERVE_MAX_DECODED_MB); training uses this one.
+DEFAULT_MAX_DECODED_BYTES = 512 * 2 ** 20
 
 
 def check_rate(rate) -> int:
@@ -114,6 +126,32 @@ def _limit(max_seconds: float | None, rate: int) -> int | None:
 
 def _too_long(max_seconds: float) -> AudioTooLong:
     return AudioTooLong(f"audio is longer than {max_seconds:g} s")
+
+
+def _check_decoded(frames: int, channels: int, rate: int, max_bytes: int | None, declared: bool = True) -> None:
+    """AudioTooLarge when `frames` x `channels` float32 samples exceed `max_bytes` (None: no bound)."""
+    if max_bytes is None or frames * channels * 4 <= max_bytes:
+        return
+    what = "declares" if declared else "decodes to more than"
+    raise AudioTooLarge(
+        f"audio {what} {frames / max(rate, 1):.1f} s of {channels} channel{'s' if channels != 1 else ''} at "
+        f"{rate} Hz: {frames * channels * 4 / 2 ** 20:.0f} MB of samples to decode, over the "
+        f"{max_bytes / 2 ** 20:g} MB limit; send it downmixed to mono and resampled to 16 kHz, or shorter")
+
+
+def _mono(block: np.ndarray) -> np.ndarray:
+    """frames x channels -> 1-D, averaged per frame exactly as a whole-array mean would (block by block, so
+    that a many-channel file is never held with all its channels)."""
+    return block[:, 0].copy() if block.shape[1] == 1 else block.mean(axis=1, dtype=np.float32)
+
+
+def _libsndfile_message(exc: Exception) -> str:
+    """libsndfile's reason without soundfile's "Error opening <object repr>: " prefix: no client sees a repr."""
+    text = getattr(exc, "error_string", None) or str(exc)
+    return _REPR.sub("the audio", text)
+
+
+_REPR = re.compile(r"<[\w.]+ object at 0x[0-9a-fA-F]+>")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -435,7 +473,7 @@ def _mp3_frames(buf, head: _Mp3) -> int:
     return frames
 
 
-def _decode_mp3(buf, max_seconds: float | None) -> tuple[np.ndarray, int]:
+def _decode_mp3(buf, max_seconds: float | None, max_bytes: int | None = None) -> tuple[np.ndarray, int]:
     view = memoryview(buf)
     head = _mp3_head(buf)
     if head is not None:
@@ -446,15 +484,16 @@ def _decode_mp3(buf, max_seconds: float | None) -> tuple[np.ndarray, int]:
                 f"({head.counted * head.samples / head.rate:.2f} s), the file holds {frames}")
         if max_seconds is not None and (frames * head.samples - head.trim) / head.rate > max_seconds:
             raise _too_long(max_seconds)  # refused from the frame count, before decoding
+        _check_decoded(frames * head.samples, 2, head.rate, max_bytes)  # at most stereo: the bound before decoding
         if head.counted is not None and frames > head.counted:
             # dr_mp3 (like mpg123) stops at the count; without the Xing frame it decodes every frame.
             log.warning("MP3 holds %d frames where its Xing/Info header counts %d (concatenated files?): "
                         "decoding all of them", frames, head.counted)
             view = view[head.audio:]
-    return _dr_mp3_read(view, max_seconds)
+    return _dr_mp3_read(view, max_seconds, max_bytes)
 
 
-def _dr_mp3_read(view, max_seconds: float | None) -> tuple[np.ndarray, int]:
+def _dr_mp3_read(view, max_seconds: float | None, max_bytes: int | None = None) -> tuple[np.ndarray, int]:
     ffi, lib = miniaudio.ffi, miniaudio.lib  # pyminiaudio 1.71's cffi binding of miniaudio 0.11's dr_mp3 API
     mp3 = ffi.new("ma_dr_mp3 *")
     src = ffi.from_buffer(view)
@@ -473,22 +512,26 @@ def _dr_mp3_read(view, max_seconds: float | None) -> tuple[np.ndarray, int]:
             n = int(lib.ma_dr_mp3_read_pcm_frames_f32(mp3, block, ptr))
             if n <= 0:
                 break
-            parts.append(out[:n].copy())
+            parts.append(_mono(out[:n]))
             total += n
             if limit is not None and total > limit:
                 raise _too_long(max_seconds)
+            _check_decoded(total, channels, rate, max_bytes, declared=False)
     finally:
         lib.ma_dr_mp3_uninit(mp3)
-    data = np.concatenate(parts) if parts else np.zeros((0, channels), np.float32)
+    data = np.concatenate(parts) if parts else np.zeros(0, np.float32)
     return data, rate
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # libsndfile (WAV, FLAC, OGG and the rest)
 
-def _sndfile_read(source, max_seconds: float | None) -> tuple[np.ndarray, int, int, str | None]:
-    """(frames x channels float32, rate, frames the header declares, the error that stopped decoding early or
-    None). Reads with sf_readf_float directly, through soundfile 0.14's private `_snd`, `_ffi` and
+def _sndfile_read(source, max_seconds: float | None, max_bytes: int | None = None,
+                  known_frames: int = 0) -> tuple[np.ndarray, int, int, str | None]:
+    """(1-D float32 averaged over the channels block by block, rate, frames the header declares, the error that
+    stopped decoding early or None). `known_frames`: a length found in the header before libsndfile saw it (a
+    FLAC's STREAMINFO count, which _decode hides from libsndfile); with the header's own count it is checked
+    against `max_bytes` before anything is decoded. Reads with sf_readf_float directly, through soundfile 0.14's private `_snd`, `_ffi` and
     `SoundFile._file`: its SoundFile.read seeks after every block, and that seek fails on a FLAC of unknown
     length."""
     error = None
@@ -498,6 +541,9 @@ def _sndfile_read(source, max_seconds: float | None) -> tuple[np.ndarray, int, i
             if not 1 <= channels <= _BLOCK_SAMPLES:
                 raise AudioError(f"cannot decode audio: its header declares {channels} channels")
             limit = _limit(max_seconds, rate)
+            length = known_frames or (declared if 0 < declared < (1 << 62) else 0)
+            if length:
+                _check_decoded(length, channels, rate, max_bytes)
             block = max(1, _BLOCK_SAMPLES // channels)
             out = np.empty((block, channels), np.float32)
             ptr = sf._ffi.cast("float *", out.ctypes.data)
@@ -510,16 +556,17 @@ def _sndfile_read(source, max_seconds: float | None) -> tuple[np.ndarray, int, i
                     error = error.removeprefix("Error : ").rstrip(".")
                 if n <= 0:
                     break
-                parts.append(out[:n].copy())
+                parts.append(_mono(out[:n]))
                 total += n
                 if limit is not None and total > limit:
                     raise _too_long(max_seconds)
+                _check_decoded(total, channels, rate, max_bytes, declared=False)
     except AudioError:
         raise
     except (sf.LibsndfileError, RuntimeError, TypeError, ValueError, EOFError, MemoryError) as exc:
         raise AudioError(f"cannot decode audio (WAV, FLAC, OGG, MP3 or another format libsndfile reads): "
-                         f"{exc}") from None
-    data = np.concatenate(parts) if parts else np.zeros((0, channels), np.float32)
+                         f"{_libsndfile_message(exc)}") from None
+    data = np.concatenate(parts) if parts else np.zeros(0, np.float32)
     return data, rate, declared, error
 
 
@@ -534,11 +581,13 @@ def _is_layer3(source: _Spliced) -> bool:
         source.seek(0)
 
 
-def _decode(buf, max_seconds: float | None) -> tuple[np.ndarray, int]:
-    """Decode a whole encoded file held in `buf` (bytes-like) to (frames x channels float32, rate)."""
+def _decode(buf, max_seconds: float | None,
+            max_bytes: int | None = DEFAULT_MAX_DECODED_BYTES) -> tuple[np.ndarray, int]:
+    """Decode a whole encoded file held in `buf` (bytes-like) to (1-D float32 averaged over its channels, rate);
+    AudioTooLarge beyond `max_bytes` of float32 samples (all channels, at the file's rate)."""
     kind, size = _sniff(buf), len(buf)
     if kind == "mp3":
-        return _decode_mp3(buf, max_seconds)
+        return _decode_mp3(buf, max_seconds, max_bytes)
     flac_declared = 0
     if kind == "wav":
         patches = _wav_patches(_wav_data(buf, size))
@@ -550,8 +599,8 @@ def _decode(buf, max_seconds: float | None) -> tuple[np.ndarray, int]:
             _check_ogg(buf)
     source = _Spliced(_patched(buf, patches) if patches else b"", memoryview(buf), size)
     if kind == "other" and _is_layer3(source):
-        return _decode_mp3(buf, max_seconds)  # MP3 that only libsndfile recognised (junk before the first frame)
-    data, rate, declared, error = _sndfile_read(source, max_seconds)
+        return _decode_mp3(buf, max_seconds, max_bytes)  # MP3 only libsndfile recognised (junk before its 1st frame)
+    data, rate, declared, error = _sndfile_read(source, max_seconds, max_bytes, flac_declared)
     what = {"wav": "WAV", "flac": "FLAC", "ogg": "OGG"}.get(kind, "audio")
     seconds = f"{len(data) / max(rate, 1):.2f} s"
     if flac_declared:
@@ -573,22 +622,27 @@ def _decode(buf, max_seconds: float | None) -> tuple[np.ndarray, int]:
     return data, rate
 
 
-def decode_bytes(payload: bytes, max_seconds: float | None = None) -> np.ndarray:
+def decode_bytes(payload: bytes, max_seconds: float | None = None,
+                 max_decoded_bytes: int | None = DEFAULT_MAX_DECODED_BYTES) -> np.ndarray:
     """Decode an encoded file (WAV, FLAC, OGG Vorbis/Opus, MP3, ...; format sniffed from the bytes) to 1-D
     float32 samples at 16 kHz (channels averaged).
 
     With `max_seconds`, longer audio raises AudioTooLong as soon as decoding passes it (a few MB of FLAC
-    can hold hours of silence). Undecodable, truncated or inconsistent files raise AudioError (the module
-    docstring says what decodes, per format)."""
+    can hold hours of silence). A file whose float32 samples (channels x rate x duration x 4 bytes) would pass
+    `max_decoded_bytes` raises AudioTooLarge, from its header before decoding when it declares its length (a
+    decompression bomb: a small FLAC declaring many channels at a high rate). Channels are averaged block by
+    block as they decode. Undecodable, truncated or inconsistent files raise AudioError (the module docstring
+    says what decodes, per format)."""
     if not payload:
         raise AudioError("audio body is empty")
-    data, rate = _decode(payload, max_seconds)
+    data, rate = _decode(payload, max_seconds, max_decoded_bytes)
     return to_model_input(data, rate)
 
 
-def load_file(path: str | Path) -> np.ndarray:
+def load_file(path: str | Path, max_decoded_bytes: int | None = DEFAULT_MAX_DECODED_BYTES) -> np.ndarray:
     """Read an audio file from disk to 1-D float32 samples at 16 kHz, decoded exactly as decode_bytes decodes
-    its bytes (AudioError also when the file cannot be read)."""
+    its bytes (AudioError also when the file cannot be read; AudioTooLarge, naming the file, past
+    `max_decoded_bytes`)."""
     try:
         with open(path, "rb") as f:
             payload = f.read()
@@ -596,7 +650,10 @@ def load_file(path: str | Path) -> np.ndarray:
         raise AudioError(f"cannot read {path}: {exc.strerror or exc}") from None
     if not payload:
         raise AudioError(f"{path} is empty")
-    data, rate = _decode(payload, None)
+    try:
+        data, rate = _decode(payload, None, max_decoded_bytes)
+    except AudioTooLarge as exc:
+        raise AudioTooLarge(f"{path}: {exc}") from None
     return to_model_input(data, rate)
 
 

@@ -20,8 +20,7 @@ SERVE_REPOSITORY = "wav2vec2-serve"
 DEFAULT_INSTANCE = "ml.g5.xlarge"
 STARTUP_TIMEOUT_RANGE_S = limits.STARTUP_TIMEOUT_RANGE_S
 DEFAULT_STARTUP_TIMEOUT_S = 600
-CONTENT_TYPES = {".wav": "audio/wav", ".flac": "audio/flac", ".ogg": "audio/ogg", ".mp3": "audio/mpeg",
-                 ".json": "application/json"}
+from common.mediatypes import BY_SUFFIX as CONTENT_TYPES  # noqa: E402  (the server's own table: one for both)
 REALTIME_MAX_BYTES = limits.REALTIME_MAX_BYTES
 DEFAULT_MAX_CONCURRENT_INVOCATIONS = 4  # per instance: each may hold a body of up to 1 GB and its decoded audio
 DEFAULT_SERVERLESS_CONCURRENCY = 5

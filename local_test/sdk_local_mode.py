@@ -24,7 +24,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tarfile
@@ -34,6 +33,9 @@ import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from common.ports import free_port  # noqa: E402
+
 LAUNCH = ROOT / "launcher" / "launch"
 # Container names: docker compose's PROJECT-algo-<n>-<index> for the SDK v3's training hosts (PROJECT: the
 # output folder's name), wav2vec2-local-NAME for the launcher's local endpoints and transforms.
@@ -46,12 +48,6 @@ class ProofError(Exception):
 
 def log(msg: str) -> None:
     print(f"[local-mode] {msg}", flush=True)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def sdk_containers(all_states: bool = False) -> set[str]:

@@ -13,7 +13,7 @@ import time
 import uuid
 
 from flask import Flask, Response, g, jsonify, request
-from werkzeug.exceptions import RequestEntityTooLarge
+from werkzeug.exceptions import ClientDisconnected, RequestEntityTooLarge
 
 from common.audio import TARGET_RATE
 
@@ -37,7 +37,14 @@ def create_app(model: contract.Model, settings: Settings, workers: int = 1) -> F
 
     @app.errorhandler(RequestEntityTooLarge)
     def _too_large(exc):
-        return jsonify(error=too_big), 413
+        response = jsonify(error=too_big)
+        response.status_code = 413
+        # The 413 goes out first, then the rest of the body is read and dropped (the raw WSGI input: werkzeug's
+        # stream refuses to open past MAX_CONTENT_LENGTH).
+        body = request.environ.get("wsgi.input")
+        if body is not None:
+            response.call_on_close(lambda: _discard(body))
+        return response
 
     @app.before_request
     def _start():
@@ -59,6 +66,10 @@ def create_app(model: contract.Model, settings: Settings, workers: int = 1) -> F
     def ping():
         # Reports state only: the model was loaded before this worker accepted its first connection.
         health = model.health()
+        stalled = app.extensions.get("request_threads_stalled")  # set by serve.worker: slow clients hold them all
+        if health.ok and stalled is not None and stalled():
+            return jsonify(error=f"every request thread is waiting on a client that stopped sending (closed after "
+                                 f"SERVE_BODY_READ_TIMEOUT_S={settings.body_read_timeout_s:g} s)"), 503
         if health.ok:
             return Response(status=200)
         return jsonify(error=health.detail or "model not ready"), 503
@@ -68,14 +79,15 @@ def create_app(model: contract.Model, settings: Settings, workers: int = 1) -> F
         return jsonify(
             MaxConcurrentTransforms=settings.max_concurrent_transforms or workers * settings.threads,
             BatchStrategy=settings.batch_strategy,
-            MaxPayloadInMB=int(settings.max_payload_mb),
+            MaxPayloadInMB=settings.transform_payload_mb,
         )
 
     def read_clips() -> tuple[list[contract.Clip], bool]:
         body = _read_body(settings.max_payload_bytes)
         shared = options.request_level(request.args.items(multi=True), request.headers.get(options.HEADER))
         try:
-            decoded, is_batch = bodies.decode(request.content_type, body, settings.max_audio_s)
+            decoded, is_batch = bodies.decode(request.content_type, body, settings.max_audio_s,
+                                              settings.max_decoded_bytes)
         except errors.ServeError as exc:
             metrics.decode_failed(exc, bodies.media_type(request.content_type))
             raise
@@ -96,9 +108,13 @@ def create_app(model: contract.Model, settings: Settings, workers: int = 1) -> F
         transcripts = model.transcribe(clips, deadline=deadline)
         g.batch = max(t.batch_size for t in transcripts)
         results = [as_json(t) for t in transcripts]
-        # JSON unless the client prefers text/plain (no Accept, */* and unknown types get JSON).
-        if request.accept_mimetypes.best_match(["application/json", "text/plain"]) == "text/plain":
+        # JSON (JSON lines for a JSON lines body) unless the client prefers text/plain.
+        lines = bodies.media_type(request.content_type) == bodies.JSON_LINES_TYPE
+        own = bodies.JSON_LINES_TYPE if lines else "application/json"
+        if options.answer_type(request.headers.get("Accept"), (own, "text/plain")) == "text/plain":
             return Response("\n".join(r["text"] for r in results), mimetype="text/plain")
+        if lines:  # one line per input line, in order (batch transform's AssembleWith=Line joins them)
+            return Response("".join(json.dumps(r) + "\n" for r in results), mimetype=bodies.JSON_LINES_TYPE)
         return jsonify(results if is_batch else results[0])
 
     @app.post(STREAM_PATH)
@@ -159,6 +175,25 @@ def as_json(t: contract.Transcript) -> dict:
     return item
 
 
+# After a 413, a body of up to this many bytes is read and thrown away before the connection is closed, so that a
+# client that writes its whole body before it reads (curl, requests, boto3) reads the 413 instead of a broken pipe.
+DISCARD_MAX_BYTES = 64 * 2 ** 20
+
+
+def _discard(stream) -> None:
+    """Read and drop what is left of a refused body (at most DISCARD_MAX_BYTES; a client that stops sending is
+    cut off by the worker's read timeout)."""
+    total = 0
+    try:
+        while total <= DISCARD_MAX_BYTES:
+            piece = stream.read(1 << 20)
+            if not piece:
+                return
+            total += len(piece)
+    except Exception:  # noqa: BLE001 - the client left or stalled: the 413 was sent, nothing more to do
+        return
+
+
 def _read_body(cap: int) -> bytes:
     """The request body, refused with 413 from Content-Length alone, or as soon as a chunked body passes cap."""
     length = request.content_length
@@ -166,7 +201,14 @@ def _read_body(cap: int) -> bytes:
         raise RequestEntityTooLarge()
     parts, total = [], 0
     while True:
-        piece = request.stream.read(min(1 << 20, cap + 1 - total))
+        try:
+            piece = request.stream.read(min(1 << 20, cap + 1 - total))
+        except ClientDisconnected as exc:
+            # werkzeug turns any OSError of the read into this 400; serve.worker's read timeout is a 408 of its own.
+            cause = exc.__cause__ or exc.__context__
+            if isinstance(cause, errors.ServeError):
+                raise cause from None
+            raise
         if not piece:
             return b"".join(parts)
         parts.append(piece)

@@ -19,18 +19,17 @@ from typing import Any
 
 import numpy as np
 
-from common.audio import AudioError, AudioTooLong, decode_bytes, to_model_input
+from common import mediatypes
+from common.audio import DEFAULT_MAX_DECODED_BYTES, AudioError, AudioTooLarge, AudioTooLong, decode_bytes, to_model_input
 
 from . import options
 from .errors import ServeError
 
-# Encoded audio: libsndfile sniffs the container, so the exact type only has to be one we accept.
-AUDIO_TYPES = (
-    "audio/wav", "audio/x-wav", "audio/wave", "audio/vnd.wave",
-    "audio/flac", "audio/x-flac", "audio/ogg", "audio/mpeg", "audio/mp3",
-    "audio/x-audio", "application/octet-stream",
-)
-JSON_TYPE = "application/json"
+# Encoded audio: the container is sniffed from the bytes, so the exact type only has to be one we accept. One
+# table for the server and the launcher (common/mediatypes.py).
+AUDIO_TYPES = mediatypes.AUDIO
+JSON_TYPE = mediatypes.JSON
+JSON_LINES_TYPE = mediatypes.JSON_LINES
 AUDIO_FIELDS = ("speech_array", "sampling_rate", "audio")
 MAX_JSON_CHANNELS = 8
 SHAPES = (f'"speech_array" must be a list of numbers (mono), a list of [left, right, ...] frames (frames x '
@@ -44,31 +43,32 @@ class Clip:
     options: dict[str, Any] = field(default_factory=dict)  # this item's own options (JSON fields)
 
 
-def media_type(content_type: str | None) -> str:
-    return (content_type or "").split(";", 1)[0].strip().lower()
+media_type = mediatypes.media_type
 
 
-def decode(content_type: str | None, body: bytes, max_audio_s: float | None = None) -> tuple[list[Clip], bool]:
-    """Clips in request order, and whether the request was a batch (a JSON list). Encoded audio longer than
-    max_audio_s is refused (413) while it is decoded."""
+def decode(content_type: str | None, body: bytes, max_audio_s: float | None = None,
+           max_decoded_bytes: int | None = DEFAULT_MAX_DECODED_BYTES) -> tuple[list[Clip], bool]:
+    """Clips in request order, and whether the request was a batch (a JSON list, or JSON lines). Encoded audio
+    longer than max_audio_s is refused (413) while it is decoded; audio whose float32 samples (channels x rate x
+    duration) pass max_decoded_bytes is refused (413) from its header, before it is decoded."""
     kind = media_type(content_type)
     decoder = DECODERS.get(kind)
     if decoder is None:
         shown = kind or "none"
         raise ServeError(
             f"unsupported content type {shown!r}; send audio as one of {', '.join(AUDIO_TYPES)}, "
-            f"or {JSON_TYPE}", 415,
+            f"or {JSON_TYPE}, or {JSON_LINES_TYPE}", 415,
         )
     if not body:
         raise ServeError("request body is empty")
-    return decoder(body, max_audio_s)
+    return decoder(body, (max_audio_s, max_decoded_bytes))
 
 
-def _audio(body: bytes, max_audio_s: float | None) -> tuple[list[Clip], bool]:
-    return [Clip(_clip(decode_bytes, body, max_audio_s))], False
+def _audio(body: bytes, limits) -> tuple[list[Clip], bool]:
+    return [Clip(_clip(decode_bytes, body, *limits))], False
 
 
-def _json(body: bytes, max_audio_s: float | None = None) -> tuple[list[Clip], bool]:
+def _json(body: bytes, limits=(None, DEFAULT_MAX_DECODED_BYTES)) -> tuple[list[Clip], bool]:
     try:
         doc = json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -79,11 +79,32 @@ def _json(body: bytes, max_audio_s: float | None = None) -> tuple[list[Clip], bo
     if isinstance(doc, list):
         if not doc:
             raise ServeError("batch is an empty list; send at least one item")
-        return [_json_item(item, f"item {i}: ", max_audio_s) for i, item in enumerate(doc)], True
-    return [_json_item(doc, "", max_audio_s)], False
+        return [_json_item(item, f"item {i}: ", limits) for i, item in enumerate(doc)], True
+    return [_json_item(doc, "", limits)], False
 
 
-def _json_item(item, where: str, max_audio_s: float | None = None) -> Clip:
+def _json_lines(body: bytes, limits=(None, DEFAULT_MAX_DECODED_BYTES)) -> tuple[list[Clip], bool]:
+    """application/jsonlines (batch transform, SplitType=Line with MultiRecord): one JSON object per line, each an
+    item as in a JSON batch; blank lines are skipped. A bad line refuses the whole request, naming its line
+    number (counted from 1 over every line), so that no answer line can belong to another input line."""
+    clips = []
+    for number, line in enumerate(body.split(b"\n"), start=1):
+        if not line.strip():
+            continue
+        where = f"line {number}: "
+        try:
+            item = json.loads(line)
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ServeError(f"{where}not valid JSON: {exc}") from None
+        except RecursionError:
+            raise ServeError(f"{where}JSON nested too deeply; send one object per line") from None
+        clips.append(_json_item(item, where, limits))
+    if not clips:
+        raise ServeError("JSON lines body holds no line; send one JSON object per line")
+    return clips, True
+
+
+def _json_item(item, where: str, limits=(None, DEFAULT_MAX_DECODED_BYTES)) -> Clip:
     if not isinstance(item, dict):
         raise ServeError(f'{where}expected an object with "speech_array" and "sampling_rate", or "audio" (base64)')
     item_options = {}
@@ -109,7 +130,7 @@ def _json_item(item, where: str, max_audio_s: float | None = None) -> Clip:
             payload = base64.b64decode(encoded, validate=True)
         except (binascii.Error, ValueError) as exc:
             raise ServeError(f'{where}"audio" is not valid base64: {exc}') from None
-        return Clip(_clip(decode_bytes, payload, max_audio_s, where=where), item_options)
+        return Clip(_clip(decode_bytes, payload, *limits, where=where), item_options)
     if "sampling_rate" not in item:
         raise ServeError(f'{where}missing "sampling_rate" (Hz) next to "speech_array"')
     samples = item["speech_array"]
@@ -151,9 +172,12 @@ def _clip(fn, *args, where: str = "") -> np.ndarray:
             return fn(*args)
     except AudioTooLong as exc:
         raise ServeError(f"{where}{exc} (SERVE_MAX_AUDIO_S)", 413) from None
+    except AudioTooLarge as exc:
+        raise ServeError(f"{where}{exc} (SERVE_MAX_DECODED_MB)", 413) from None
     except AudioError as exc:
         raise ServeError(f"{where}{exc}") from None
 
 
 DECODERS = {kind: _audio for kind in AUDIO_TYPES}
 DECODERS[JSON_TYPE] = _json
+DECODERS[JSON_LINES_TYPE] = _json_lines

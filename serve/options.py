@@ -245,3 +245,41 @@ def markdown_table() -> str:
                                     str(f.default).lower() if isinstance(f.default, bool) else f"`{f.default}`")
         rows.append(f"| `{f.name}` | {kind} | {default} | {meta['help']} |")
     return "\n".join(rows) + "\n"
+
+
+# ---- The answer's type (Accept) -----------------------------------------------------------------------------
+
+def answer_type(accept: str | None, offered: tuple[str, ...]) -> str:
+    """Which of `offered` (media types, the default first) an Accept header asks for (RFC 9110 12.5.1): each
+    offered type takes the q-value of the most specific range that matches it (type/subtype over type/* over
+    */*); parameters other than q (`text/plain; charset=utf-8`) do not change the match. The highest q wins,
+    ties go to the earlier offered type; no Accept, an unparsable one, or one that matches nothing (or only with
+    q=0) gets offered[0], as a 406 would help no SageMaker client."""
+    ranges = []
+    for part in (accept or "").split(","):
+        fields = [f.strip() for f in part.split(";")]
+        kind = fields[0].lower()
+        if "/" not in kind:
+            continue
+        q = 1.0
+        for param in fields[1:]:
+            name, _, value = param.partition("=")
+            if name.strip().lower() == "q":
+                try:
+                    q = min(1.0, max(0.0, float(value.strip())))
+                except ValueError:
+                    q = 0.0
+        ranges.append((kind, q))
+
+    def quality(media: str) -> float:
+        main = media.split("/", 1)[0]
+        best, score = -1, 0.0
+        for kind, q in ranges:
+            specificity = 2 if kind == media else 1 if kind == f"{main}/*" else 0 if kind == "*/*" else -1
+            if specificity > best:
+                best, score = specificity, q
+        return score if best >= 0 else 0.0
+
+    scores = [quality(m) for m in offered]
+    top = max(scores, default=0.0)
+    return offered[scores.index(top)] if top > 0 else offered[0]

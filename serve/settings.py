@@ -74,6 +74,18 @@ class Settings:
     max_audio_s: float = _setting(
         3600.0, "SERVE_MAX_AUDIO_S", help="Longest audio accepted per request, in seconds (after decoding)."
     )
+    max_decoded_mb: float = _setting(
+        512.0, "SERVE_MAX_DECODED_MB",
+        help="Largest decoded audio file in MB (MiB) of float32 samples: channels x rate x seconds x 4 bytes, at "
+             "the file's own rate before downmixing; checked from the header before decoding (a small FLAC may "
+             "declare an hour of 8 channels at 384 kHz), else while decoding: 413 past it. 1 h of 16 kHz mono is "
+             "230 MB; raise it for hour-long 44.1/48 kHz recordings (async inference).",
+    )
+    body_read_timeout_s: float = _setting(
+        10.0, "SERVE_BODY_READ_TIMEOUT_S",
+        help="Seconds a client may take between the bytes of its request (headers and body) before the "
+             "connection is closed (logged and counted); slow senders never hold a request thread.",
+    )
     max_batch_size: int | None = _setting(
         None, "SERVE_MAX_BATCH_SIZE", shown="8 on a GPU, 1 on a CPU",
         help="Most clips or chunks in one forward pass. A CPU is busy with one clip already, so batching there "
@@ -201,6 +213,16 @@ class Settings:
     def max_payload_bytes(self) -> int:
         return int(self.max_payload_mb * 1024 * 1024)
 
+    @property
+    def transform_payload_mb(self) -> int:
+        """MaxPayloadInMB for /execution-parameters: CreateTransformJob takes a whole number of MB from 1 to 100
+        (0 would mean no limit), never more than this server accepts (its MB are MiB, larger than SageMaker's)."""
+        return max(1, min(100, int(self.max_payload_mb)))
+
+    @property
+    def max_decoded_bytes(self) -> int:
+        return int(self.max_decoded_mb * 1024 * 1024)
+
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
         environ = os.environ if environ is None else environ
@@ -225,6 +247,8 @@ class Settings:
         need(self.threads >= 1, "SERVE_THREADS must be at least 1")
         need(self.timeout_s >= 1, "MODEL_SERVER_TIMEOUT must be at least 1 second")
         need(self.max_payload_mb > 0, "SAGEMAKER_MAX_PAYLOAD_IN_MB must be positive")
+        need(not self.batch_transform or self.max_payload_mb >= 1,
+             "SAGEMAKER_MAX_PAYLOAD_IN_MB must be at least 1 in batch transform (MaxPayloadInMB is whole MB)")
         need(self.batch_strategy in ("SINGLE_RECORD", "MULTI_RECORD"),
              "SAGEMAKER_BATCH_STRATEGY must be SINGLE_RECORD or MULTI_RECORD")
         need(self.max_concurrent_transforms is None or self.max_concurrent_transforms >= 1,
@@ -233,6 +257,8 @@ class Settings:
         need(0 <= self.chunk_stride_s < self.chunk_length_s / 3,
              "SERVE_CHUNK_STRIDE_S must be at least 0 and under a third of SERVE_CHUNK_LENGTH_S")
         need(self.max_audio_s > 0, "SERVE_MAX_AUDIO_S must be positive")
+        need(self.max_decoded_mb > 0, "SERVE_MAX_DECODED_MB must be positive")
+        need(self.body_read_timeout_s > 0, "SERVE_BODY_READ_TIMEOUT_S must be positive")
         need(self.max_batch_size is None or self.max_batch_size >= 1, "SERVE_MAX_BATCH_SIZE must be at least 1")
         need(self.max_batch_wait_ms >= 0, "SERVE_MAX_BATCH_WAIT_MS must be at least 0")
         need(self.cpu_bf16 in ("auto", "true", "false"), "SERVE_CPU_BF16 must be auto, true or false")

@@ -10,34 +10,137 @@ The same peek sends "GET /invocations-bidirectional-stream" (a WebSocket that ma
 the stream pool (SERVE_STREAM_MAX_SESSIONS threads, and a few more to refuse the streams over that limit),
 where serve/stream_route.py serves it: a live stream never holds a thread /invocations needs. On SIGTERM every
 open stream is told to send its last final and close (1001) while gunicorn drains its connections.
+
+Slow senders: gthread reads a request on a blocking socket with no timeout, so a client that sent its headers and
+a few bytes of body, then nothing, held a request thread for ever (17 of them blocked /invocations for minutes
+while /ping still said 200). Every request socket here reads with SERVE_BODY_READ_TIMEOUT_S: a client silent for
+that long has its connection closed (a 408 when the app was reading the body), logged with a running count. While
+every request thread is waiting on such a client for over STALLED_S, /ping answers 503 (the app asks
+`request_threads_stalled`), so SageMaker's health check sees what the clients see.
+
+Written against gunicorn 27.0.1's gthread internals, pinned in requirements/serve.txt (gunicorn==27.0.1):
+`ThreadWorker.enqueue_req`, `handle`, `finish_request`, `method_queue.defer`, `pending_conns`, `poller`,
+`on_pending_socket_readable`, `nr_conns`, `TConn.init` (it calls `sock.setblocking(True)` on every request, which
+clears a socket timeout: ours is set after it), `RequestParser.unreader` being a `SocketUnreader` whose `chunk()`
+reads the socket, and `http.errors.NoMoreData` closing a connection quietly. tests/test_serve.py checks
+each of these against the installed gunicorn, so an upgrade that moves one fails a test, not production.
 """
 from __future__ import annotations
 
+import logging
 import selectors
 import socket
+import threading
 import time
 from concurrent import futures
 from functools import partial
 
 from gunicorn import util
-from gunicorn.workers.gthread import ThreadWorker
+from gunicorn.http.errors import NoMoreData
+from gunicorn.http.unreader import SocketUnreader
+from gunicorn.workers.gthread import TConn, ThreadWorker
 
+from .errors import ServeError
 from .stream_route import REQUEST_LINE, could_be_stream_request, is_stream_request
+
+log = logging.getLogger("serve")
 
 PING_THREADS = 2
 REFUSAL_THREADS = 4  # stream threads beyond the session limit: they answer the streams over it
 _PING = b"GET /ping"
 _PEEK = len(REQUEST_LINE) + 1
 _STREAMED = object()  # a stream pool job's result when the connection was a WebSocket, now closed
+STALLED_S = 1.0  # a request thread waiting this long on a silent client counts as stalled (for /ping)
+_UNTRACKED_THREADS = ("ping", "stream")  # their own pools: /ping and live streams never stall /invocations
+
+
+class ClientTooSlow(NoMoreData, ServeError):
+    """No request bytes for SERVE_BODY_READ_TIMEOUT_S. gunicorn closes the connection quietly (NoMoreData) when
+    it happens while it reads the headers; while the app reads the body it is a ServeError (408)."""
+
+    def __init__(self, message: str):
+        ServeError.__init__(self, message, 408)
+        self.buf = b""
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class _TimedUnreader(SocketUnreader):
+    """gunicorn's socket reader, with a read timeout, the worker told of every read that waits."""
+    worker: "Worker"
+
+    def chunk(self, size_hint=None):
+        sock, worker = self.sock, self.worker
+        ours = sock.gettimeout() == worker.read_timeout_s  # not one of gunicorn's own drains, with their deadline
+        tracked = ours and not threading.current_thread().name.startswith(_UNTRACKED_THREADS)
+        if tracked:
+            worker.reading[threading.get_ident()] = time.monotonic()
+        try:
+            return super().chunk(size_hint)
+        except (socket.timeout, TimeoutError):
+            if not ours:
+                raise
+            worker.slow_clients += 1
+            log.warning("closed a connection from %s: no request bytes for %g s (SERVE_BODY_READ_TIMEOUT_S); "
+                        "slow clients closed so far: %d", _peer(sock), worker.read_timeout_s, worker.slow_clients)
+            try:
+                sock.shutdown(socket.SHUT_RD)  # what follows (a drain) sees the end at once
+            except OSError:
+                pass
+            raise ClientTooSlow(f"no request bytes arrived for {worker.read_timeout_s:g} s "
+                                f"(SERVE_BODY_READ_TIMEOUT_S); send the whole body without pausing") from None
+        finally:
+            if tracked:
+                worker.reading.pop(threading.get_ident(), None)
+
+
+def _peer(sock) -> str:
+    try:
+        host, port = sock.getpeername()[:2]
+        return f"{host}:{port}"
+    except OSError:
+        return "a client that left"
+
+
+class _TimedConn(TConn):
+    """A connection whose every request is read with the worker's read timeout."""
+    worker: "Worker"
+
+    def init(self):
+        super().init()  # sets the socket blocking (no timeout) on every request
+        if self.is_http2:
+            return
+        self.sock.settimeout(self.worker.read_timeout_s)
+        unreader = getattr(self.parser, "unreader", None)
+        if type(unreader) is SocketUnreader:
+            unreader.__class__ = _TimedUnreader
+            unreader.worker = self.worker
 
 
 class Worker(ThreadWorker):
     def init_process(self):
+        settings = getattr(self.app, "settings", None)
+        self.read_timeout_s = getattr(settings, "body_read_timeout_s", 10.0)
+        self.reading: dict[int, float] = {}  # request thread -> when its current socket read began
+        self.slow_clients = 0
         self.ping_pool = futures.ThreadPoolExecutor(max_workers=PING_THREADS, thread_name_prefix="ping")
         sessions = getattr(getattr(self.app, "settings", None), "stream_max_sessions", 16)
         self.stream_pool = futures.ThreadPoolExecutor(max_workers=sessions + REFUSAL_THREADS,
                                                       thread_name_prefix="stream")
         super().init_process()
+
+    def load_wsgi(self):
+        super().load_wsgi()
+        extensions = getattr(self.wsgi, "extensions", None)
+        if extensions is not None:
+            extensions["request_threads_stalled"] = self.request_threads_stalled
+
+    def request_threads_stalled(self) -> bool:
+        """Whether every request thread is waiting, for over STALLED_S, on a client that stopped sending."""
+        now = time.monotonic()
+        stalled = sum(1 for began in list(self.reading.values()) if now - began > STALLED_S)
+        return stalled >= self.cfg.threads
 
     def handle_exit(self, sig, frame):
         hub = self._hub()
@@ -46,6 +149,9 @@ class Worker(ThreadWorker):
         super().handle_exit(sig, frame)
 
     def enqueue_req(self, conn):
+        if type(conn) is TConn:
+            conn.__class__ = _TimedConn
+            conn.worker = self
         try:
             head = conn.sock.recv(_PEEK, socket.MSG_PEEK | socket.MSG_DONTWAIT)
         except BlockingIOError:

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -14,12 +13,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from common import modeldir, text  # noqa: E402
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from common.ports import free_port  # noqa: E402,F401  (one helper: tests, bench, local_test)
 
 
 def program_env(**extra: str) -> dict[str, str]:
@@ -86,3 +80,20 @@ def speech_clip(synthetic_data):
     from common.audio import load_file
 
     return load_file(sorted((synthetic_data / "test" / "audio").glob("*.wav"))[0])
+
+
+@pytest.fixture(scope="session")
+def bomb_flac() -> bytes:
+    """Issue 28's decompression bomb: a 196 KiB FLAC of silence declaring 60 s of 8 channels at 384 kHz (737 MB as
+    float32)."""
+    import io
+
+    import numpy as np
+    import soundfile as sf
+
+    buf = io.BytesIO()
+    with sf.SoundFile(buf, "w", samplerate=384_000, channels=8, format="FLAC", subtype="PCM_16") as f:
+        second = np.zeros((384_000, 8), np.int16)
+        for _ in range(60):
+            f.write(second)
+    return buf.getvalue()

@@ -25,7 +25,7 @@ import soundfile as sf
 from conftest import ROOT, free_port, program_env  # noqa: F401  (re-exported for reliability/)
 from serve_helpers import Server, encode
 
-from common import modeldir
+from common import mediatypes, modeldir
 
 ALPHABET = "abcdefghijklmnopqrstuvwxyz'"
 
@@ -147,6 +147,9 @@ def json_error(answer: Answer) -> str | None:
     return doc.get("error") if isinstance(doc, dict) and isinstance(doc.get("error"), str) else None
 
 
+_REPR = re.compile(r"<[\w.]+ object at 0x[0-9a-fA-F]+>|object at 0x[0-9a-fA-F]+")  # no error text may hold one
+
+
 def acceptable(answer: Answer) -> str | None:
     """Why an answer breaks the contract (2xx, or 4xx with a JSON error), or None when it keeps it."""
     if answer.error:
@@ -154,7 +157,11 @@ def acceptable(answer: Answer) -> str | None:
     if 200 <= answer.status < 300:
         return None
     if 400 <= answer.status < 500:
-        return None if json_error(answer) else f"{answer.status} without a JSON error: {answer.body[:200]!r}"
+        if not json_error(answer):
+            return f"{answer.status} without a JSON error: {answer.body[:200]!r}"
+        if _REPR.search(answer.body.decode(errors="replace")):
+            return f"{answer.status} whose error text holds a Python object repr: {answer.body[:300]!r}"
+        return None
     return f"status {answer.status}: {answer.body[:300]!r}"
 
 
@@ -296,8 +303,7 @@ CONTENT_TYPES = [
 ]
 
 
-AUDIO_TYPES = ["audio/wav", "audio/x-wav", "audio/wave", "audio/flac", "audio/x-flac", "audio/ogg", "audio/mpeg",
-               "audio/x-audio", "application/octet-stream", "Audio/WAV; codecs=1"]
+AUDIO_TYPES = list(mediatypes.AUDIO) + ["Audio/WAV; codecs=1"]
 JSON_TYPES = ["application/json", "application/json; charset=utf-8", "APPLICATION/JSON"]
 
 

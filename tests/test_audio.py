@@ -2,11 +2,15 @@
 from __future__ import annotations
 
 import io
+import re
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 import soundfile as sf
 
+from conftest import ROOT
 from common.audio import TARGET_RATE, AudioError, check_rate, decode_bytes, load_file, to_model_input
 
 
@@ -411,3 +415,33 @@ def test_probe_of_mp3_whose_size_disagrees_with_its_info_frame(mp3_of, tmp_path)
     _, made = mp3_of(44100, 1, "CONSTANT")
     path = saved(tmp_path, "two.mp3", made + made)
     assert probe_seconds(path) == pytest.approx(len(load_file(path)) / TARGET_RATE, abs=2 / TARGET_RATE)
+
+
+def test_a_decompression_bomb_is_refused_from_its_header_before_decoding(bomb_flac, tmp_path):
+    """Issue 28: 196 KiB of FLAC declaring 60 s of 8 channels at 384 kHz cost the decoder +1.5 GB. Now refused from
+    STREAMINFO (channels x rate x duration against the bound); the peak memory of a fresh process is measured."""
+    from common.audio import AudioTooLarge
+
+    assert len(bomb_flac) < 200 * 1024
+    with pytest.raises(AudioTooLarge, match=r"declares 60\.0 s of 8 channels at 384000 Hz: 703 MB"):
+        decode_bytes(bomb_flac)
+    path = tmp_path / "bomb.flac"
+    path.write_bytes(bomb_flac)
+    with pytest.raises(AudioTooLarge, match=rf"^{re.escape(str(path))}: audio declares"):
+        load_file(path)  # training's loader: the same bound, naming the file
+    code = ("import resource, sys; from common.audio import decode_bytes, AudioError\n"
+            "data = open(sys.argv[1], 'rb').read(); before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+            "try:\n    decode_bytes(data)\nexcept AudioError:\n    pass\n"
+            "print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) // 1024)")
+    out = subprocess.run([sys.executable, "-c", code, str(path)], cwd=ROOT, capture_output=True, text=True, check=True)
+    grew_mb = int(out.stdout.strip())
+    print(f"bomb refused: peak RSS grew {grew_mb} MB")
+    assert grew_mb < 40, grew_mb
+
+
+def test_many_channels_are_averaged_block_by_block_as_a_whole_mean_would(tmp_path):
+    rng = np.random.default_rng(3)
+    x = (0.1 * rng.standard_normal((40_000, 6))).astype(np.float32)
+    buf = io.BytesIO()
+    sf.write(buf, x, 16_000, format="WAV", subtype="FLOAT")
+    np.testing.assert_array_equal(decode_bytes(buf.getvalue()), x.mean(axis=1, dtype=np.float32))

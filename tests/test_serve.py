@@ -25,6 +25,7 @@ from serve_helpers import Server, encode, make_opt_ml
 RATE = 16_000
 CHUNK_S, STRIDE_S = 8, 2  # small, so a ~20 s clip is chunked
 MAX_MB = 8  # big enough for 96 kHz clips as JSON floats
+READ_TIMEOUT_S = 3  # SERVE_BODY_READ_TIMEOUT_S: short, so slow clients are cut off within the test
 
 
 @pytest.fixture(scope="module")
@@ -38,6 +39,7 @@ def server(tmp_path_factory, tiny_model_dir):
         SAGEMAKER_MAX_PAYLOAD_IN_MB=str(MAX_MB), SERVE_MAX_AUDIO_S="60",
         # Long enough that concurrent requests reliably meet in one batch; short enough for the suite.
         SERVE_MAX_BATCH_SIZE="8", SERVE_MAX_BATCH_WAIT_MS="50",
+        SERVE_BODY_READ_TIMEOUT_S=str(READ_TIMEOUT_S),
     ).wait_ready()
     yield srv
     srv.stop()
@@ -439,11 +441,90 @@ def test_body_over_cap_is_refused_before_it_is_read(server, clips):
 
 
 def test_no_worker_died(server, clips):
-    """After all the bad requests above, the one worker booted at start is still the one serving."""
+    """Bad requests of its own (whatever ran before): the worker that served before them still serves after."""
+    booted = server.log().count("Booting worker")
+    for body, ctype in [(b"RIFF\xff\xff\xff\xffWAVEjunk", "audio/wav"), (b"{", "application/json"),
+                        (b"\x00" * 1000, "audio/flac"), (b"[]", "application/json"), (b"x", "text/csv")]:
+        assert 400 <= server.post(body, ctype).status < 500
     _good_request_works(server, clips)
     log = server.log()
-    assert log.count("Booting worker") == 1, log
+    assert log.count("Booting worker") == booted, log
     assert "Traceback" not in log, log
+
+
+def _stalled_connection(port: int, head_extra: str = "") -> socket.socket:
+    s = socket.create_connection(("127.0.0.1", port), timeout=30)
+    s.sendall((f"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Type: audio/wav\r\n"
+               f"Content-Length: 100000\r\n{head_extra}\r\n").encode() + b"0123456789")
+    return s
+
+
+def test_slow_clients_are_cut_off_and_never_starve_real_requests(server, clips):
+    """Issue 28: 17 connections sending headers + 10 bytes then nothing held every request thread (8 here) for
+    minutes while /ping said 200. Now: /ping says 503 while they hold every thread, each is closed after
+    SERVE_BODY_READ_TIMEOUT_S (a 408, logged and counted), and a real request is answered right after."""
+    before = server.log().count("no request bytes for")
+    started = time.monotonic()
+    slow = [_stalled_connection(server.port) for _ in range(17)]
+    try:
+        time.sleep(1.8)  # past STALLED_S (1 s), before the read timeout (3 s)
+        ping = server.get("/ping", timeout=2)
+        assert ping.status == 503 and "SERVE_BODY_READ_TIMEOUT_S" in ping.json["error"], (ping.status, ping.body)
+        reply = server.post(wav(clips[0], subtype="FLOAT"), "audio/wav")
+        assert reply.status == 200, reply.body
+        # The 17 are gone within two read timeouts (9 waited for a thread, then timed out on it).
+        assert time.monotonic() - started < 3 * READ_TIMEOUT_S + 5
+        answers = []
+        for s in slow:
+            s.settimeout(3 * READ_TIMEOUT_S)
+            try:
+                answers.append(s.recv(65536))
+            except OSError as exc:
+                answers.append(repr(exc).encode())
+    finally:
+        for s in slow:
+            s.close()
+    assert all(a.startswith(b"HTTP/1.1 408") for a in answers), answers
+    assert server.get("/ping").status == 200
+    time.sleep(0.3)
+    assert server.log().count("no request bytes for") - before == 17, server.log()[-3000:]
+
+
+def test_a_body_over_the_cap_written_before_reading_gets_the_413(server):
+    """Issue 28: a 7 MiB body (cap 6 there, MAX_MB here) written whole before reading got a broken pipe."""
+    cap = MAX_MB * 1024 * 1024
+    body = b"\0" * (cap + 1024 * 1024)
+    head = (f"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Type: audio/wav\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n").encode()
+    with socket.create_connection(("127.0.0.1", server.port), timeout=30) as s:
+        s.sendall(head + body)  # a BrokenPipeError/ConnectionResetError here fails the test
+        data = b""
+        while not _complete(data):
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    assert data.startswith(b"HTTP/1.1 413"), data[:200]
+    assert "SAGEMAKER_MAX_PAYLOAD_IN_MB" in json.loads(data.split(b"\r\n\r\n", 1)[1])["error"]
+
+
+def test_the_gunicorn_internals_the_worker_patches_are_there():
+    """serve/worker.py builds on gunicorn 27.0.1's gthread internals (its docstring lists them): an upgrade that
+    moves one fails here (and in the slow-client test above), not in production."""
+    import inspect
+
+    import gunicorn
+    from gunicorn.http import errors, parser, unreader
+    from gunicorn.workers import gthread
+
+    assert gunicorn.__version__ == "27.0.1"
+    for name in ("enqueue_req", "handle", "finish_request", "on_pending_socket_readable", "load_wsgi"):
+        assert callable(getattr(gthread.ThreadWorker, name)), name
+    assert "setblocking(True)" in inspect.getsource(gthread.TConn.init)
+    assert "SocketUnreader(source)" in inspect.getsource(parser.Parser.__init__)
+    assert "self.sock.recv(" in inspect.getsource(unreader.SocketUnreader.chunk)
+    assert "except http.errors.NoMoreData" in inspect.getsource(gthread.ThreadWorker.handle)
+    assert issubclass(errors.NoMoreData, OSError)
 
 
 # Concurrency, health under load, logs ----------------------------------------------------------------
@@ -502,3 +583,21 @@ def test_one_log_line_per_request_without_audio(server, clips):
     assert f"audio_s={len(audio) / RATE:.2f}" in line
     assert re.search(r"latency_ms=\d+(\.\d+)? status=200", line)
     assert repr(float(audio[1000]))[:8] not in server.log()
+
+
+def _peak_rss_mb(pid: int) -> float:
+    status = open(f"/proc/{pid}/status").read()
+    return int(re.search(r"VmHWM:\s+(\d+) kB", status).group(1)) / 1024
+
+
+def test_a_decompression_bomb_costs_the_worker_no_memory(server, bomb_flac, clips):
+    """Issue 28: the 196 KiB FLAC declaring 60 s of 8 channels at 384 kHz cost the worker +1.5 GB. Its peak resident
+    memory (VmHWM) before and after the request, printed, must not grow by more than a few MB."""
+    pid = int(re.findall(r"Booting worker with pid: (\d+)", server.log())[-1])
+    before = _peak_rss_mb(pid)
+    reply = server.post(bomb_flac, "audio/flac")
+    after = _peak_rss_mb(pid)
+    print(f"worker peak RSS {before:.0f} MB -> {after:.0f} MB for a {len(bomb_flac) / 1024:.0f} KiB bomb")
+    assert reply.status == 413 and "SERVE_MAX_DECODED_MB" in reply.json["error"], reply.body
+    assert after - before < 20, (before, after)
+    _good_request_works(server, clips)

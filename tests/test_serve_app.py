@@ -94,8 +94,10 @@ def test_a_slow_model_is_a_503_naming_the_timeout_and_ping_stays_fast():
     thread.start()
     time.sleep(0.2)
     ping_started = time.monotonic()
-    assert app_for(fake).get("/ping").status_code == 200
+    # The same app, while its transcription is still in flight: a /ping that waited for it would fail here.
+    assert client.get("/ping").status_code == 200
     assert time.monotonic() - ping_started < 0.5
+    assert thread.is_alive(), "the slow transcription ended before /ping was measured"
     thread.join(10)
     assert got["r"].status_code == 503
     assert "MODEL_SERVER_TIMEOUT" in got["r"].get_json()["error"]
@@ -228,3 +230,132 @@ def test_ambiguous_speech_array_shapes_are_a_400_saying_what_is_accepted(array):
     assert reply.status_code == 400
     error = reply.get_json()["error"]
     assert "frames x channels" in error and "channels x frames" in error, error
+
+
+
+# Content types, Accept, JSON lines, execution parameters (issue 28 items 4, 10, 13; issue 24 item 8) ---------
+from common import mediatypes  # noqa: E402
+from serve import bodies  # noqa: E402
+
+_REPR = __import__("re").compile(r"object at 0x[0-9a-fA-F]+|<[\w.]+ object")
+
+
+def _encoded(fmt: str, subtype: str | None = None, rate: int = RATE) -> bytes:
+    buf = io.BytesIO()
+    sf.write(buf, TONE, rate, format=fmt, subtype=subtype)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("ctype,fmt,subtype", [
+    ("audio/opus", "OGG", "OPUS"), ("audio/aiff", "AIFF", "PCM_16"), ("audio/x-aiff", "AIFF", "PCM_16"),
+    ("audio/basic", "AU", "PCM_16"),
+])
+def test_opus_aiff_and_au_are_accepted_under_their_own_types(ctype, fmt, subtype):
+    rate = 48_000 if subtype == "OPUS" else RATE
+    reply = app_for(FakeModel()).post("/invocations", data=_encoded(fmt, subtype, rate), content_type=ctype)
+    assert reply.status_code == 200, reply.get_json()
+
+
+def test_the_launcher_sends_only_types_the_server_accepts():
+    import mimetypes
+
+    from launcher import hosting
+
+    assert hosting.CONTENT_TYPES is mediatypes.BY_SUFFIX
+    assert set(mediatypes.BY_SUFFIX.values()) <= set(bodies.DECODERS)
+    assert set(bodies.DECODERS) == set(mediatypes.ACCEPTED)
+    for name in ("a.aiff", "a.aif", "a.au", "a.opus", "a.wav", "a.flac", "a.mp3", "a.ogg"):
+        assert mediatypes.BY_SUFFIX[name[name.index("."):]] in bodies.DECODERS, name
+        guessed = mimetypes.guess_type(name)[0]  # what the launcher sent before it had the table
+        assert guessed is None or guessed in bodies.DECODERS, (name, guessed)
+
+
+def test_the_media_type_table_imports_nothing_heavy():
+    code = "import sys, common.mediatypes; bad = {'numpy', 'torch', 'soundfile'} & set(sys.modules); print(bad or 'ok')"
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert out.stdout.strip() == "ok", out.stdout + out.stderr
+
+
+def test_readme_lists_exactly_the_accepted_content_types():
+    import re
+
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("`POST /invocations` takes:"):]
+    table = section[:section.index("\n\n", section.index("| Content-Type |"))]
+    listed = set()
+    for row in table.splitlines()[2:]:
+        listed |= set(re.findall(r"`([a-z]+/[a-z0-9.+-]+)`", row.split("|")[1]))
+    assert listed == set(mediatypes.ACCEPTED)
+
+
+@pytest.mark.parametrize("ctype", ["audio/wav", "audio/flac", "application/octet-stream", "audio/opus"])
+def test_undecodable_audio_error_names_no_python_object(ctype):
+    reply = app_for(FakeModel()).post("/invocations", data=b"this is not audio at all " * 40, content_type=ctype)
+    assert reply.status_code == 400
+    message = reply.get_json()["error"]
+    assert "cannot decode" in message and not _REPR.search(message), message
+
+
+@pytest.mark.parametrize("accept,want", [
+    ("text/plain; charset=utf-8", "text/plain"), ("text/plain;charset=UTF-8;q=0.9", "text/plain"),
+    ("application/json;q=0.5, text/plain", "text/plain"), ("text/plain;q=0.2, application/json", "application/json"),
+    ("text/*", "text/plain"), ("*/*", "application/json"), (None, "application/json"),
+    ("application/json; charset=utf-8", "application/json"), ("image/png", "application/json"),
+    ("text/plain;q=0, */*", "application/json"),
+])
+def test_accept_parameters_do_not_change_the_match_and_q_values_count(accept, want):
+    headers = {"Accept": accept} if accept else {}
+    reply = app_for(FakeModel()).post("/invocations", data=wav(TONE), content_type="audio/wav", headers=headers)
+    assert reply.status_code == 200
+    assert reply.mimetype == want, (accept, reply.mimetype)
+    if want == "text/plain":
+        assert reply.get_data(as_text=True) == "16000 samples eng"
+
+
+def _line(n: int, **extra) -> str:
+    return json.dumps({"speech_array": [0.1] * n, "sampling_rate": RATE, **extra})
+
+
+def test_json_lines_get_one_answer_line_per_input_line_in_order():
+    body = "\n".join([_line(1600), _line(3200, language="fra"), "", _line(800)]) + "\n"
+    reply = app_for(FakeModel()).post("/invocations", data=body, content_type="application/jsonlines")
+    assert reply.status_code == 200, reply.get_data(as_text=True)
+    assert reply.mimetype == "application/jsonlines"
+    lines = reply.get_data(as_text=True).splitlines()
+    assert [json.loads(x)["text"] for x in lines] == ["1600 samples eng", "3200 samples fra", "800 samples eng"]
+
+
+@pytest.mark.parametrize("bad,says", [
+    ('{"speech_array": [0.1], ', "line 3: not valid JSON"),
+    ('[1, 2]', "line 3: expected an object"),
+    ('{"speech_array": [0.1, 0.2]}', 'line 3: missing "sampling_rate"'),
+])
+def test_a_bad_json_line_fails_the_request_naming_its_line(bad, says):
+    body = "\n".join([_line(1600), _line(800), bad, _line(800)])
+    reply = app_for(FakeModel()).post("/invocations", data=body, content_type="application/jsonlines")
+    assert reply.status_code == 400
+    assert reply.get_json()["error"].startswith(says), reply.get_json()
+
+
+@pytest.mark.parametrize("mb,reported", [("6", 6), ("6.5", 6), ("1024", 100), ("100", 100), ("0.5", 1)])
+def test_execution_parameters_report_what_create_transform_job_takes(mb, reported):
+    got = app_for(FakeModel(), SAGEMAKER_MAX_PAYLOAD_IN_MB=mb).get("/execution-parameters").get_json()
+    assert got["MaxPayloadInMB"] == reported and isinstance(got["MaxPayloadInMB"], int)
+
+
+def test_a_sub_megabyte_payload_cap_is_refused_in_batch_transform():
+    from serve.settings import SettingsError
+
+    with pytest.raises(SettingsError, match="SAGEMAKER_MAX_PAYLOAD_IN_MB must be at least 1"):
+        Settings.from_env({"SAGEMAKER_BATCH": "true", "SAGEMAKER_MAX_PAYLOAD_IN_MB": "0.5"})
+
+
+def test_a_decompression_bomb_is_a_413_naming_the_setting(bomb_flac):
+    reply = app_for(FakeModel()).post("/invocations", data=bomb_flac, content_type="audio/flac")
+    assert reply.status_code == 413
+    message = reply.get_json()["error"]
+    assert "declares 60.0 s of 8 channels at 384000 Hz" in message and "SERVE_MAX_DECODED_MB" in message, message
+    # Raised, it is accepted (and decoded channel block by channel block).
+    ok = app_for(FakeModel(), SERVE_MAX_DECODED_MB="800").post("/invocations", data=bomb_flac,
+                                                             content_type="audio/flac")
+    assert ok.status_code == 200 and ok.get_json()["audio_seconds"] == 60.0

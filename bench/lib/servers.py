@@ -9,21 +9,16 @@ from __future__ import annotations
 import http.client
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+from common.ports import free_port  # noqa: F401  (one helper: tests, bench, local_test)
+
 from . import ROOT
 
 TIMEOUT_S = 600  # long enough that no request of a benchmark times out in any server
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _env(**extra: str) -> dict[str, str]:
