@@ -5,7 +5,7 @@ Two ways to reach a serving container:
                          SDK's bidirectional-stream client, aws-sdk-sagemaker-runtime-http2 (IAM action
                          sagemaker:InvokeEndpointWithBidirectionalStream). That SDK needs Python >= 3.12 while the
                          launcher's .venv is 3.11: it lives in a venv of its own (requirements/stream-client.txt;
-                         README, Live transcription, shows the two commands).
+                         docs/streaming.md, Live transcription, shows the two commands).
   --local [--url URL]    the container's WebSocket itself (docker run -p 8080:8080 ... serve, or serve/serve):
                          ws://127.0.0.1:8080/invocations-bidirectional-stream by default; needs websockets only.
 
