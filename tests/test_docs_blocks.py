@@ -10,6 +10,8 @@ Each shell or Python block carries a marker on the line before it, `<!-- check: 
   exist and accept the flags it is given: launcher/launch's own argparse parser, botocore's service models for
   `aws` commands and boto3 calls (operations, parameters, response keys), the SageMaker SDK's signatures,
   curl's own option list, and the repository's scripts (present, executable, and the flag in their source).
+  `aws run=endpoint` blocks (boto3's InvokeEndpoint, the SDK's Predictor) are also run as written against a
+  local stand-in of the endpoint in front of the real serving program.
 JSON blocks must parse. Text blocks (trees, log lines, diagrams) are not commands.
 """
 from __future__ import annotations
@@ -404,3 +406,71 @@ def test_blocks_run_as_written(block: Block, workdir, servers, tmp_path):
         assert run.returncode == 0, f"{block.where}: `{command}` failed:\n{run.stdout}\n{run.stderr}"
         if command.lstrip().startswith("curl"):
             _check_answer(command, run.stdout, expected, block.where)
+
+
+# ---- AWS blocks that also run against a local stand-in of the endpoint ------------------------------------------
+
+@pytest.fixture(scope="module")
+def endpoint(servers):
+    """An HTTP stand-in for SageMaker's InvokeEndpoint in front of the real serving program (tiny model): POST
+    /endpoints/NAME/invocations is passed on to /invocations with the headers InvokeEndpoint forwards
+    (Content-Type, Accept, X-Amzn-SageMaker-Custom-Attributes), as SageMaker passes it to the container. The
+    blocks' boto3 (and the SDK's) reach it through AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME, unchanged."""
+    import http.server
+    import threading
+
+    from conftest import free_port
+
+    server = servers("tiny")
+    seen: list[dict] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802 (http.server's name)
+            m = re.fullmatch(r"/endpoints/([^/]+)/invocations", self.path)
+            body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            if not m:
+                self.send_response(404)
+                self.end_headers()
+                return
+            forwarded = {k: self.headers[k] for k in ("Content-Type", "Accept", "X-Amzn-SageMaker-Custom-Attributes")
+                         if self.headers.get(k)}
+            seen.append({"endpoint": m.group(1), **forwarded})
+            reply = server.post(body, forwarded.pop("Content-Type", None), **forwarded)
+            self.send_response(reply.status)
+            self.send_header("Content-Type", reply.headers.get("content-type", "application/json"))
+            self.send_header("Content-Length", str(len(reply.body)))
+            self.send_header("x-Amzn-Invoked-Production-Variant", "AllTraffic")
+            self.end_headers()
+            self.wfile.write(reply.body)
+
+        def log_message(self, *args):
+            pass
+
+    port = free_port()
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", port), Handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{port}", seen
+    httpd.shutdown()
+
+
+ENDPOINT_RUN = [b for b in BLOCKS if b.args.get("run") == "endpoint"]
+
+
+@pytest.mark.parametrize("block", ENDPOINT_RUN, ids=_ids(ENDPOINT_RUN))
+def test_aws_blocks_run_against_a_stand_in_endpoint(block: Block, workdir, endpoint):
+    """The README's boto3 and SDK calls, run as written: they reach the serving program with the options they
+    set, and parse what it answers (a key the docs read that the server does not write fails here)."""
+    url, seen = endpoint
+    env = _env(workdir)
+    env.update(AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME=url, AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing",
+               AWS_DEFAULT_REGION="eu-west-1", AWS_EC2_METADATA_DISABLED="true", SAGEMAKER_SUPPRESS_V2_WARNING="1")
+    for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL"):
+        env.pop(name, None)
+    before = len(seen)
+    run = subprocess.run([sys.executable, "-"], input=block.code, cwd=workdir, env=env, capture_output=True,
+                         text=True, timeout=300)
+    assert run.returncode == 0, f"{block.where} failed:\n{run.stdout}\n{run.stderr[-3000:]}"
+    calls = seen[before:]
+    assert calls and all(c["endpoint"] == "asr-demo" for c in calls), calls
+    for attributes in re.findall(r'ustom_?[aA]ttributes="([^"]+)"', block.code):
+        assert any(c.get("X-Amzn-SageMaker-Custom-Attributes") == attributes for c in calls), (attributes, calls)
