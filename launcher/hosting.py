@@ -71,7 +71,7 @@ def add_deploy_parser(sub, parents) -> None:
                    help=f"seconds the container has to pass /ping after start (60-3600, default "
                         f"{DEFAULT_STARTUP_TIMEOUT_S}; serverless endpoints have a fixed 3 minutes)")
     p.add_argument("--env", action="append", metavar="NAME=VALUE",
-                   help="serving setting, e.g. MODEL_SERVER_WORKERS=2 (README lists them); repeatable; wins over "
+                   help="serving setting, e.g. MODEL_SERVER_WORKERS=2 (docs/settings.md lists them); repeatable; wins over "
                         "the settings --async and --serverless set")
     p.add_argument("--tag", action="append", metavar="KEY=VALUE", help="tag the model and endpoint; repeatable")
     p.add_argument("--inference-ami-version", metavar="VERSION",

@@ -42,7 +42,7 @@ def add_parser(sub, parents) -> None:
                         "to the bucket first; used in place in local mode). Repeat for each channel; `train` is "
                         "required")
     p.add_argument("--hp", action="append", metavar="NAME=VALUE", dest="hyperparameters",
-                   help="a hyperparameter of the training program (README lists them); repeatable")
+                   help="a hyperparameter of the training program (docs/hyperparameters.md lists them); repeatable")
     p.add_argument("--hyperparameters-file", type=Path, help="a JSON object of hyperparameters (--hp wins)")
     p.add_argument("--instance-type", help=f"training instance type (default {DEFAULT_INSTANCE})")
     p.add_argument("--instance-count", type=int, default=1,

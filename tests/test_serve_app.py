@@ -191,13 +191,6 @@ def test_bad_json_item_fields_are_a_400(item, says):
     assert says in reply.get_json()["error"]
 
 
-def test_readme_request_options_table_is_generated():
-    readme = (ROOT / "README.md").read_text()
-    section = readme.split("### Request options", 1)[1].split("\n#", 1)[0]
-    table = "\n".join(line for line in section.splitlines() if line.startswith("|")) + "\n"
-    assert table == options.markdown_table(), "paste serve.options.markdown_table() into README's section"
-
-
 # speech_array shapes ------------------------------------------------------------------------------
 def _samples_seen(doc):
     fake = FakeModel()
