@@ -137,7 +137,7 @@ def add_invoke_parser(sub, parents) -> None:
                                           "application/octet-stream)")
     p.add_argument("--json", action="store_true", help="print the full JSON answer, not just the text")
     p.add_argument("--option", action="append", metavar="NAME=VALUE",
-                   help="a request option (timestamps=true, decoder=beam, hotwords=..., language=fra; README, Request "
+                   help="a request option (timestamps=true, decoder=beam, hotwords=..., language=fra; docs/requests.md, Request "
                         "options), sent as the CustomAttributes header; repeatable")
     p.add_argument("--accept", default=DEFAULT_ACCEPT,
                    help=f"the answer's media type, sent as Accept (default {DEFAULT_ACCEPT}); an answer that is not "
@@ -640,7 +640,7 @@ def request_options(items: list[str] | None) -> dict[str, str]:
     for name in pairs:
         if valid is not None and name not in valid:
             raise LaunchError(f"--option {name}: not a request option of the serving program; "
-                              f"{suggest.did_you_mean(name, valid, where='README, Request options')}")
+                              f"{suggest.did_you_mean(name, valid, where='docs/requests.md, Request options')}")
     return pairs
 
 

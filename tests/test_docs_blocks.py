@@ -8,8 +8,8 @@ Each shell or Python block carries a marker on the line before it, `<!-- check: 
   exactly when the block's comment below the command shows one, and then that very answer.
 - `aws`, `flags`: what needs AWS, Docker, a GPU or many minutes is not run; instead every command it names must
   exist and accept the flags it is given: launcher/launch's own argparse parser, botocore's service models for
-  `aws` commands and boto3 calls (operations, parameters, response keys), the SageMaker SDK's signatures (in .venv-launch),
-  curl's own option list, and the repository's scripts (present, executable, and the flag in their source).
+  `aws` commands and boto3 calls (operations, parameters, response keys), the SageMaker SDK's signatures
+  (tests/test_launcher_sdk_docs.py, in .venv-launch), curl's own option list, and the repository's scripts (present, executable, and the flag in their source).
   `aws run=endpoint` blocks (boto3's InvokeEndpoint) are also run as written against a
   local stand-in of the endpoint in front of the real serving program.
 JSON blocks must parse. Text blocks (trees, log lines, diagrams) are not commands.
