@@ -83,6 +83,7 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
     "${pip[@]}" -r requirements/torch-native.txt
   fi
   "${pip[@]}" -r requirements/dev.txt
+  "${pip[@]}" -r requirements/docs.txt  # the documentation site (mkdocs.yml); its build is a test
   echo "$want" >"$stamp"
 fi
 if ! kenlm_module_ok; then

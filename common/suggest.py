@@ -4,7 +4,7 @@ from __future__ import annotations
 import difflib
 from typing import Iterable
 
-MAX_LISTED = 8  # names listed in full when there is no close match; more go to README / --help
+MAX_LISTED = 8  # names listed in full when there is no close match; more go to the docs / --help
 
 
 def closest(name: str, valid: Iterable[str], n: int = 3) -> list[str]:

@@ -34,7 +34,7 @@ LOCAL_DEAD_ENDPOINT = "http://127.0.0.1:9"
 SDK_CONFIG = {"SchemaVersion": "1.0", "SageMaker": {"PythonSDK": {"Modules": {"TelemetryOptOut": True}}}}
 
 ROLE_HELP = ("pass --role with the ARN (or name) of an IAM role SageMaker can assume, or set "
-             f"${ROLE_ENV}; README (IAM permissions) lists what the role needs")
+             f"${ROLE_ENV}; docs/sagemaker.md (IAM permissions) lists what the role needs")
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="launcher/launch",
         description="Train, deploy and batch-transcribe with the wav2vec2 images on Amazon SageMaker (SageMaker "
-                    "Python SDK v3: ModelTrainer and sagemaker.core resources; README, Launch on SageMaker, gives "
+                    "Python SDK v3: ModelTrainer and sagemaker.core resources; docs/sagemaker.md gives "
                     "the version and the Python). Every command takes --local to run the same images here.",
         epilog="steps: prepare -> train -> deploy -> invoke -> delete (or transform for batches). "
                "`launcher/launch COMMAND --help` for each.")

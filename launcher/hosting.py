@@ -72,7 +72,7 @@ def add_deploy_parser(sub, parents) -> None:
                    help=f"seconds the container has to pass /ping after start (60-3600, default "
                         f"{DEFAULT_STARTUP_TIMEOUT_S}; serverless endpoints have a fixed 3 minutes)")
     p.add_argument("--env", action="append", metavar="NAME=VALUE",
-                   help="serving setting, e.g. MODEL_SERVER_WORKERS=2 (README lists them); repeatable; wins over "
+                   help="serving setting, e.g. MODEL_SERVER_WORKERS=2 (docs/settings.md lists them); repeatable; wins over "
                         "the settings --async and --serverless set")
     p.add_argument("--tag", action="append", metavar="KEY=VALUE", help="tag the model and endpoint; repeatable")
     p.add_argument("--inference-ami-version", metavar="VERSION",
@@ -138,7 +138,7 @@ def add_invoke_parser(sub, parents) -> None:
                                           "application/octet-stream)")
     p.add_argument("--json", action="store_true", help="print the full JSON answer, not just the text")
     p.add_argument("--option", action="append", metavar="NAME=VALUE",
-                   help="a request option (timestamps=true, decoder=beam, hotwords=..., language=fra; README, Request "
+                   help="a request option (timestamps=true, decoder=beam, hotwords=..., language=fra; docs/requests.md, Request "
                         "options), sent as the CustomAttributes header; repeatable")
     p.add_argument("--accept", default=DEFAULT_ACCEPT,
                    help=f"the answer's media type, sent as Accept (default {DEFAULT_ACCEPT}); an answer that is not "
@@ -641,7 +641,7 @@ def request_options(items: list[str] | None) -> dict[str, str]:
     for name in pairs:
         if valid is not None and name not in valid:
             raise LaunchError(f"--option {name}: not a request option of the serving program; "
-                              f"{suggest.did_you_mean(name, valid, where='README, Request options')}")
+                              f"{suggest.did_you_mean(name, valid, where='docs/requests.md, Request options')}")
     return pairs
 
 

@@ -174,7 +174,7 @@ def choose_ami(instance_type: str, override: str | None, *, transform: bool) -> 
         return AmiChoice(None, "")
     default = (TRANSFORM_DEFAULT_DRIVER if transform else ENDPOINT_DEFAULT_DRIVER).get(fam)
     if default is None:
-        hint = f"{flag} {TRANSFORM_AMI}" if transform else f"{flag} (README: torch, CUDA and the NVIDIA driver)"
+        hint = f"{flag} {TRANSFORM_AMI}" if transform else f"{flag} (docs/images.md: torch, CUDA and the NVIDIA driver)"
         return AmiChoice(None, f"SageMaker's default machine image: AWS lists no default NVIDIA driver for {fam}; if "
                                f"the container cannot start, pass {hint}")
     if default >= IMAGES_MIN_DRIVER:

@@ -3,7 +3,7 @@
 The SDK v3's local endpoint (ModelBuilder's Mode.LOCAL_CONTAINER, sagemaker.serve.mode.local_container_mode)
 starts only its own model servers (Triton, DJL, TorchServe, TGI, MMS, TF Serving, TEI), not a bring-your-own
 container, and v3 has no local batch transform; so these commands run the image themselves with SageMaker's
-container contract (README, SageMaker contracts): `serve` as the argument, the model extracted at
+container contract (docs/sagemaker.md): `serve` as the argument, the model extracted at
 /opt/ml/model, port 8080 inside, GET /ping before any request, POST /invocations per request. No AWS call.
 Local training goes through the SDK's own local container mode (launcher/training.py).
 """

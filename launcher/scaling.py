@@ -135,7 +135,7 @@ def remove(boto_session, region: str, endpoint: str, variants: list[str]) -> Non
         # An identity allowed to delete endpoints but not to read autoscaling (README's policy before async and
         # autoscaling existed): the endpoint still goes; say what could not be checked.
         print(f"[launch] autoscaling of {endpoint} not checked ({code}: {exc.response['Error'].get('Message', '')}); "
-              "README (IAM permissions) lists the application-autoscaling and cloudwatch actions delete uses")
+              "docs/sagemaker.md (IAM permissions) lists the application-autoscaling and cloudwatch actions delete uses")
 
 
 def _remove(aas, cloudwatch, endpoint: str, variants: list[str]) -> None:

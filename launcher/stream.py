@@ -4,7 +4,8 @@ Two ways to reach a serving container:
   --endpoint-name NAME   a SageMaker endpoint, through InvokeEndpointWithBidirectionalStream (HTTP/2) with the AWS
                          SDK's bidirectional-stream client, aws-sdk-sagemaker-runtime-http2 (IAM action
                          sagemaker:InvokeEndpointWithBidirectionalStream). That SDK needs Python >= 3.12: it is in
-                         the launcher's environment, .venv-launch (Python 3.12, beside the SageMaker SDK v3).
+                         the launcher's environment, .venv-launch (Python 3.12, beside the SageMaker SDK v3;
+                         docs/streaming.md, Live transcription).
   --local [--url URL]    the container's WebSocket itself (docker run -p 8080:8080 ... serve, or serve/serve):
                          ws://127.0.0.1:8080/invocations-bidirectional-stream by default; needs websockets only.
 

@@ -4,7 +4,7 @@ TensorBoardOutputConfig), or its local container mode (`--local`: docker compose
 
 The image is a bring-your-own container that starts torch.distributed itself from resourceconfig.json, so the
 SDK's Torchrun driver, which runs a `source_code` entry script inside the SDK's own launcher, is not used: a
-job of several instances is one distributed run all the same (README, Launch on SageMaker).
+job of several instances is one distributed run all the same (docs/sagemaker.md).
 ModelTrainer names a job BASE-TIMESTAMP; to keep `--job-name` exact, the request ModelTrainer builds
 (ModelTrainer._create_training_job_args, an SDK internal) is sent with that name through
 sagemaker.core.resources.TrainingJob.create, as ModelTrainer.train itself does.
@@ -44,7 +44,7 @@ def add_parser(sub, parents) -> None:
                         "to the bucket first; used in place in local mode). Repeat for each channel; `train` is "
                         "required")
     p.add_argument("--hp", action="append", metavar="NAME=VALUE", dest="hyperparameters",
-                   help="a hyperparameter of the training program (README lists them); repeatable")
+                   help="a hyperparameter of the training program (docs/hyperparameters.md lists them); repeatable")
     p.add_argument("--hyperparameters-file", type=Path, help="a JSON object of hyperparameters (--hp wins)")
     p.add_argument("--instance-type", help=f"training instance type (default {DEFAULT_INSTANCE})")
     p.add_argument("--instance-count", type=int, default=1,
@@ -181,7 +181,7 @@ def check_hyperparameters(hps: dict[str, str]) -> None:
 
     for name in hps:
         if name not in _FIELDS and not name.startswith(RESERVED_PREFIXES):
-            raise LaunchError(f"unknown hyperparameter {name}: {suggest.did_you_mean(name, _FIELDS, where='README lists them')} "
+            raise LaunchError(f"unknown hyperparameter {name}: {suggest.did_you_mean(name, _FIELDS, where='docs/hyperparameters.md lists them')} "
                               "(checked with the training program's parser; nothing was created)")
     try:
         parse(hps)

@@ -11,7 +11,7 @@ The scrape reads those files only: it never touches the model, and runs on the w
 (serve/worker.py), so it answers while every request thread is transcribing. This module never imports torch.
 
 Names follow Prometheus' conventions: base units (`_seconds`), `_total` counters, a `serve_` prefix.
-README, Metrics, lists every metric (a test checks the list against this registry).
+docs/metrics.md lists every metric (a test checks the list against this registry).
 """
 from __future__ import annotations
 

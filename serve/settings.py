@@ -183,7 +183,7 @@ class Settings:
     )
     metrics: bool = _setting(
         True, "SERVE_METRICS",
-        help="Serve Prometheus metrics (README, Metrics) at `SERVE_METRICS_PATH`, which SageMaker's detailed "
+        help="Serve Prometheus metrics (docs/metrics.md) at `SERVE_METRICS_PATH`, which SageMaker's detailed "
              "observability scrapes; `false` answers 404 there.",
     )
     metrics_path: str = _setting("/metrics", "SERVE_METRICS_PATH", help="Path of the Prometheus metrics.")

@@ -193,13 +193,6 @@ def test_bad_json_item_fields_are_a_400(item, says):
     assert says in reply.get_json()["error"]
 
 
-def test_readme_request_options_table_is_generated():
-    readme = (ROOT / "README.md").read_text()
-    section = readme.split("### Request options", 1)[1].split("\n#", 1)[0]
-    table = "\n".join(line for line in section.splitlines() if line.startswith("|")) + "\n"
-    assert table == options.markdown_table(), "paste serve.options.markdown_table() into README's section"
-
-
 # speech_array shapes ------------------------------------------------------------------------------
 def _samples_seen(doc):
     fake = FakeModel()
@@ -274,18 +267,6 @@ def test_the_media_type_table_imports_nothing_heavy():
     code = "import sys, common.mediatypes; bad = {'numpy', 'torch', 'soundfile'} & set(sys.modules); print(bad or 'ok')"
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert out.stdout.strip() == "ok", out.stdout + out.stderr
-
-
-def test_readme_lists_exactly_the_accepted_content_types():
-    import re
-
-    readme = (ROOT / "README.md").read_text()
-    section = readme[readme.index("`POST /invocations` takes:"):]
-    table = section[:section.index("\n\n", section.index("| Content-Type |"))]
-    listed = set()
-    for row in table.splitlines()[2:]:
-        listed |= set(re.findall(r"`([a-z]+/[a-z0-9.+-]+)`", row.split("|")[1]))
-    assert listed == set(mediatypes.ACCEPTED)
 
 
 @pytest.mark.parametrize("ctype", ["audio/wav", "audio/flac", "application/octet-stream", "audio/opus"])

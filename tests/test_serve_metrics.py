@@ -1,6 +1,6 @@
 """GET /metrics (serve/metrics.py, serve/observe.py): a live two-worker server scraped with prometheus_client's
 own parser after a known mix of requests; dead-worker cleanup; the scrape while a 20 s clip is transcribed; the
-request log lines; the settings; README's list of metrics."""
+request log lines; the settings; docs/metrics.md's list of metrics."""
 from __future__ import annotations
 
 import json
@@ -269,9 +269,9 @@ def test_json_log_format(caplog, capsys):
 def test_readme_lists_every_metric():
     from serve import metrics
 
-    text = (ROOT / "README.md").read_text()
+    text = (ROOT / "docs" / "metrics.md").read_text()
     listed = dict(re.findall(r"^\| `(serve_[a-z_]+)` \| (counter|gauge|histogram) \|", text, re.M))
-    assert listed, "README's metrics table is missing"
+    assert listed, "docs/metrics.md's metrics table is missing"
     assert listed == dict(metrics.metric_names())
 
 

@@ -1,4 +1,5 @@
-"""Serving settings from the environment, README's table of them, and GPU discovery without CUDA."""
+"""Serving settings from the environment and GPU discovery without CUDA (docs/settings.md's table of them:
+tests/test_docs_tables.py)."""
 from __future__ import annotations
 
 import re
@@ -8,7 +9,7 @@ import pytest
 
 from conftest import ROOT
 from serve.gpus import visible_gpus
-from serve.settings import Settings, SettingsError, markdown_table
+from serve.settings import Settings, SettingsError
 
 
 def test_defaults_follow_sagemaker():
@@ -53,16 +54,6 @@ def test_toolkit_names_and_sagemaker_aliases():
 def test_bad_values_name_the_variable(name, value, says):
     with pytest.raises(SettingsError, match=re.escape(says)):
         Settings.from_env({name: value})
-
-
-def test_readme_serving_settings_table_is_generated():
-    readme = (ROOT / "README.md").read_text()
-    if "## Serving settings" not in readme:
-        pytest.skip("README has no '## Serving settings' section yet")
-    section = readme.split("## Serving settings", 1)[1]
-    section = section.split("\n## ", 1)[0]
-    table = "\n".join(line for line in section.splitlines() if line.startswith("|")) + "\n"
-    assert table == markdown_table(), "paste serve.settings.markdown_table() into README's section"
 
 
 @pytest.mark.parametrize("value,want", [

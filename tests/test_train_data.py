@@ -32,9 +32,8 @@ def index(root, channel="train", max_skipped=0.5, **options):
 
 # ---- Layouts --------------------------------------------------------------------------------------------------
 
-def test_readme_lists_the_registered_formats_in_detection_order():
-    readme = (ROOT / "README.md").read_text()
-    assert formats.markdown() in readme, "README's format list differs from train.formats.markdown()"
+def test_the_registered_formats_in_detection_order():
+    # docs/training-data.md carries formats.markdown(): tests/test_docs_tables.py checks it.
     names = [f.name for f in formats.FORMATS]
     assert names == ["manifest.jsonl", "manifest.csv", "nemo", "audiofolder", "common_voice", "save_to_disk",
                      "librispeech"]
