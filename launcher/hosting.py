@@ -362,14 +362,16 @@ def container(target: aws.Target, image: str | None, model_data: str, env: dict[
 
 def create_model(target: aws.Target, image: str | None, model_data: str, env: dict[str, str], name: str,
                  tags: dict[str, str] | None = None):
-    """sagemaker.core.resources.Model.create: CreateModel with the serving image and model.tar.gz."""
-    from sagemaker.core.resources import Model
-    from sagemaker.core.shapes import Tag
+    """CreateModel with the serving image and model.tar.gz, from sagemaker.core shapes, through boto3.
+    sagemaker.core's Model.create describes the model after creating it and validates the answer strictly: an
+    answer with an empty VpcConfig (moto's, in local_test/async_local.py) fails a model that was created."""
+    from sagemaker.core.utils.utils import serialize
 
-    return Model.create(model_name=name, primary_container=container(target, image, model_data, env),
-                        execution_role_arn=target.role_arn,
-                        tags=[Tag(key=k, value=v) for k, v in (tags or {}).items()] or None,
-                        session=target.boto_session, region=target.region)
+    request = {"ModelName": name, "PrimaryContainer": container(target, image, model_data, env),
+               "ExecutionRoleArn": target.role_arn}
+    if tags:
+        request["Tags"] = [{"Key": k, "Value": v} for k, v in tags.items()]
+    return target.boto_session.client("sagemaker", region_name=target.region).create_model(**serialize(request))
 
 
 def metrics_config(opts: "DeployOptions") -> dict:
@@ -459,8 +461,8 @@ def _async_config(settings: AsyncSettings, target: aws.Target, session, name: st
 
 
 def _deploy_aws(opts: DeployOptions, target: aws.Target, serverless) -> int:
-    from sagemaker.core.resources import Endpoint
     from sagemaker.core.shapes import ProductionVariant, Tag
+    from sagemaker.core.utils.utils import serialize
 
     name = opts.endpoint_name
     kind = {"async": "asynchronous", "serverless": "serverless", "realtime": "real-time"}[opts.mode]
@@ -483,8 +485,12 @@ def _deploy_aws(opts: DeployOptions, target: aws.Target, serverless) -> int:
     create_endpoint_config(target, {"EndpointConfigName": name, "ProductionVariants": [variant],
                                     "AsyncInferenceConfig": async_config, "Tags": tags},
                            metrics=metrics_config(opts))
-    Endpoint.create(endpoint_name=name, endpoint_config_name=name, tags=tags, session=target.boto_session,
-                    region=target.region)
+    # CreateEndpoint through boto3, as CreateModel: Endpoint.create's strict read-back fails an endpoint that was
+    # created when the answer holds an empty DataCaptureConfig (moto's).
+    request = {"EndpointName": name, "EndpointConfigName": name}
+    if tags:
+        request["Tags"] = serialize(tags)
+    target.boto_session.client("sagemaker", region_name=target.region).create_endpoint(**request)
     if async_config:
         out = async_config.output_config
         print(f"[launch] answers go to {out.s3_output_path}, failures to {out.s3_failure_path}", flush=True)

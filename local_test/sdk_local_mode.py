@@ -96,7 +96,9 @@ def step_train(work: Path, data: Path, args) -> Path:
     stdout, text = launch(*cmd, log_file=work / "train.log", timeout_s=args.timeout_s)
     log(f"training finished in {time.monotonic() - t0:.0f} s")
     # Two hosts in one job: the compose file names both, and both containers logged the same torch job.
-    hosts = sorted(set(re.findall(r"\b(algo-\d+)-\d+\s*\|", text)))
+    # Compose v2 names containers algo-1-1, v1 (docker-compose) algo-1_1; either may colour its prefixes.
+    plain = re.sub(r"\x1b\[[0-9;]*m", "", text)
+    hosts = sorted(set(re.findall(r"\b(algo-\d+)[-_]\d+\s*\|", plain)))
     if len(hosts) < args.instance_count:
         raise ProofError(f"expected {args.instance_count} training hosts in the log, saw {hosts}")
     # Each host's training program starts torchrun for the same multi-node job; torchrun only proceeds

@@ -15,6 +15,9 @@ sys.path.insert(0, str(ROOT))
 from common import modeldir, text  # noqa: E402
 from common.ports import free_port  # noqa: E402,F401  (one helper: tests, bench, local_test)
 
+# The launcher's own environment (setup.sh: Python 3.12, SageMaker SDK v3): scripts that import the launcher run in it.
+LAUNCH_PYTHON = str(ROOT / ".venv-launch" / "bin" / "python")
+
 
 def program_env(**extra: str) -> dict[str, str]:
     """Environment for running train/train or serve/serve natively with this venv's Python first."""

@@ -14,7 +14,7 @@ import sys
 
 import pytest
 
-from conftest import ROOT, program_env
+from conftest import LAUNCH_PYTHON, ROOT, program_env
 from image_fixtures import Images, images  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.slow
@@ -22,7 +22,7 @@ pytestmark = pytest.mark.slow
 
 def test_async_endpoint_transcribes_minutes_of_audio_through_s3(images: Images, tiny_model_dir, synthetic_data,
                                                                tmp_path):
-    r = subprocess.run([sys.executable, str(ROOT / "local_test" / "async_local.py"), "--serve-image", images.serve,
+    r = subprocess.run([LAUNCH_PYTHON, str(ROOT / "local_test" / "async_local.py"), "--serve-image", images.serve,
                         "--model-dir", str(tiny_model_dir), "--work", str(tmp_path), "--minutes", "4",
                         "--clips", str(synthetic_data / "train" / "audio"), "--docker", images.docker],
                        capture_output=True, text=True, env=program_env(), timeout=900)

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from conftest import ROOT, program_env
+from conftest import LAUNCH_PYTHON, ROOT, program_env
 from image_fixtures import Images, images  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.slow
@@ -33,7 +33,7 @@ def _containers() -> set[str]:
 
 def test_sdk_local_mode_train_two_hosts_deploy_invoke_transform(images: Images, tmp_path):
     ensure_compose()
-    r = subprocess.run([sys.executable, str(ROOT / "local_test" / "sdk_local_mode.py"), "--work", str(tmp_path),
+    r = subprocess.run([LAUNCH_PYTHON, str(ROOT / "local_test" / "sdk_local_mode.py"), "--work", str(tmp_path),
                         "--train-image", images.train, "--serve-image", images.serve],
                        capture_output=True, text=True, env=program_env(), timeout=1500)
     out = r.stdout + r.stderr
