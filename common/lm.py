@@ -60,6 +60,10 @@ MAX_HOTWORD_CHARS = 50
 DEFAULT_BEAM_PRUNE_LOGP = -10.0  # pyctcdecode's DEFAULT_PRUNE_LOGP
 DEFAULT_TOKEN_MIN_LOGP = -5.0  # pyctcdecode's DEFAULT_MIN_TOKEN_LOGP
 UNK_LABEL = "⁇"  # pyctcdecode.alphabet.UNK_TOKEN: how an alphabet writes the unknown token
+# The label of a second word-gap column: a vocabulary with a literal " " whose tokenizer also has the delimiter
+# "|" (fairseq style; transformers adds "|") has two. pyctcdecode takes one " ", so the delimiter is the word gap
+# and this column is folded into it before each decode (BeamDecoder._as_logits). U+2423 OPEN BOX, a visible space.
+SPACE_TWIN = "\u2423"
 OPTION_NAMES = ("beam_width", "alpha", "beta", "hotwords", "hotword_weight")
 
 
@@ -230,7 +234,9 @@ def tokenizer_labels(model_dir: str | Path) -> list[str] | None:
         raise LMError(f"the tokenizer in {model_dir} has token ids with gaps (0..{max(by_id)} for {len(by_id)} "
                       f"tokens): cannot line them up with the logits")
     delimiter = config.get("word_delimiter_token") or "|"
-    labels = [" " if by_id[i] == delimiter else by_id[i] for i in range(len(by_id))]
+    twin = delimiter != " " and delimiter in by_id.values()  # a literal " " beside the delimiter: two gaps
+    labels = [" " if by_id[i] == delimiter else SPACE_TWIN if twin and by_id[i] == " " else by_id[i]
+              for i in range(len(by_id))]
     from pyctcdecode.alphabet import Alphabet
 
     try:
@@ -260,7 +266,7 @@ def check_options(options: DecodeOptions, labels: Sequence[str], has_lm: bool) -
         raise OptionError("alpha and beta weight a language model, and this model has none")
     # A character vocabulary writes its one-character labels; the others are special tokens (<s>, </s>) that
     # pyctcdecode would match inside a hotword and write into the transcript. "⁇" is pyctcdecode's [UNK].
-    letters = {label for label in labels if len(label) == 1 and label not in (" ", UNK_LABEL)}
+    letters = {label for label in labels if len(label) == 1 and label not in (" ", UNK_LABEL, SPACE_TWIN)}
     special = sorted({label for label in labels if len(label) > 1 or label == UNK_LABEL}, key=len, reverse=True)
     for i, word in enumerate(options.hotwords):
         token = next((t for t in special if t in word), None)
@@ -307,7 +313,7 @@ class Spelling:
 def alphabet_letters(labels: Sequence[str]) -> set[str]:
     """The characters a CTC alphabet (pyctcdecode labels) writes: not the blank, the word gap, the unknown
     token's "⁇", nor special tokens such as <s> or [UNK] (whose letters are not written one by one)."""
-    return {c for label in labels if label not in ("", " ", "⁇") and not _special(label) for c in label}
+    return {c for label in labels if label not in ("", " ", "⁇", SPACE_TWIN) and not _special(label) for c in label}
 
 
 def _special(label: str) -> bool:
@@ -358,6 +364,9 @@ class BeamDecoder:
         self.alpha: float | None = lm.alpha if lm is not None else None
         self.beta: float | None = lm.beta if lm is not None else None
         self.order: int | None = lm.order if lm is not None else None
+        # A second word-gap column (SPACE_TWIN) is folded into the word gap's before decoding.
+        self._twin = (self.labels.index(SPACE_TWIN), self.labels.index(" ")) \
+            if SPACE_TWIN in self.labels and " " in self.labels else None
 
     @property
     def vocab_size(self) -> int:
@@ -414,6 +423,13 @@ class BeamDecoder:
             x = x.astype(np.float32)  # float16 and integer arrays; what a model gives is float32 already
         if not np.isfinite(x).all():
             raise ValueError(f"logits[{index}] holds NaN or infinite values")
+        if self._twin is not None:
+            # Both columns mean a word gap: their probabilities add (log-sum-exp of logits, raw or log-softmaxed,
+            # keeps each frame's normalisation), and the twin column can no longer win.
+            twin, space = self._twin
+            x = x.copy()
+            x[:, space] = np.logaddexp(x[:, space], x[:, twin])
+            x[:, twin] = x.min(axis=1) - 30.0
         return x
 
 

@@ -239,3 +239,33 @@ def test_spelling_of_unigrams_by_an_alphabet():
     with pytest.raises(lm.LMError, match=r"2 of 3 words .*characters 'ÖÜ'; at least 50%"):
         lm.check_spelling(["THE", "ÜBER", "ÖL"], upper)
     assert lm.spelling([], upper).fraction == 1.0
+
+
+def test_a_literal_space_vocabulary_gets_one_word_gap_and_decodes_either_space_column(tmp_path):
+    """A fairseq-style vocab.json (a literal " " and no "|"; the tokenizer adds "|" as its delimiter) has two
+    columns that mean a word gap. Both became " " and pyctcdecode refused the duplicate, so the LM step of
+    training and the server fell back to greedy decoding. The delimiter is the word gap, the literal space's
+    column is folded into it: a model that writes either column gets its words split."""
+    from pyctcdecode import build_ctcdecoder
+
+    from checkpoints import VOCAB_SPACE
+    from train.lm import estimate_arpa
+
+    processor = modeldir.make_processor(VOCAB_SPACE)
+    processor.save_pretrained(str(tmp_path))
+    labels = lm.tokenizer_labels(tmp_path)
+    assert labels.count(" ") == 1 and labels[processor.tokenizer.convert_tokens_to_ids("|")] == " "
+    assert labels[VOCAB_SPACE[" "]] == lm.SPACE_TWIN
+    assert lm.SPACE_TWIN not in lm.alphabet_letters(labels)
+    arpa = estimate_arpa(SENTENCES, 3, tmp_path / "work")
+    decoder = build_ctcdecoder(labels, kenlm_model_path=str(arpa))
+    decoder.save_to_dir(str(tmp_path))
+    beam = lm.load(tmp_path)
+    assert beam.has_lm
+    sentence = "the cat runs to the river"
+    delimiter = spell(sentence, labels)
+    literal = spell(sentence.replace(" ", lm.SPACE_TWIN), labels)
+    for logits in (delimiter, literal):
+        assert beam.decode(logits).text == sentence
+    with pytest.raises(lm.OptionError, match="cannot write"):
+        beam.decode(delimiter, lm.DecodeOptions(hotwords=("a" + lm.SPACE_TWIN + "b",)))
