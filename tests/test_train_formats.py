@@ -115,3 +115,21 @@ def test_librispeech_layout_any_rate_and_channels(tmp_path, synthetic_data, micr
     # Upper-case LibriSpeech text is normalised to the same lower-case vocabulary.
     vocab = json.loads((opt / "model" / "vocab.json").read_text())
     assert "a" in vocab and "A" not in vocab
+
+
+def test_a_nemo_segment_is_bounded_before_it_is_decoded(tmp_path, monkeypatch):
+    """NeMo segments were read without the decoded-memory bound whole files have (a manifest line with no
+    duration reads the rest of a recording, whatever its channels and rate declare)."""
+    import soundfile as sf
+
+    from common import audio
+    from train import index
+
+    path = tmp_path / "long.wav"
+    sf.write(str(path), np.zeros((16000 * 4, 2), dtype=np.float32), 16000)  # 4 s, 2 channels: 512 KB of float32
+    assert len(index.read_segment(path, 1.0, 0.5, max_decoded_bytes=100_000)) == 8000
+    with pytest.raises(audio.AudioTooLarge, match="over the 0.0953674 MB limit"):
+        index.read_segment(path, 1.0, None, max_decoded_bytes=100_000)  # 3 s x 2 channels = 384 KB
+    monkeypatch.setattr(audio, "DEFAULT_MAX_DECODED_BYTES", 100_000)
+    with pytest.raises(audio.AudioTooLarge, match="shorter duration"):
+        index.read_segment(path, 0.0, 3.0)

@@ -20,7 +20,7 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 
 from common import audio
-from common.audio import TARGET_RATE, AudioError
+from common.audio import TARGET_RATE, AudioError, AudioTooLarge
 
 from . import formats
 from .failure import TrainingError
@@ -79,12 +79,16 @@ class Ragged:
 
 # ---- Where each utterance's audio comes from --------------------------------------------------------------
 
-def read_segment(path: Path, offset_s: float, duration_s: float | None) -> np.ndarray:
+def read_segment(path: Path, offset_s: float, duration_s: float | None,
+                 max_decoded_bytes: int | None = None) -> np.ndarray:
     """`duration_s` seconds from `offset_s` of an audio file, decoding only those frames, as 16 kHz mono float32.
 
-    (common/audio.py reads whole files; NeMo manifests cut many utterances out of one long recording.)"""
+    (common/audio.py reads whole files; NeMo manifests cut many utterances out of one long recording.) The
+    segment's float32 samples (channels x frames, from the header) are bounded before anything is decoded, as
+    whole files are (max_decoded_bytes, default common.audio.DEFAULT_MAX_DECODED_BYTES): AudioTooLarge."""
     import soundfile as sf
 
+    limit = audio.DEFAULT_MAX_DECODED_BYTES if max_decoded_bytes is None else max_decoded_bytes
     try:
         with sf.SoundFile(str(path)) as f:
             start = int(round(offset_s * f.samplerate))
@@ -92,6 +96,12 @@ def read_segment(path: Path, offset_s: float, duration_s: float | None) -> np.nd
                 raise AudioError(f"offset {offset_s:g} s is past the end of {path.name} ({f.frames / f.samplerate:.2f} s)")
             f.seek(start)
             frames = -1 if duration_s is None else max(1, int(round(duration_s * f.samplerate)))
+            decoded = (f.frames - start if frames < 0 else min(frames, f.frames - start)) * f.channels * 4
+            if decoded > limit:
+                raise AudioTooLarge(
+                    f"the segment of {path.name} at {offset_s:g} s is {decoded / 2 ** 20:.0f} MB of samples "
+                    f"({f.channels} channels at {f.samplerate} Hz), over the {limit / 2 ** 20:g} MB limit; give it "
+                    f"a shorter duration in the manifest, or downmix/resample the recording")
             data, rate = f.read(frames, dtype="float32", always_2d=True), f.samplerate
     except AudioError:
         raise
