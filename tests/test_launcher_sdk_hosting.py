@@ -10,13 +10,12 @@ import copy
 import json
 import os
 import re
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
 from launcher import aws as launcher_aws, cli, hosting, scaling
+from stand_ins import StandIn, json_answer
 
 ACCOUNT = "123456789012"
 REGION = "us-east-1"
@@ -237,39 +236,19 @@ def test_serverless_refuses_a_memory_size_the_model_does_not_fit(aws, capsys):
     assert aws.writes() == []
 
 
-class FakeContainer(ThreadingHTTPServer):
+def fake_container(delay_s: float = 1.5) -> StandIn:
     """/invocations as the serving program answers: a WAV body gets a transcript after a short delay (so the
     launcher has to wait for the output object), anything else a 400 with a JSON error."""
 
-    def __init__(self, delay_s: float = 1.5):
-        super().__init__(("127.0.0.1", 0), _FakeHandler)
-        self.delay_s = delay_s
-        self.bodies: list[tuple[str, bytes]] = []
-        threading.Thread(target=self.serve_forever, daemon=True).start()
+    def answer(request):
+        if request.body.startswith(b"RIFF"):
+            time.sleep(delay_s)
+            return 200, {"text": "the red cat runs", "audio_seconds": 2.5}, "application/json"
+        return 400, {"error": "audio does not decode: not a WAV, FLAC, OGG or MP3 file"}, "application/json"
 
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server_address[1]}"
-
-
-class _FakeHandler(BaseHTTPRequestHandler):
-    def do_POST(self):
-        body = self.rfile.read(int(self.headers["Content-Length"]))
-        self.server.bodies.append((self.headers["Content-Type"], body))
-        if body.startswith(b"RIFF"):
-            time.sleep(self.server.delay_s)
-            status, answer = 200, {"text": "the red cat runs", "audio_seconds": 2.5}
-        else:
-            status, answer = 400, {"error": "audio does not decode: not a WAV, FLAC, OGG or MP3 file"}
-        payload = json.dumps(answer).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(payload)))
-        self.end_headers()
-        self.wfile.write(payload)
-
-    def log_message(self, *args):
-        pass
+    container = StandIn(answer)
+    container.delay_s = delay_s
+    return container
 
 
 def _async_endpoint(aws: Stand, name: str = "asr-async") -> dict:
@@ -290,14 +269,13 @@ def async_runtime(aws, monkeypatch):
     from local_test.async_local import AsyncEndpoint, AsyncRuntime
 
     config = _async_endpoint(aws)
-    container = FakeContainer()
+    container = fake_container()
     runtime = AsyncRuntime(aws.client("s3"), {"asr-async": AsyncEndpoint(
         container.url, config["OutputConfig"]["S3OutputPath"], config["OutputConfig"]["S3FailurePath"], 2)})
     monkeypatch.setenv("AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME", runtime.url)
     yield runtime, container
     runtime.close()
-    container.shutdown()
-    container.server_close()
+    container.close()
 
 
 def test_invoke_async_uploads_queues_and_waits_for_the_transcript(aws, async_runtime, capsys, tmp_path):
@@ -314,7 +292,7 @@ def test_invoke_async_uploads_queues_and_waits_for_the_transcript(aws, async_run
                         request.pop("InputLocation"))
     assert request == {"EndpointName": "asr-async", "ContentType": "audio/wav", "Accept": "application/json",
                        "InvocationTimeoutSeconds": 3600}
-    assert container.bodies == [("audio/wav", clip.read_bytes())]  # the uploaded bytes reached the container
+    assert [(r.headers["content-type"], r.body) for r in container.requests] == [("audio/wav", clip.read_bytes())]  # the uploaded bytes reached the container
     assert runtime.requests[0]["timeout_s"] == 3600
     assert "waiting for the transcript" in err and "queued; output s3://my-bucket/wav2vec2/async/asr-async/output/" in err
 
@@ -465,40 +443,11 @@ def test_transform_sets_the_machine_image_through_sagemaker_core(aws, capsys):
                                           "TransformAmiVersion": "al2-ami-sagemaker-batch-gpu-535"}}
 
 
-class HeaderRecorder(ThreadingHTTPServer):
-    """Stands in for SageMaker's runtime (and a local container): records each request's headers and body."""
-
-    def __init__(self):
-        super().__init__(("127.0.0.1", 0), _RecordHandler)
-        self.requests: list[tuple[str, dict, bytes]] = []
-        threading.Thread(target=self.serve_forever, daemon=True).start()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server_address[1]}"
-
-
-class _RecordHandler(BaseHTTPRequestHandler):
-    def do_POST(self):
-        body = self.rfile.read(int(self.headers["Content-Length"]))
-        self.server.requests.append((self.path, {k.lower(): v for k, v in self.headers.items()}, body))
-        payload = json.dumps({"text": "the red cat runs"}).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(payload)))
-        self.end_headers()
-        self.wfile.write(payload)
-
-    def log_message(self, *args):
-        pass
-
-
 @pytest.fixture
 def recorder():
-    server = HeaderRecorder()
-    yield server
-    server.shutdown()
-    server.server_close()
+    """Stands in for SageMaker's runtime (and a local container): records each request."""
+    with StandIn(json_answer({"text": "the red cat runs"})) as server:
+        yield server
 
 
 def test_invoke_options_reach_the_server_as_custom_attributes(aws, recorder, monkeypatch, capsys, tmp_path):
@@ -511,7 +460,7 @@ def test_invoke_options_reach_the_server_as_custom_attributes(aws, recorder, mon
                             "--option", "hotwords=kwame nkosi,ravi", "--option", "decoder=beam", "--accept", "text/plain")
     assert code == 0, err
     assert out == "the red cat runs\n"
-    (path, headers, body), = recorder.requests
+    (_, path, headers, body), = recorder.requests
     assert path == "/endpoints/asr/invocations" and body == clip.read_bytes()
     assert headers["accept"] == "text/plain" and headers["content-type"] == "audio/wav"
     # the serving program's own parser reads back what was sent
@@ -528,7 +477,7 @@ def test_invoke_openai_sends_the_multipart_body(aws, recorder, monkeypatch, caps
     clip.write_bytes(b"fLaC" + os.urandom(200))
     code, _, err = launch(capsys, "invoke", str(clip), "--endpoint-name", "asr", "--openai", "--option", "language=fra")
     assert code == 0, err
-    (_, headers, body), = recorder.requests
+    (_, _, headers, body), = recorder.requests
     assert headers["content-type"].startswith("multipart/form-data; boundary=")
     assert "x-amzn-sagemaker-custom-attributes" not in headers
     message = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(
@@ -546,6 +495,6 @@ def test_invoke_local_sends_the_same_header(recorder, capsys, tmp_path):
     code, out, err = launch(capsys, "invoke", str(clip), "--local", "--serving-port", str(port), "--option",
                             "language=fra", "--json")
     assert code == 0, err
-    (path, headers, _), = recorder.requests
+    (_, path, headers, _), = recorder.requests
     assert path == "/invocations" and headers["x-amzn-sagemaker-custom-attributes"] == "language=fra"
     assert json.loads(out) == {"text": "the red cat runs"}

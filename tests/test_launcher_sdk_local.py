@@ -10,13 +10,12 @@ import os
 import sys
 import tarfile
 import textwrap
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 
 from launcher import cli
+from stand_ins import StandIn
 
 FAKE_DOCKER = textwrap.dedent('''\
     #!{python}
@@ -109,40 +108,17 @@ def test_train_local_failure_reports_the_failure_files_first_line(docker, tmp_pa
                                             + " failed: channel train holds no recognised data (found: notes.txt)")
 
 
-class Container(ThreadingHTTPServer):
-    """Plays the serving container's port: /ping, and /invocations answering each body's length."""
-
-    def __init__(self):
-        super().__init__(("127.0.0.1", 0), _Handler)
-        self.requests: list[tuple[dict, bytes]] = []
-        threading.Thread(target=self.serve_forever, daemon=True).start()
-
-
-class _Handler(BaseHTTPRequestHandler):
-    def do_GET(self):
-        self._send(200, b"")
-
-    def do_POST(self):
-        body = self.rfile.read(int(self.headers["Content-Length"]))
-        self.server.requests.append(({k.lower(): v for k, v in self.headers.items()}, body))
-        self._send(200, json.dumps({"text": f"{len(body)} bytes"}).encode())
-
-    def _send(self, status, payload):
-        self.send_response(status)
-        self.send_header("Content-Length", str(len(payload)))
-        self.end_headers()
-        self.wfile.write(payload)
-
-    def log_message(self, *args):
-        pass
-
-
 @pytest.fixture
 def container():
-    server = Container()
-    yield server
-    server.shutdown()
-    server.server_close()
+    """Plays the serving container's port: /ping, and /invocations answering each body's length."""
+
+    def answer(request):
+        if request.method == "GET":
+            return 200, b"", ""
+        return 200, {"text": f"{len(request.body)} bytes"}, ""
+
+    with StandIn(answer) as server:
+        yield server
 
 
 def _model(tmp_path: Path) -> Path:
@@ -160,7 +136,7 @@ def test_transform_local_sends_each_file_and_writes_its_out_file(docker, contain
     (clips / "day1").mkdir(parents=True)
     (clips / "a.wav").write_bytes(b"RIFF" + b"\0" * 10)
     (clips / "day1" / "b.flac").write_bytes(b"fLaC" + b"\0" * 20)
-    port = container.server_address[1]
+    port = container.port
     out = tmp_path / "out"
     code = cli.main(["transform", "--local", "--model-data", str(_model(tmp_path)), "--input", str(clips),
                      "--output-path", str(out), "--serving-port", str(port), "--image", "serve:1",
@@ -177,7 +153,7 @@ def test_transform_local_sends_each_file_and_writes_its_out_file(docker, contain
 
 
 def test_deploy_local_serves_until_its_time_is_up_and_invoke_reaches_it(docker, container, tmp_path, capsys):
-    port = container.server_address[1]
+    port = container.port
     code = cli.main(["deploy", "--local", "--model-data", str(_model(tmp_path)), "--serving-port", str(port),
                      "--local-seconds", "0.2", "--endpoint-name", "asr"])
     out, err = capsys.readouterr()

@@ -9,12 +9,11 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
 from conftest import ROOT
+from stand_ins import StandIn
 from test_launcher_cli import ROLE, clean_env
 
 ACCOUNT = "123456789012"
@@ -33,48 +32,32 @@ REPLIES = {
 }
 
 
-class Recorder(ThreadingHTTPServer):
-    def __init__(self):
-        super().__init__(("127.0.0.1", 0), _Handler)
-        self.calls: list[tuple[str, dict]] = []
-        threading.Thread(target=self.serve_forever, daemon=True).start()
+class Recorder(StandIn):
+    """The SageMaker and STS APIs: answers the calls in REPLIES and records each call's action and JSON body; any
+    other call gets a ValidationException (the launcher stops there)."""
 
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server_address[1]}"
+    def __init__(self):
+        super().__init__(self._answer)
+        self.calls: list[tuple[str, dict]] = []
 
     def bodies(self, action: str) -> list[dict]:
         return [body for name, body in self.calls if name == action]
 
-
-class _Handler(BaseHTTPRequestHandler):
-    def do_POST(self):
-        body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-        if b"Action=GetCallerIdentity" in body:
-            return self._reply(200, STS_REPLY, "text/xml")
-        action = self.headers.get("X-Amz-Target", "").rpartition(".")[2]
-        self.server.calls.append((action, json.loads(body or b"{}")))
+    def _answer(self, request):
+        if b"Action=GetCallerIdentity" in request.body:
+            return 200, STS_REPLY, "text/xml"
+        action = request.headers.get("x-amz-target", "").rpartition(".")[2]
+        self.calls.append((action, json.loads(request.body or b"{}")))
         if action in REPLIES:
-            return self._reply(200, json.dumps(REPLIES[action]).encode())
-        self._reply(400, json.dumps({"__type": "ValidationException", "message": f"recorder stops at {action}"}).encode())
-
-    def _reply(self, status: int, payload: bytes, ctype: str = "application/x-amz-json-1.1"):
-        self.send_response(status)
-        self.send_header("Content-Type", ctype)
-        self.send_header("Content-Length", str(len(payload)))
-        self.end_headers()
-        self.wfile.write(payload)
-
-    def log_message(self, *args):
-        pass
+            return 200, REPLIES[action], "application/x-amz-json-1.1"
+        return 400, {"__type": "ValidationException", "message": f"recorder stops at {action}"}, \
+            "application/x-amz-json-1.1"
 
 
 @pytest.fixture
 def recorder():
-    server = Recorder()
-    yield server
-    server.shutdown()
-    server.server_close()
+    with Recorder() as server:
+        yield server
 
 
 def launch(recorder: Recorder, tmp_path, *args: str) -> subprocess.CompletedProcess:
