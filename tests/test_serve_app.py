@@ -38,7 +38,8 @@ TONE = (0.1 * np.sin(np.arange(RATE) / 8)).astype(np.float32)
 
 
 def test_importing_the_app_does_not_import_torch():
-    code = "import sys, serve.app, serve.options, serve.contract, serve.stream_route, serve.errors; assert 'torch' not in sys.modules, 'torch'; print('ok')"
+    code = ("import sys, serve.app, serve.options, serve.contract, serve.stream_route, serve.errors; "
+            "assert 'torch' not in sys.modules, 'torch'; print('ok')")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
 
