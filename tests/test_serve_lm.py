@@ -439,7 +439,7 @@ def test_served_by_the_program_with_its_lm(lm_server, lm_model_dir):
     starts = [w["start"] for w in beam.json["words"]]
     assert starts == sorted(starts) and " ".join(w["word"] for w in beam.json["words"]) == beam.json["text"]
     bad = lm_server.post(wav, "audio/wav", **{HEADER: "decoder=beam;beam_width=300"})
-    assert bad.status == 400 and "beam_width must be a whole number from 1 to 256" in bad.json["error"]
+    assert bad.status == 400 and "option beam_width=300 must be from 1 to 256" in bad.json["error"]
     # The decoding processes: started by the worker, spawned (no torch, no CUDA in them).
     pool = _pool_processes(lm_server.proc.pid)
     assert len(pool) == 2, pool
