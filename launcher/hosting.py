@@ -638,10 +638,7 @@ def request_options(items: list[str] | None) -> dict[str, str]:
     here (serve/options.py imports only numpy and the standard library)."""
     pairs = options.pairs(items, "--option")
     try:
-        import dataclasses
-
-        from serve.options import Options
-        valid = [f.name for f in dataclasses.fields(Options)]
+        from serve.options import NAMES as valid
     except ImportError:  # a launcher checkout without serve/: the server checks them (400 naming the option)
         valid = None
     for name in pairs:

@@ -176,13 +176,14 @@ def check_channel_folder(name: str, folder: Path) -> None:
 def check_hyperparameters(hps: dict[str, str]) -> None:
     """The training program's own parser (train/hyperparameters.py, no torch import), so that a typo or a bad
     value fails here, in a second, with the message the job would have failed with after its instance started."""
+    from common.settings import unknown_name
     from train.failure import TrainingError
-    from train.hyperparameters import _FIELDS, RESERVED_PREFIXES, parse
+    from train.hyperparameters import RESERVED_PREFIXES, SPECS, parse
 
     for name in hps:
-        if name not in _FIELDS and not name.startswith(RESERVED_PREFIXES):
-            raise LaunchError(f"unknown hyperparameter {name}: {suggest.did_you_mean(name, _FIELDS, where='docs/hyperparameters.md lists them')} "
-                              "(checked with the training program's parser; nothing was created)")
+        if name not in SPECS and not name.startswith(RESERVED_PREFIXES):
+            raise LaunchError(unknown_name("hyperparameter", name, SPECS, "docs/hyperparameters.md lists them")
+                              + " (checked with the training program's parser; nothing was created)")
     try:
         parse(hps)
     except TrainingError as exc:

@@ -6,93 +6,94 @@ which override the first two for that item. The header holds `name=value` pairs 
 values percent-encoded where needed (`timestamps=true;language=fra`). An unknown name, a malformed pair or
 a bad value is a BadRequest (400) that names it; the same option given twice with different values is one too.
 
-Each option is a field of `Options` with its type, default, bounds and help; README's "Request options"
-table is `markdown_table()` (a test checks they agree). To add one, add a field: the routes do not change.
+Each option is a field of `Options` with its type, default, bounds and help, declared with common.settings
+(the same boolean words, error wording and table generator as the serving settings and the hyperparameters;
+`word`/`words` are declared aliases of true for `timestamps` only); docs/requests.md's "Request options" table
+is `markdown_table()` (a test checks they agree). To add one, add a field: the routes do not change.
 
-The beam-search options (`beam_width`, `alpha`, `beta`, `hotwords`, `hotword_weight`) are checked by
-common.lm.parse_options, so their ranges and messages are common/lm.py's; `hotwords` is a JSON list, or in
-the header and query string one value of comma-separated words and phrases (`hotwords=kwame nkosi,ravi`).
+The beam-search options (`beam_width`, `alpha`, `beta`, `hotwords`, `hotword_weight`) declare common/lm.py's
+ranges, are checked here like any other, then normalised by common.lm.parse_options (whose messages the
+hotwords keep); `hotwords` is a JSON list, or in the header and query string one value of comma-separated
+words and phrases (`hotwords=kwame nkosi,ravi`).
 Whether they apply to the model (an LM for alpha/beta, the decoder chosen) is the model's check.
 """
 from __future__ import annotations
 
-import dataclasses
 import re
 import urllib.parse
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Iterable, Mapping
 
 from common import lm
+from common import settings as common
 
 from .contract import BadRequest
+from .settings import LANGUAGE_PATTERN, LANGUAGE_SAYS
 
 HEADER = "X-Amzn-SageMaker-Custom-Attributes"
-_TRUE = {"1", "true", "yes", "on", "words", "word"}  # "word(s)": as transformers' return_timestamps="word"
-_FALSE = {"0", "false", "no", "off", ""}
+LABEL = "option "  # errors read "option timestamps='maybe' is not a valid bool: ..."
 
 
-def _option(default, *, help: str, kind: str, pattern: str | None = None, shown: str | None = None,
-            low: float | None = None, high: float | None = None, choices: tuple[str, ...] | None = None,
-            beam: bool = False):
-    """beam: a beam-search option, checked by common.lm.parse_options (low/high only show its range)."""
-    return field(default=default, metadata={"help": help, "kind": kind, "pattern": pattern, "shown": shown,
-                                            "low": low, "high": high, "choices": choices, "beam": beam})
+def _option(default, *, help: str, beam: bool = False, **declared):
+    """One request option (common.settings.setting: bounds, choices, pattern, aliases, shown default). beam: a
+    beam-search option, normalised by common.lm.parse_options after its type and bounds are checked here."""
+    return common.setting(default, help, beam=beam, **declared)
 
 
 @dataclass(frozen=True)
 class Options:
     timestamps: bool = _option(
-        False, kind="bool",
+        False, aliases={"words": True, "word": True},  # as transformers' return_timestamps="word"
         help="Add `words`: each word with its `start` and `end` in seconds (CTC frame times).",
     )
     language: str | None = _option(
-        None, kind="str", pattern=r"[A-Za-z0-9_-]{1,64}", shown="`SERVE_LANGUAGE`",
+        None, pattern=LANGUAGE_PATTERN, says=LANGUAGE_SAYS, shown="`SERVE_LANGUAGE`",
         help="Adapter models (MMS: `adapter.<lang>.safetensors` files): the language to transcribe; an unknown "
              "one gets a 400 listing the model's languages. Models without adapters refuse it.",
     )
     decoder: str | None = _option(
-        None, kind="str", choices=("greedy", "beam"), shown="`beam` with an LM, else `greedy`",
+        None, choices=("greedy", "beam"), shown="`beam` with an LM, else `greedy`",
         help="CTC decoding. `beam`: beam search (pyctcdecode) with the model's KenLM n-gram when its directory has "
              "one (`language_model/`), in processes beside the model; without an LM, beam search alone (hotwords "
              "still apply). `greedy`: best path, on the model's device; it takes none of the options below.",
     )
     beam_width: int | None = _option(
-        None, kind="int", beam=True, low=1, high=lm.MAX_BEAM_WIDTH, shown=f"`{lm.DEFAULT_BEAM_WIDTH}`",
+        None, beam=True, at_least=1, at_most=lm.MAX_BEAM_WIDTH, shown=f"`{lm.DEFAULT_BEAM_WIDTH}`",
         help="Beam search: hypotheses kept per frame. Wider is slower and rarely better past the default "
              "(bench/README.md, LM decoding).",
     )
     alpha: float | None = _option(
-        None, kind="float", beam=True, low=lm.ALPHA_RANGE[0], high=lm.ALPHA_RANGE[1],
+        None, beam=True, at_least=lm.ALPHA_RANGE[0], at_most=lm.ALPHA_RANGE[1],
         shown="the model's (`attrs.json`)",
         help="Beam search: weight of the LM's log-probability. Refused for a model without an LM.",
     )
     beta: float | None = _option(
-        None, kind="float", beam=True, low=lm.BETA_RANGE[0], high=lm.BETA_RANGE[1],
+        None, beam=True, at_least=lm.BETA_RANGE[0], at_most=lm.BETA_RANGE[1],
         shown="the model's (`attrs.json`)",
         help="Beam search: bonus per word (natural-log units). Refused for a model without an LM.",
     )
     hotwords: tuple[str, ...] = _option(
-        (), kind="list", beam=True, shown="none",
+        (), beam=True, shown="none",
         help=f"Beam search: words or phrases to boost (product names, people), at most {lm.MAX_HOTWORDS} of at "
              f"most {lm.MAX_HOTWORD_CHARS} characters, only characters the model writes. JSON: a list of strings; "
              "header and query string: one comma-separated value (`hotwords=kwame nkosi,ravi`; a space may be "
              "sent as `%20`).",
     )
     hotword_weight: float | None = _option(
-        None, kind="float", beam=True, low=lm.HOTWORD_WEIGHT_RANGE[0], high=lm.HOTWORD_WEIGHT_RANGE[1],
+        None, beam=True, at_least=lm.HOTWORD_WEIGHT_RANGE[0], at_most=lm.HOTWORD_WEIGHT_RANGE[1],
         shown=f"`{lm.DEFAULT_HOTWORD_WEIGHT:g}`",
         help="Beam search: how much the hotwords are boosted (pyctcdecode's scale).",
     )
 
 
-NAMES = tuple(f.name for f in dataclasses.fields(Options))
-_FIELDS = {f.name: f for f in dataclasses.fields(Options)}
-BEAM_NAMES = tuple(f.name for f in dataclasses.fields(Options) if f.metadata["beam"])
+SPECS = common.specs(Options)
+NAMES = tuple(SPECS)
+BEAM_NAMES = tuple(name for name, spec in SPECS.items() if spec.extra["beam"])
 
 
 def beam_options_given(o: Options) -> list[str]:
     """The beam-search options this request set (they need decoder=beam)."""
-    return [name for name in BEAM_NAMES if getattr(o, name) != _FIELDS[name].default]
+    return [name for name in BEAM_NAMES if getattr(o, name) != SPECS[name].default]
 
 
 def decode_options(o: Options) -> lm.DecodeOptions:
@@ -101,84 +102,60 @@ def decode_options(o: Options) -> lm.DecodeOptions:
 
 
 def _beam_value(name: str, value: Any, where: str) -> Any:
-    """A beam-search option checked (and normalised) by common.lm, its message kept."""
+    """A beam-search option normalised (and, for hotwords, checked) by common.lm, its message kept."""
     try:
         return getattr(lm.parse_options({name: value}), name)
     except lm.OptionError as exc:
         raise BadRequest(f"{where}{exc}") from None
 
 
-def _unknown(name: str, where: str) -> BadRequest:
-    return BadRequest(f"{where}unknown option {name!r}; request options are: {', '.join(NAMES)}")
+def _spec(name: str, where: str) -> common.Spec:
+    spec = SPECS.get(name)
+    if spec is None:
+        raise BadRequest(where + common.unknown_name("option", name, NAMES, where="docs/requests.md lists them"))
+    return spec
+
+
+def _checked(spec: common.Spec, value: Any, where: str, *, typed: bool) -> Any:
+    """The value read (text) or checked (JSON) by the declaration, then normalised by common.lm if beam."""
+    try:
+        value = spec.check(value, label=LABEL) if typed else spec.read(value, label=LABEL)
+    except common.SettingError as exc:
+        raise BadRequest(f"{where}{exc}") from None
+    return _beam_value(spec.name, value, where) if spec.extra["beam"] else value
 
 
 def from_text(name: str, raw: str, where: str = "") -> Any:
     """One option's value from text (query string, header): raises BadRequest naming it."""
-    f = _FIELDS.get(name)
-    if f is None:
-        raise _unknown(name, where)
-    meta, value = f.metadata, raw.strip()
-    if meta["beam"]:
-        return _beam_value(name, value, where)
-    if meta["kind"] == "bool":
-        low = value.lower()
-        if low in _TRUE:
-            return True
-        if low in _FALSE:
-            return False
-        raise BadRequest(f"{where}option {name}={raw!r}: use true or false")
-    if meta["kind"] in ("int", "float"):
-        try:
-            number = int(value) if meta["kind"] == "int" else float(value)
-        except ValueError:
-            raise BadRequest(f"{where}option {name}={raw!r}: not a{'n integer' if meta['kind'] == 'int' else ' number'}") \
-                from None
-        return _check(name, number, where)
-    return _check(name, value, where)
+    spec = _spec(name, where)
+    if spec.kind == "list":
+        return _beam_value(name, raw.strip(), where)
+    return _checked(spec, raw.strip(), where, typed=False)
+
+
+_JSON_TYPES = {"bool": ((bool,), "true or false"), "int": ((int, float), "an integer"),
+               "float": ((int, float), "a number"), "str": ((str,), "a string")}
 
 
 def from_json(name: str, value: Any, where: str = "") -> Any:
     """One option's value from a JSON field: JSON types must match (true/false, numbers, strings)."""
-    f = _FIELDS.get(name)
-    if f is None:
-        raise _unknown(name, where)
-    kind = f.metadata["kind"]
-    if kind == "list":
+    spec = _spec(name, where)
+    if spec.kind == "list":
         if not (isinstance(value, str) or isinstance(value, list) and all(isinstance(v, str) for v in value)):
             raise BadRequest(f'{where}"{name}" must be a list of strings, got {_short(value)}')
         return _beam_value(name, value, where)
-    if kind == "bool":
-        if not isinstance(value, bool):
-            raise BadRequest(f'{where}"{name}" must be true or false, got {value!r}')
-        return value
-    if kind in ("int", "float"):
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind == "int" and not float(value).is_integer()):
-            raise BadRequest(f'{where}"{name}" must be a{"n integer" if kind == "int" else " number"}, got {value!r}')
-        value = int(value) if kind == "int" else float(value)
-        return _beam_value(name, value, where) if f.metadata["beam"] else _check(name, value, where)
-    if not isinstance(value, str):
-        raise BadRequest(f'{where}"{name}" must be a string, got {value!r}')
-    return _check(name, value, where)
+    types, expected = _JSON_TYPES[spec.kind]
+    if not isinstance(value, types) or spec.kind != "bool" and isinstance(value, bool) \
+            or spec.kind == "int" and not float(value).is_integer():
+        raise BadRequest(f'{where}"{name}" must be {expected}, got {_short(value)}')
+    if spec.kind in ("int", "float"):
+        value = int(value) if spec.kind == "int" else float(value)
+    return _checked(spec, value, where, typed=True)
 
 
 def _short(value: Any) -> str:
     text = repr(value)
     return text if len(text) <= 80 else text[:77] + "..."
-
-
-def _check(name: str, value, where: str):
-    meta = _FIELDS[name].metadata
-    if meta["kind"] in ("int", "float"):
-        if value != value or value in (float("inf"), float("-inf")):
-            raise BadRequest(f"{where}option {name}={value!r}: not a finite number")
-        if meta["low"] is not None and value < meta["low"] or meta["high"] is not None and value > meta["high"]:
-            raise BadRequest(f"{where}option {name}={value!r}: must be between {meta['low']:g} and {meta['high']:g}")
-    if meta["kind"] == "str":
-        if meta["choices"] and value not in meta["choices"]:
-            raise BadRequest(f"{where}option {name}={value!r}: use one of {', '.join(meta['choices'])}")
-        if meta["pattern"] and not re.fullmatch(meta["pattern"], value):
-            raise BadRequest(f"{where}option {name}={value[:80]!r} is malformed (expected {meta['pattern']})")
-    return value
 
 
 def _merge(into: dict, name: str, value, where: str) -> None:
@@ -211,7 +188,7 @@ def from_header(header: str | None) -> dict[str, Any]:
             value = urllib.parse.unquote(raw.strip(), errors="strict")
         except UnicodeDecodeError:
             raise BadRequest(f"{where}the value of {name} is not valid percent-encoded UTF-8") from None
-        if "=" in value and _FIELDS.get(name) is not None:
+        if "=" in value and name in SPECS:
             raise BadRequest(f"{where}option {name}={value[:80]!r} holds another '='; separate pairs with ';'")
         _merge(out, name, from_text(name, value, where), where)
     return out
@@ -232,19 +209,7 @@ def build(request: Mapping[str, Any], item: Mapping[str, Any] | None = None) -> 
 
 def markdown_table() -> str:
     """The options as a Markdown table: option, type, default, meaning."""
-    rows = ["| option | type | default | meaning |", "| --- | --- | --- | --- |"]
-    for f in dataclasses.fields(Options):
-        meta = f.metadata
-        kind = {"bool": "true/false", "str": "string", "int": "integer", "float": "number",
-                "list": "list of strings"}[meta["kind"]]
-        if meta["choices"]:
-            kind = " \\| ".join(f"`{c}`" for c in meta["choices"])
-        if meta["low"] is not None:
-            kind += f" {meta['low']:g}..{meta['high']:g}"
-        default = meta["shown"] or ("none" if f.default is None else
-                                    str(f.default).lower() if isinstance(f.default, bool) else f"`{f.default}`")
-        rows.append(f"| `{f.name}` | {kind} | {default} | {meta['help']} |")
-    return "\n".join(rows) + "\n"
+    return common.markdown_table(SPECS.values(), first="option")
 
 
 # ---- The answer's type (Accept) -----------------------------------------------------------------------------

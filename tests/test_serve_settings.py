@@ -43,12 +43,16 @@ def test_toolkit_names_and_sagemaker_aliases():
 
 @pytest.mark.parametrize("name,value,says", [
     ("MODEL_SERVER_WORKERS", "two", "MODEL_SERVER_WORKERS='two'"),
-    ("MODEL_SERVER_WORKERS", "0", "at least 1"),
-    ("SAGEMAKER_BIND_TO_PORT", "70000", "not a TCP port"),
+    ("MODEL_SERVER_WORKERS", "0", "MODEL_SERVER_WORKERS=0 must be >= 1"),
+    ("SAGEMAKER_MODEL_SERVER_WORKERS", "0", "SAGEMAKER_MODEL_SERVER_WORKERS=0 must be >= 1"),  # the name given
+    ("SAGEMAKER_BIND_TO_PORT", "70000", "SAGEMAKER_BIND_TO_PORT=70000 must be from 1 to 65535"),
+    ("SERVE_STREAM_STEP_S", "20", "SERVE_STREAM_STEP_S=20.0 must be from 0.02 to 10"),
+    ("SERVE_LANGUAGE", "en us", "SERVE_LANGUAGE='en us' is malformed: expected a language code"),
+    ("SERVE_METRICS", "maybe", "SERVE_METRICS='maybe' is not a valid bool: expected true or false"),
     ("SAGEMAKER_MAX_PAYLOAD_IN_MB", "nan", "SAGEMAKER_MAX_PAYLOAD_IN_MB"),
     ("SERVE_CHUNK_STRIDE_S", "15", "third"),
     ("SERVE_GPU_DTYPE", "int8", "float16"),
-    ("SERVE_CPU_BF16", "maybe", "SERVE_CPU_BF16"),
+    ("SERVE_CPU_BF16", "maybe", "SERVE_CPU_BF16='maybe' must be one of auto, true, false"),
     ("SAGEMAKER_BATCH_STRATEGY", "ALL", "SINGLE_RECORD"),
 ])
 def test_bad_values_name_the_variable(name, value, says):

@@ -44,7 +44,10 @@ def test_integers_written_as_floats_are_accepted_but_fractions_are_not():
 
 @pytest.mark.parametrize("raw,message", [
     ({"learning_rate": "nan"}, "hyperparameter learning_rate='nan' is not a valid float"),
-    ({"test_split": "1"}, "hyperparameter test_split=1.0 must be < 1.0"),
+    ({"test_split": "1"}, "hyperparameter test_split=1.0 must be >= 0 and < 1"),
+    ({"mask_time_prob": "2"}, "hyperparameter mask_time_prob=2.0 must be from 0 to 1"),
+    ({"gradient_checkpointing": "maybe"}, "hyperparameter gradient_checkpointing='maybe' is not a valid bool: "
+                                          "expected true or false"),
     ({"min_duration_s": "5", "max_duration_s": "2"}, "hyperparameter min_duration_s=5.0 must be below"),
     ({"lr_scheduler": "step"}, "hyperparameter lr_scheduler='step' must be one of linear, cosine"),
     ({"bogus": "1", "epochz": "2"}, "unknown hyperparameter bogus: "),

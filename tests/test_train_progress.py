@@ -182,6 +182,7 @@ def _heavy_after(code: str) -> list[str]:
 
 def test_train_help_and_the_metric_regexes_load_no_torch():
     assert _heavy_after("from train.progress import METRIC_DEFINITIONS") == []
+    assert _heavy_after("import common.settings, train.hyperparameters, train.progress") == []
     assert _heavy_after("import contextlib, io\nfrom train.main import main\n"
                         "with contextlib.redirect_stdout(io.StringIO()): assert main(['--help']) == 0") == []
     # The check itself can fail: the Trainer callback does load them.

@@ -1,16 +1,19 @@
 """Hyperparameters: every name, type, default and meaning in one place.
 
 SageMaker passes every value as a string, sometimes JSON-quoted (`"\\"8\\""`); `parse` turns the
-hyperparameters.json mapping into one typed, validated `Hyperparameters`. README's table is
-`markdown_table()` and a test checks that README carries exactly it.
+hyperparameters.json mapping into one typed, validated `Hyperparameters`. Each field is declared with
+common.settings (the serving settings' boolean words, error wording and table generator);
+docs/hyperparameters.md's table is `markdown_table()` and a test checks that the page carries exactly it.
+Imports no torch or transformers: the launcher and `train --help` read it.
 """
 from __future__ import annotations
 
 import json
 import math
-from dataclasses import MISSING, dataclass, field, fields, replace
+from dataclasses import dataclass, fields, replace
 from typing import Any, Iterable, Mapping
 
+from common import settings as common
 from common.suggest import did_you_mean
 from common.text import DEFAULT_CHARS_TO_IGNORE
 
@@ -36,8 +39,13 @@ FROM_SCRATCH = {"learning_rate": 5e-4, "lr_scheduler": "constant_with_warmup", "
 FROM_SCRATCH_LAYER_NORM = {"reverberation": 0.5, "voice_perturbation": 0.5}
 
 
+_BOUNDS = {"min": "at_least", "max": "at_most", "gt": "above", "lt": "below"}
+
+
 def _hp(default, help: str, **checks):
-    return field(default=default, metadata={"help": help, **checks})
+    """A hyperparameter: bounds min/max (closed), gt/lt (open), or choices (any case)."""
+    declared = {_BOUNDS.get(k, k): v for k, v in checks.items()}
+    return common.setting(default, help, fold_case="choices" in checks, **declared)
 
 
 @dataclass(frozen=True)
@@ -145,6 +153,7 @@ class Hyperparameters:
 
 
 _FIELDS = {f.name: f for f in fields(Hyperparameters)}
+SPECS = common.specs(Hyperparameters)
 
 
 def names() -> list[str]:
@@ -164,55 +173,13 @@ def _unquote(raw: Any) -> Any:
 
 
 def _convert(name: str, raw: Any):
-    f = _FIELDS[name]
-    kind = type(f.default)
-    value = _unquote(raw)
-    bad = TrainingError(f"hyperparameter {name}={raw!r} is not a valid {kind.__name__} (default {f.default!r}); "
-                        f"{f.metadata['help']}")
-    if kind is bool:
-        if isinstance(value, bool):
-            return value
-        text = str(value).strip().lower()
-        if text in ("true", "1", "yes"):
-            return True
-        if text in ("false", "0", "no"):
-            return False
-        raise bad
-    if kind is int:
-        try:
-            number = float(value)
-        except (TypeError, ValueError):
-            raise bad from None
-        if not math.isfinite(number) or number != int(number):
-            raise bad
-        return int(number)
-    if kind is float:
-        try:
-            number = float(value)
-        except (TypeError, ValueError):
-            raise bad from None
-        if not math.isfinite(number):
-            raise bad
-        return number
-    text = str(value)
-    return text.strip().lower() if "choices" in f.metadata else text
-
-
-def _check(name: str, value) -> None:
-    meta = _FIELDS[name].metadata
-    problem = None
-    if "choices" in meta and value not in meta["choices"]:
-        problem = f"must be one of {', '.join(meta['choices'])}"
-    elif "min" in meta and value < meta["min"]:
-        problem = f"must be >= {meta['min']}"
-    elif "max" in meta and value > meta["max"]:
-        problem = f"must be <= {meta['max']}"
-    elif "gt" in meta and value <= meta["gt"]:
-        problem = f"must be > {meta['gt']}"
-    elif "lt" in meta and value >= meta["lt"]:
-        problem = f"must be < {meta['lt']}"
-    if problem:
-        raise TrainingError(f"hyperparameter {name}={value!r} {problem}; {meta['help']}")
+    """The typed, checked value of one hyperparameter; TrainingError naming it, what was expected and its help."""
+    spec = SPECS[name]
+    try:
+        # Integers may arrive as whole floats ("100.0") from tuning jobs and JSON-writing estimators.
+        return spec.read(_unquote(raw), label="hyperparameter ", whole_floats=True)
+    except common.SettingError as exc:
+        raise TrainingError(f"{exc}; {spec.help}") from None
 
 
 # Names SageMaker adds on its own: Automatic Model Tuning's `_tuning_objective_metric` (and other `_tuning_*`),
@@ -232,15 +199,15 @@ def parse(raw: Mapping[str, Any]) -> Hyperparameters:
     unknown = sorted(set(raw) - set(_FIELDS))
     if unknown:
         # One short first line (SageMaker's FailureReason keeps 1,024 characters); the full list goes to the log.
-        hints = "; ".join(f"{name}: {did_you_mean(name, _FIELDS, where='docs/hyperparameters.md')}"
-                          for name in unknown[:3])
+        where = "docs/hyperparameters.md"
+        hints = "; ".join([common.unknown_name("hyperparameter", unknown[0], _FIELDS, where)]
+                          + [f"{name}: {did_you_mean(name, _FIELDS, where=where)}" for name in unknown[1:3]])
         more = f" (and {len(unknown) - 3} more)" if len(unknown) > 3 else ""
-        raise TrainingError(f"unknown hyperparameter {hints}{more}",
+        raise TrainingError(f"{hints}{more}",
                             details=f"valid names: {', '.join(_FIELDS)}")
     values = {}
     for name, value in raw.items():
         values[name] = _convert(name, value)
-        _check(name, values[name])
     hp = Hyperparameters(**values)
     if hp.max_duration_s and hp.min_duration_s >= hp.max_duration_s:
         raise TrainingError(f"hyperparameter min_duration_s={hp.min_duration_s} must be below "
@@ -267,21 +234,13 @@ def resolve_preset(hp: Hyperparameters, given: Iterable[str], random_start: bool
 
 
 def markdown_table() -> str:
-    """README's hyperparameter table, generated from the dataclass above."""
-    rows = ["| Name | Default | Meaning |", "| --- | --- | --- |"]
-    for f in fields(Hyperparameters):
-        default = f.default if f.default is not MISSING else ""
-        if isinstance(default, bool):
-            default = str(default).lower()
-        shown = f"`{default}`" if default != "" else "(empty)"
-        shown = shown.replace("|", "\\|")
-        rows.append(f"| `{f.name}` | {shown} | {f.metadata['help'].replace('|', chr(92) + '|')} |")
-    return "\n".join(rows) + "\n"
+    """docs/hyperparameters.md's table, generated from the dataclass above."""
+    return common.markdown_table(SPECS.values(), first="name")
 
 
 def help_text() -> str:
     lines = ["Hyperparameters (input/config/hyperparameters.json; every value may be a string):", ""]
-    for f in fields(Hyperparameters):
-        lines.append(f"  {f.name} (default {f.default!r})")
-        lines.append(f"      {f.metadata['help']}")
+    for spec in SPECS.values():
+        lines.append(f"  {spec.name} (default {spec.default!r})")
+        lines.append(f"      {spec.help}")
     return "\n".join(lines)

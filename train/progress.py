@@ -17,26 +17,17 @@ from typing import Callable
 _NUM = r"([0-9.eE+-]+)"
 
 
-def _metric(name: str, kind: str, key: str) -> dict[str, str]:
-    # `\b` + `key=`: `loss=` never matches `eval_loss=`, and a [metrics] regex never an [eval] line.
-    return {"Name": name, "Regex": rf"\[{kind}\] .*\b{key}=" + _NUM}
+# metric name -> the key it reads; train:* metrics read [metrics] lines, eval:* ones [eval] lines. The last two:
+# beam search with the job's language model (train/lm.py), on the same evaluation set, once at the end.
+_KEYS = {"train:loss": "loss", "train:learning_rate": "learning_rate", "train:epoch": "epoch",
+         "train:grad_norm": "grad_norm", "train:samples_per_second": "samples_per_s",
+         "train:audio_seconds_per_second": "audio_s_per_s", "train:eta_seconds": "eta_s",
+         "eval:wer": "wer", "eval:cer": "cer", "eval:loss": "loss", "eval:wer_lm": "wer_lm", "eval:cer_lm": "cer_lm"}
+_LINES = {"train": "metrics", "eval": "eval"}
 
-
-METRIC_DEFINITIONS = [
-    _metric("train:loss", "metrics", "loss"),
-    _metric("train:learning_rate", "metrics", "learning_rate"),
-    _metric("train:epoch", "metrics", "epoch"),
-    _metric("train:grad_norm", "metrics", "grad_norm"),
-    _metric("train:samples_per_second", "metrics", "samples_per_s"),
-    _metric("train:audio_seconds_per_second", "metrics", "audio_s_per_s"),
-    _metric("train:eta_seconds", "metrics", "eta_s"),
-    _metric("eval:wer", "eval", "wer"),
-    _metric("eval:cer", "eval", "cer"),
-    _metric("eval:loss", "eval", "loss"),
-    # Beam search with the job's language model (train/lm.py), on the same evaluation set, once at the end.
-    _metric("eval:wer_lm", "eval", "wer_lm"),
-    _metric("eval:cer_lm", "eval", "cer_lm"),
-]
+# `\b` + `key=`: `loss=` never matches `eval_loss=`, and a [metrics] regex never an [eval] line.
+METRIC_DEFINITIONS = [{"Name": name, "Regex": rf"\[{_LINES[name.split(':')[0]]}\] .*\b{key}=" + _NUM}
+                      for name, key in _KEYS.items()]
 
 
 def _fmt(value) -> str:
