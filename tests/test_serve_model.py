@@ -106,6 +106,27 @@ def test_a_last_chunk_shorter_than_the_receptive_field_transcribes(tiny_model_di
         t.close()
 
 
+def test_a_last_chunk_that_keeps_no_frame_transcribes(tiny_model_dir):
+    """4 s chunks, no stride, 4 s + 1 sample: the first chunk keeps every frame of the clip, so the last chunk
+    (serve/chunking.py: a whole chunk ending at the clip's end) keeps none; the transcript and the segments are
+    still the clip's."""
+    t = serving_model(tiny_model_dir, chunk_length_s=4, chunk_stride_s=0)
+    try:
+        audio = (np.random.default_rng(1).standard_normal(4 * RATE + 1) * 0.1).astype(np.float32)
+        chunks = t.chunks(audio)
+        last = chunks[-1]
+        assert len(chunks) == 2 and len(t._kept(last, torch.zeros(frame_count(t.config, len(last.audio))))) == 0
+        assert sum(len(t._kept(c, torch.zeros(frame_count(t.config, len(c.audio))))) for c in chunks) \
+            == frame_count(t.config, len(audio))
+        clip = contract.Clip(audio, Options(timestamps=True))
+        whole = t.transcribe([clip], deadline=time.monotonic() + 120)[0]
+        segments = list(t.transcribe_iter(clip, deadline=time.monotonic() + 120))
+        assert len(segments) == 2 and segments[-1].last and segments[-1].end == whole.audio_seconds
+        assert [w.word for s in segments for w in s.words] == [w.word for w in whole.words]
+    finally:
+        t.close()
+
+
 def test_segments_chunk_by_chunk_join_to_the_transcript(transcriber, speech):
     """transcribe_iter (response streaming) gives one segment per chunk, and its words are the transcript's."""
     speech = speech[: 16 * RATE]
