@@ -2,12 +2,17 @@
 
 A decoder takes the logits of one clip (frames x vocabulary, on the model's device, chunk strides already
 dropped) and the language's `common.ctc.Vocabulary`, and returns a `Hypothesis` whose word times are in
-frames. `ServingModel.decoder(options)` picks one per request (the `decoder` request option):
+frames. The decoders:
 
     greedy  best path on the model's device (`GreedyDecoder`);
     beam    beam search with the model's KenLM n-gram and the request's hotwords (common/lm.py, pyctcdecode),
             in a process pool beside the model (`BeamSearch`), so the thread that runs forward passes never
             waits for it. `BeamSearch.bind(options)` gives the decoder of one request's options.
+
+`choose(options, beam, beam_unavailable)` picks one per request (the `decoder` request option; what
+`ServingModel.decoder(options)` calls); `beam_search(checkpoint, processes)` sets up a model's beam search
+when it loads; `timed_words` turns any decoder's words (frames) into the contract's words (seconds), for
+every transcript and segment.
 
 `submit(logits, vocab, words=, deadline=)` starts decoding and returns a `Pending` whose `result()` is the
 Hypothesis (greedy is done at once; beam search waits for its pool process), so one request's clips decode
@@ -29,6 +34,10 @@ get `Unavailable` (503) and the next request gets a new pool. A job whose reques
 cancelled if it has not started, skipped by the process if it has not begun decoding (`lm.DeadlinePassed`),
 and otherwise runs to its end (pyctcdecode cannot be interrupted; SERVE_MAX_AUDIO_S and beam_width <= 256
 bound it).
+
+One file because the decoders, the beam-search pool they share and the choice between them per model and per
+request are one stage with one interface (`Hypothesis`, `Pending`, the contract's errors): what a request may
+ask of a decoder is decided here, next to the decoders that honour it.
 """
 from __future__ import annotations
 

@@ -5,19 +5,26 @@ processor, safetensors or weights-only .bin, adapters), puts it on the device in
 starts its batcher. `ServingModel` then owns the whole path from a request's clips to text:
 
     clip -> normalised (zero mean, unit variance over the whole clip, when the feature extractor says so)
-         -> chunks (long audio: overlapping windows, edges on frame boundaries)
-         -> batcher (clips of one key share a forward pass: same adapter language, and the same length
-            unless padding is proven not to change results) -> `_logits` (the one forward-pass method of
-            clips; live-stream windows over cached feature-encoder frames run serve/streamfeatures.forward,
-            unless stream_feature_cache="off")
-         -> the chunk's frame logits, stride frames dropped, joined on the device
+         -> chunks (serve/chunking.py's `plan`, called from `chunks` only: long audio in overlapping
+            windows, edges on frame boundaries)
+         -> batcher (clips of one key share a forward pass: same adapter language, serve/languages.py, and
+            the same length unless padding is proven not to change results) -> `_logits` (the one
+            forward-pass method of clips; live-stream windows over cached feature-encoder frames run
+            serve/streamfeatures.forward, unless stream_feature_cache="off")
+         -> the chunk's frame logits, stride frames dropped (`Chunk.kept`), joined on the device
          -> decoder stage (serve/decoding.py: greedy CTC on the device, or beam search with the model's
-            KenLM n-gram in a process pool beside it) -> text and word times.
+            KenLM n-gram in a process pool beside it) -> text and word times (`decoding.timed_words`).
 
-Decoders: a model directory with an LM (Wav2Vec2ProcessorWithLM's layout: alphabet.json, language_model/)
-decodes with beam search + LM unless a request says `decoder=greedy`; one without decodes greedily unless a
-request says `decoder=beam` (beam search without an LM: hotwords apply, alpha/beta are refused). Greedy
-refuses the beam options (a 400: never silently ignored).
+Decoders (chosen per request by serve/decoding.py's `choose`): a model directory with an LM
+(Wav2Vec2ProcessorWithLM's layout: alphabet.json, language_model/) decodes with beam search + LM unless a
+request says `decoder=greedy`; one without decodes greedily unless a request says `decoder=beam` (beam
+search without an LM: hotwords apply, alpha/beta are refused). Greedy refuses the beam options (a 400: never
+silently ignored).
+
+One file because `ServingModel` is the one object that ties chunking, languages, decoders and the batcher
+to the contract, and its transcribe paths share the batcher futures and their cancellation; the arithmetic,
+the adapter cache and the decoder choice it relies on live in their own modules, and the device and dtype
+choice beside it (`choose_device_and_dtype`, `prepare`) is the part of `load` that tests and bench import.
 """
 from __future__ import annotations
 
