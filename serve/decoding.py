@@ -9,7 +9,7 @@ frames. The decoders:
             in a process pool beside the model (`BeamSearch`), so the thread that runs forward passes never
             waits for it. `BeamSearch.bind(options)` gives the decoder of one request's options.
 
-`choose(options, beam, beam_unavailable)` picks one per request (the `decoder` request option; what
+`choose(options, beam, beam_unavailable, default)` picks one per request (the `decoder` request option; what
 `ServingModel.decoder(options)` calls); `beam_search(checkpoint, processes)` sets up a model's beam search
 when it loads; `timed_words` turns any decoder's words (frames) into the contract's words (seconds), for
 every transcript and segment.
@@ -321,11 +321,12 @@ def available(beam: BeamSearch | None) -> tuple[str, ...]:
     return tuple(DECODERS) + (("beam",) if beam is not None else ())
 
 
-def choose(options: Options, beam: BeamSearch | None, beam_unavailable: str):
+def choose(options: Options, beam: BeamSearch | None, beam_unavailable: str, default: str | None = None):
     """The decoder for a request's options: `GREEDY`, or `beam` bound to its options. beam: the model's
-    beam search (None: it has none, `beam_unavailable` says why). BadRequest for a decoder the model does not
-    have, or options that do not apply to it (never silently ignored)."""
-    name = options.decoder or default_decoder(beam)
+    beam search (None: it has none, `beam_unavailable` says why); default: the model's decoder when the
+    request names none (its ModelInfo.default_decoder; None: `default_decoder(beam)`). BadRequest for a
+    decoder the model does not have, or options that do not apply to it (never silently ignored)."""
+    name = options.decoder or default or default_decoder(beam)
     given = beam_options_given(options)
     if name == "greedy":
         if given:

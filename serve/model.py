@@ -268,7 +268,7 @@ class ServingModel:
         """The decoder for a request's options (serve/decoding.py's `choose`): `decoding.GREEDY`, or beam
         search bound to its options. BadRequest for a decoder this model does not have, or options that do not
         apply to it."""
-        return decoding.choose(options, self.beam, self.beam_unavailable)
+        return decoding.choose(options, self.beam, self.beam_unavailable, self.info.default_decoder)
 
     # Long audio ---------------------------------------------------------------------------------------
     def chunks(self, audio: np.ndarray) -> list[chunking.Chunk]:

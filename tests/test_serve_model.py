@@ -213,3 +213,20 @@ def test_cpu_bf16_auto_follows_the_cpu_flags(tmp_path):
         assert choose_device_and_dtype("float16", "false")[1] == torch.float32
         want = torch.bfloat16 if cpu_has_native_bf16() else torch.float32
         assert choose_device_and_dtype("float16", "auto")[1] == want
+
+
+def test_decoder_choice_without_a_model():
+    """serve/decoding.py's `choose`, what ServingModel.decoder calls: greedy by default without beam search,
+    beam options and decoder=beam refused with the reason (a 400, never ignored)."""
+    from serve import decoding
+
+    assert decoding.choose(Options(), None, "no LM here") is decoding.GREEDY
+    assert decoding.choose(Options(decoder="greedy"), None, "no LM here", "greedy") is decoding.GREEDY
+    with pytest.raises(contract.BadRequest, match=r"decoder=beam: no LM here; this model decodes with decoder=greedy"):
+        decoding.choose(Options(decoder="beam"), None, "no LM here")
+    with pytest.raises(contract.BadRequest, match=r"hotwords applies only to beam search, and this model decodes "
+                                                  r"greedily only \(no LM here\)"):
+        decoding.choose(Options(hotwords=("cat",)), None, "no LM here")
+    assert decoding.available(None) == ("greedy",) and decoding.default_decoder(None) == "greedy"
+    assert decoding.timed_words([("a", 0, 3), ("bc", 5, 12)], 0.02) == [contract.Word("a", 0.0, 0.06),
+                                                                        contract.Word("bc", 0.1, 0.24)]
