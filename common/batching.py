@@ -30,6 +30,10 @@ float16 differ from their own one-clip pass by their own rounding (tolerances in
 A patched model keeps the lengths of the forward pass in progress on the model (so that gradient
 checkpointing's recomputation sees them): run one forward pass at a time per model instance, as serving's
 batcher thread and training do.
+
+One file because every patch above is chosen by one plan of the model's modules (`_plan`) and reads the same
+per-forward lengths (`_state`), which come from the frame arithmetic at the top (`output_frames`,
+`min_samples`); split, the modules would share private state.
 """
 from __future__ import annotations
 

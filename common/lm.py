@@ -25,6 +25,10 @@ process (`pool_initializer`), so beam search runs beside the accelerator's threa
 
 Errors: `LMError` for a model directory whose LM files are unusable (load time), `OptionError` (a
 ValueError) for a decoding option out of range, unknown, or not applicable to this model (request time).
+
+One file because this module is what a spawned beam-search process imports, alone (no torch): the LM file
+layout, the option and spelling checks and the decoder the pool runs must stay importable together, and serving
+and training both decode through the same few entry points (`load`, `make_pool`, `pool_decode`).
 """
 from __future__ import annotations
 

@@ -24,6 +24,10 @@ Adapters (MMS): `adapter.<lang>.safetensors` files beside a vocab.json nested by
 config has `adapter_attn_dim`. `load_checkpoint` applies the requested (or declared) language's adapter.
 
 Importing this module does not import torch or transformers (the gunicorn master calls `find`).
+
+One file because the model directory is one format shared by training and serving: finding it, checking and
+loading its weights, vocabulary and adapters, and saving it must agree on every file name and rule, and both
+programs import it without torch (the gunicorn master calls `find`).
 """
 from __future__ import annotations
 

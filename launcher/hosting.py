@@ -3,6 +3,11 @@ resources (Model, EndpointConfig, Endpoint: an image-only deploy needs no ModelB
 SageMaker hosting modes: real-time (instances, 6 MB, 60 s), asynchronous (`--async`: requests and answers in
 S3, up to 1 GB and an hour each, scales to zero) and serverless (`--serverless`: CPU only, 1-6 GB of memory,
 4 MB, 60 s, billed per request). Every limit is checked before any AWS call (launcher/limits.py cites them).
+
+One file because `deploy`, `invoke` and `delete` act on the same endpoint: they share its name rule, its three
+hosting modes and their limits (what a serverless or asynchronous endpoint accepts decides what `invoke` may
+send; `delete` removes what `deploy` made), and each command's options class sits next to the code that reads
+it.
 """
 from __future__ import annotations
 

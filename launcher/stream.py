@@ -14,6 +14,10 @@ event as a JSON line). FILE is any audio libsndfile reads, sent as 16-bit PCM at
 (the server resamples); `-` reads raw audio from stdin: 16-bit little-endian PCM (--rate, --channels), or Ogg/Opus
 bytes with --encoding ogg_opus (e.g. `ffmpeg -i talk.m4a -c:a libopus -f ogg - | launcher/launch stream -
 --encoding ogg_opus --local`). Light: it imports neither torch nor the SageMaker SDK.
+
+One file because `launch stream` is one client with two transports: the audio source, its real-time pacing and
+the printer of events are shared by the WebSocket path and the SageMaker bidirectional-stream path, each a few
+dozen lines.
 """
 from __future__ import annotations
 

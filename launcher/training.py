@@ -8,6 +8,10 @@ job of several instances is one distributed run all the same (docs/sagemaker.md)
 ModelTrainer names a job BASE-TIMESTAMP; to keep `--job-name` exact, the request ModelTrainer builds
 (ModelTrainer._create_training_job_args, an SDK internal) is sent with that name through
 sagemaker.core.resources.TrainingJob.create, as ModelTrainer.train itself does.
+
+One file because `launch train` builds one request for both targets: the options and their checks, the
+ModelTrainer request for SageMaker and its local (docker compose) run all read the same `TrainOptions`, and the
+local run's artifact and failure readers serve `_run_local` only.
 """
 from __future__ import annotations
 

@@ -2,12 +2,17 @@
 
 A decoder takes the logits of one clip (frames x vocabulary, on the model's device, chunk strides already
 dropped) and the language's `common.ctc.Vocabulary`, and returns a `Hypothesis` whose word times are in
-frames. `ServingModel.decoder(options)` picks one per request (the `decoder` request option):
+frames. The decoders:
 
     greedy  best path on the model's device (`GreedyDecoder`);
     beam    beam search with the model's KenLM n-gram and the request's hotwords (common/lm.py, pyctcdecode),
             in a process pool beside the model (`BeamSearch`), so the thread that runs forward passes never
             waits for it. `BeamSearch.bind(options)` gives the decoder of one request's options.
+
+`choose(options, beam, beam_unavailable, default)` picks one per request (the `decoder` request option; what
+`ServingModel.decoder(options)` calls); `beam_search(checkpoint, processes)` sets up a model's beam search
+when it loads; `timed_words` turns any decoder's words (frames) into the contract's words (seconds), for
+every transcript and segment.
 
 `submit(logits, vocab, words=, deadline=)` starts decoding and returns a `Pending` whose `result()` is the
 Hypothesis (greedy is done at once; beam search waits for its pool process), so one request's clips decode
@@ -29,6 +34,10 @@ get `Unavailable` (503) and the next request gets a new pool. A job whose reques
 cancelled if it has not started, skipped by the process if it has not begun decoding (`lm.DeadlinePassed`),
 and otherwise runs to its end (pyctcdecode cannot be interrupted; SERVE_MAX_AUDIO_S and beam_width <= 256
 bound it).
+
+One file because the decoders, the beam-search pool they share and the choice between them per model and per
+request are one stage with one interface (`Hypothesis`, `Pending`, the contract's errors): what a request may
+ask of a decoder is decided here, next to the decoders that honour it.
 """
 from __future__ import annotations
 
@@ -44,9 +53,10 @@ from typing import Callable
 import numpy as np
 import torch
 
-from common import ctc, lm
+from common import ctc, lm, modeldir
 
 from . import contract, metrics
+from .options import Options, beam_options_given, decode_options
 
 log = logging.getLogger("serve")
 
@@ -298,3 +308,114 @@ class BoundBeam:
 
 GREEDY = GreedyDecoder()
 DECODERS = {"greedy": GREEDY}  # the stateless ones; "beam" is per model (ServingModel.beam)
+
+
+# Which decoder: per model, per request -------------------------------------------------------------------
+def default_decoder(beam: BeamSearch | None) -> str:
+    """A model's decoder when a request names none: beam search with its LM, else greedy."""
+    return "beam" if beam is not None and beam.has_lm else "greedy"
+
+
+def available(beam: BeamSearch | None) -> tuple[str, ...]:
+    """The decoders a model offers (contract.ModelInfo.decoders)."""
+    return tuple(DECODERS) + (("beam",) if beam is not None else ())
+
+
+def choose(options: Options, beam: BeamSearch | None, beam_unavailable: str, default: str | None = None):
+    """The decoder for a request's options: `GREEDY`, or `beam` bound to its options. beam: the model's
+    beam search (None: it has none, `beam_unavailable` says why); default: the model's decoder when the
+    request names none (its ModelInfo.default_decoder; None: `default_decoder(beam)`). BadRequest for a
+    decoder the model does not have, or options that do not apply to it (never silently ignored)."""
+    name = options.decoder or default or default_decoder(beam)
+    given = beam_options_given(options)
+    if name == "greedy":
+        if given:
+            if options.decoder:
+                why = "decoder=greedy was asked for: leave them out"
+            elif beam is None:
+                why = f"this model decodes greedily only ({beam_unavailable})"
+            else:
+                why = "this model decodes greedily by default (it has no language model): add decoder=beam"
+            raise contract.BadRequest(f"{', '.join(given)} {'applies' if len(given) == 1 else 'apply'} only "
+                                      f"to beam search, and {why}")
+        return GREEDY
+    if beam is None:
+        raise contract.BadRequest(f"decoder=beam: {beam_unavailable}; this model decodes with decoder=greedy")
+    try:
+        beam_options = decode_options(options)
+    except lm.OptionError as exc:
+        raise contract.BadRequest(str(exc)) from None
+    return beam.bind(beam_options)
+
+
+def timed_words(words: list[tuple[str, int, int]], seconds_per_frame: float) -> list[contract.Word]:
+    """A hypothesis's words (word, first frame, end frame; frames of the clip) as the contract's words, in
+    seconds rounded to the millisecond. Every transcript's and segment's words go through here."""
+    step = seconds_per_frame
+    return [contract.Word(w, round(s * step, 3), round(e * step, 3)) for w, s, e in words]
+
+
+def beam_search(checkpoint: modeldir.Checkpoint, processes: int) -> tuple[BeamSearch | None, str]:
+    """This model's beam search, and why there is none when there is none (logged either way).
+
+    With an LM (language_model/): its pool started now (in this worker, after the fork), the LM loaded by the
+    first process, what it found logged; ModelDirError when the decoder files cannot be used (the server
+    does not start: a model that ships an LM is not served without it), among them an LM whose unigrams the
+    vocabulary mostly cannot spell (common/lm.py, MIN_SPELLABLE: e.g. a lower-case LM beside an upper-case
+    vocabulary, which would decode to garbage with status 200). Without one: beam search without an
+    LM on request, its processes started on the first such request. Adapter (MMS) models: none (one alphabet
+    per pool; an LM beside them refuses the model).
+    """
+    path = checkpoint.path
+    columns = checkpoint.model.lm_head.out_features  # logits per frame: the alphabet must have as many labels
+    try:
+        files = lm.find(path)
+    except lm.LMError as exc:
+        raise modeldir.ModelDirError(f"its language model cannot be used: {exc}") from None
+    has_lm = files is not None and files.kenlm is not None
+    if checkpoint.languages:
+        if has_lm:
+            raise modeldir.ModelDirError(f"{lm.LM_DIR}/ beside language adapters: beam search with an LM is not "
+                                         f"supported for adapter (MMS) models; remove {lm.LM_DIR}/ to serve it "
+                                         f"with greedy decoding")
+        why = "beam search is not available for adapter (MMS) models"
+        log.info("decoder: greedy (%s)", why)
+        return None, why
+    started = time.monotonic()
+    if not has_lm:
+        try:
+            bare = lm.load(path)  # no LM file: cheap; checks the alphabet against the tokenizer and the head
+        except (lm.LMError, ImportError) as exc:  # ImportError: an environment without requirements/lm.txt
+            why = f"this model's vocabulary cannot be a beam-search alphabet ({exc})" \
+                if isinstance(exc, lm.LMError) else f"beam search is not installed ({exc})"
+            log.info("decoder: greedy; %s", why)
+            return None, why
+        labels = bare.labels
+        bare.close()
+        if len(labels) != columns:
+            why = f"the beam-search alphabet has {len(labels)} labels for {columns} logits per frame"
+            log.info("decoder: greedy; %s", why)
+            return None, why
+        log.info("decoder: greedy by default (no %s/ in %s); decoder=beam runs beam search without an LM "
+                 "in %d process(es), started on first use", lm.LM_DIR, path, processes)
+        return BeamSearch(path, processes, labels=labels, has_lm=False), ""
+    beam = BeamSearch(path, processes)
+    try:
+        info = beam.start()
+    except lm.LMError as exc:
+        raise modeldir.ModelDirError(f"its language model cannot be used: {exc}") from None
+    if info["vocab_size"] != columns:
+        beam.close()
+        raise modeldir.ModelDirError(f"its language model cannot be used: {lm.ALPHABET_FILE} has "
+                                     f"{info['vocab_size']} labels, the model writes {columns} logits per frame")
+    if info.get("spellable") is not None and info["spellable"] < lm.WARN_SPELLABLE:
+        # Refused below lm.MIN_SPELLABLE (LMError above); between the two it decodes, with fewer usable words.
+        log.warning("language model: %s; those words can never be transcribed", info["spelling"])
+    size = info["kenlm_bytes"] or 0
+    log.info("decoder: beam search + LM by default: %s (%s, %.1f MB, order %s, %s unigrams), alpha=%g beta=%g, "
+             "beam width %d unless a request sets one; %d process(es) (SERVE_BEAM_PROCESSES), first loaded in "
+             "%.1f s; decoder=greedy on request", Path(info["kenlm"]).relative_to(path),
+             "ARPA text: loaded by every process" if info["kenlm"].endswith(".arpa") else "KenLM binary",
+             size / 1e6, info["order"], info["unigrams"], info["alpha"], info["beta"], lm.DEFAULT_BEAM_WIDTH,
+             processes, time.monotonic() - started)
+    return beam, ""

@@ -5,64 +5,51 @@ processor, safetensors or weights-only .bin, adapters), puts it on the device in
 starts its batcher. `ServingModel` then owns the whole path from a request's clips to text:
 
     clip -> normalised (zero mean, unit variance over the whole clip, when the feature extractor says so)
-         -> chunks (long audio: overlapping windows, edges on frame boundaries)
-         -> batcher (clips of one key share a forward pass: same adapter language, and the same length
-            unless padding is proven not to change results) -> `_logits` (the one forward-pass method of
-            clips; live-stream windows over cached feature-encoder frames run serve/streamfeatures.forward,
-            unless stream_feature_cache="off")
-         -> the chunk's frame logits, stride frames dropped, joined on the device
+         -> chunks (serve/chunking.py's `plan`, called from `chunks` only: long audio in overlapping
+            windows, edges on frame boundaries)
+         -> batcher (clips of one key share a forward pass: same adapter language, serve/languages.py, and
+            the same length unless padding is proven not to change results) -> `_logits` (the one
+            forward-pass method of clips; live-stream windows over cached feature-encoder frames run
+            serve/streamfeatures.forward, unless stream_feature_cache="off")
+         -> the chunk's frame logits, stride frames dropped (`Chunk.kept`), joined on the device
          -> decoder stage (serve/decoding.py: greedy CTC on the device, or beam search with the model's
-            KenLM n-gram in a process pool beside it) -> text and word times.
+            KenLM n-gram in a process pool beside it) -> text and word times (`decoding.timed_words`).
 
-Decoders: a model directory with an LM (Wav2Vec2ProcessorWithLM's layout: alphabet.json, language_model/)
-decodes with beam search + LM unless a request says `decoder=greedy`; one without decodes greedily unless a
-request says `decoder=beam` (beam search without an LM: hotwords apply, alpha/beta are refused). Greedy
-refuses the beam options (a 400: never silently ignored).
+Decoders (chosen per request by serve/decoding.py's `choose`): a model directory with an LM
+(Wav2Vec2ProcessorWithLM's layout: alphabet.json, language_model/) decodes with beam search + LM unless a
+request says `decoder=greedy`; one without decodes greedily unless a request says `decoder=beam` (beam
+search without an LM: hotwords apply, alpha/beta are refused). Greedy refuses the beam options (a 400: never
+silently ignored).
+
+One file because `ServingModel` is the one object that ties chunking, languages, decoders and the batcher
+to the contract, and its transcribe paths share the batcher futures and their cancellation; the arithmetic,
+the adapter cache and the decoder choice it relies on live in their own modules, and the device and dtype
+choice beside it (`choose_device_and_dtype`, `prepare`) is the part of `load` that tests and bench import.
 """
 from __future__ import annotations
 
 import logging
-import math
 import os
-import threading
 import time
-from collections import OrderedDict
 from concurrent.futures import Future, wait
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Hashable, Iterator, Sequence
 
 import numpy as np
 import torch
 
-from common import batching, ctc, lm, modeldir
+from common import batching, ctc, modeldir
 from common.audio import TARGET_RATE, normalize
 from common.convs import convs_as_matmuls
 
-from . import contract, decoding, metrics, streamfeatures, streaming
+from . import chunking, contract, decoding, languages, metrics, streamfeatures, streaming
 from .batcher import Batcher
-from .options import Options, beam_options_given, decode_options
+from .decoding import beam_search  # noqa: F401 (its home was here: tests and bench/lib/heldout.py import it)
+from .options import Options
 
 log = logging.getLogger("serve")
 
 _STREAM = "stream"  # last element of the batcher key of stream windows (submit)
 _FEATURES = "stream-features"  # ... and of stream windows over cached features (submit_features)
-
-
-@dataclass(frozen=True)
-class Chunk:
-    audio: np.ndarray
-    left: int   # samples at the start that overlap the previous chunk (or extra left context)
-    right: int  # samples at the end that overlap the next chunk
-    start: int = 0  # where the chunk starts in the clip, in samples
-
-
-@dataclass
-class _Language:
-    """One adapter language (or the model's only language: name None), as the model thread uses it."""
-    name: str | None
-    vocab: ctc.Vocabulary
-    parameters: dict | None  # adapter parameters on the device; None without adapters
 
 
 def cpu_has_native_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool:
@@ -124,36 +111,24 @@ class ServingModel:
         self.seconds_per_frame = self.samples_per_frame / TARGET_RATE
         self.min_samples = batching.min_samples(self.config)
         # Chunk edges on frame boundaries, so that chunk frames line up with whole-clip frames.
-        align = self.samples_per_frame
-        self.chunk_samples = max(align, round(chunk_length_s * TARGET_RATE / align) * align,
-                                 math.ceil(self.min_samples / align) * align)
-        self.stride_samples = round(chunk_stride_s * TARGET_RATE / align) * align
-        # A chunk's last frames need samples past its end (the receptive field is wider than a frame): with
-        # no stride a chunk still reaches that far into the next one, and those frames are dropped.
-        self.right_samples = max(self.stride_samples, math.ceil((self.min_samples - align) / align) * align)
+        self.geometry = chunking.Geometry.of(self.samples_per_frame, self.min_samples, chunk_length_s,
+                                             chunk_stride_s, TARGET_RATE)
+        g = self.geometry
+        self.chunk_samples, self.stride_samples, self.right_samples = g.chunk_samples, g.stride_samples, \
+            g.right_samples
         self.exact = self._make_exact()
         # How stream windows reuse feature-encoder frames (serve/streamfeatures.py); None: whole-window passes.
         self.stream_features = streamfeatures.mode(self.model, stream_feature_cache)
 
-        self._adapter_files = dict(checkpoint.languages)
-        self.default_language = checkpoint.language
-        self._max_adapters = max(1, max_adapters)
-        self._languages: OrderedDict[str | None, _Language] = OrderedDict()
-        self._languages_lock = threading.Lock()
-        params = None
-        if self._adapter_files:
-            params = {k: p for k, p in modeldir.adapter_parameters(self.model).items()}
-        self._languages[self.default_language] = _Language(
-            self.default_language, ctc.Vocabulary(checkpoint.tokenizer, self.model.lm_head.out_features), params)
-        self._active = self.default_language  # the adapter in the model now (batcher thread only)
+        self.languages = languages.Languages(checkpoint, self.model, device=device, dtype=dtype,
+                                             max_adapters=max_adapters)
+        self.default_language = self.languages.default
 
         self.beam, self.beam_unavailable = beam, beam_unavailable or "no beam-search decoder was set up"
         self.info = contract.ModelInfo(
-            architecture=type(self.model).__name__, languages=tuple(self._adapter_files),
-            default_language=self.default_language,
-            decoders=tuple(decoding.DECODERS) + (("beam",) if beam is not None else ()),
-            frame_seconds=self.seconds_per_frame,
-            default_decoder="beam" if beam is not None and beam.has_lm else "greedy",
+            architecture=type(self.model).__name__, languages=self.languages.names,
+            default_language=self.default_language, decoders=decoding.available(beam),
+            frame_seconds=self.seconds_per_frame, default_decoder=decoding.default_decoder(beam),
             frame_samples=self.samples_per_frame, receptive_field=self.min_samples,
             has_lm=beam is not None and beam.has_lm)
         # Stream windows (submit) have a key of their own: equal-length windows share a pass without padding,
@@ -196,7 +171,7 @@ class ServingModel:
                 hyp = job.result()
                 results.append(contract.Transcript(
                     text=hyp.text, audio_seconds=round(len(clip.audio) / TARGET_RATE, 3),
-                    words=self._words(hyp.words) if clip.options.timestamps else None, batch_size=batch_size))
+                    words=self._words(hyp.words, clip), batch_size=batch_size))
             return results
         finally:
             for job, _ in pending:
@@ -236,12 +211,10 @@ class ServingModel:
                     with torch.inference_mode():
                         words = stream.push(kept) + (stream.finish() if last else [])
                     first = i
-                begin = (chunks[first].start + chunks[first].left) / TARGET_RATE
-                end = (chunk.start + len(chunk.audio) - chunk.right) / TARGET_RATE
+                begin, end = chunks[first].kept_samples[0] / TARGET_RATE, chunk.kept_samples[1] / TARGET_RATE
                 yield contract.Segment(
                     index=i, start=round(begin, 3), end=round(end, 3), text=" ".join(w for w, _, _ in words),
-                    words=self._words(words) if clip.options.timestamps else None, last=last,
-                    batch_size=outcome.batch_size)
+                    words=self._words(words, clip), last=last, batch_size=outcome.batch_size)
         finally:
             for f in futures:
                 f.cancel()
@@ -252,8 +225,7 @@ class ServingModel:
         for i, (chunk, future) in enumerate(zip(chunks, futures)):
             outcome = self._wait([future], deadline, others=futures[i + 1:])[0]
             kept = self._kept(chunk, outcome.value)
-            first_frame = (chunk.start + chunk.left) // self.samples_per_frame
-            frames, base = (kept, first_frame) if carry is None else (torch.cat([carry, kept]), carry_frame)
+            frames, base = (kept, chunk.first_frame) if carry is None else (torch.cat([carry, kept]), carry_frame)
             last = i == len(chunks) - 1
             hyp = decoder.decode(frames, language.vocab, words=True, deadline=deadline)
             words = hyp.words
@@ -262,12 +234,10 @@ class ServingModel:
                 held = words[-1][1]
                 carry, carry_frame, words = frames[held:], base + held, words[:-1]
             words = [(w, base + s, base + e) for w, s, e in words]
-            begin = (chunk.start + chunk.left) / TARGET_RATE
-            end = (chunk.start + len(chunk.audio) - chunk.right) / TARGET_RATE
+            begin, end = (at / TARGET_RATE for at in chunk.kept_samples)
             yield contract.Segment(
                 index=i, start=round(begin, 3), end=round(end, 3), text=" ".join(w for w, _, _ in words),
-                words=self._words(words) if clip.options.timestamps else None, last=last,
-                batch_size=outcome.batch_size)
+                words=self._words(words, clip), last=last, batch_size=outcome.batch_size)
 
     def open_stream(self, options: Options) -> streaming.Transcriber:
         """A live stream (contract.LiveStream) with a session's options; BadRequest for options it cannot honour."""
@@ -301,59 +271,21 @@ class ServingModel:
         return self._language(options).vocab
 
     def decoder(self, options: Options):
-        """The decoder for a request's options: `decoding.GREEDY`, or beam search bound to its options.
-        BadRequest for a decoder this model does not have, or options that do not apply to it."""
-        name = options.decoder or self.info.default_decoder
-        given = beam_options_given(options)
-        if name == "greedy":
-            if given:
-                if options.decoder:
-                    why = "decoder=greedy was asked for: leave them out"
-                elif self.beam is None:
-                    why = f"this model decodes greedily only ({self.beam_unavailable})"
-                else:
-                    why = "this model decodes greedily by default (it has no language model): add decoder=beam"
-                raise contract.BadRequest(f"{', '.join(given)} {'applies' if len(given) == 1 else 'apply'} only "
-                                          f"to beam search, and {why}")
-            return decoding.GREEDY
-        if self.beam is None:
-            raise contract.BadRequest(f"decoder=beam: {self.beam_unavailable}; this model decodes with "
-                                      f"decoder=greedy")
-        try:
-            beam_options = decode_options(options)
-        except lm.OptionError as exc:
-            raise contract.BadRequest(str(exc)) from None
-        return self.beam.bind(beam_options)
+        """The decoder for a request's options (serve/decoding.py's `choose`): `decoding.GREEDY`, or beam
+        search bound to its options. BadRequest for a decoder this model does not have, or options that do not
+        apply to it."""
+        return decoding.choose(options, self.beam, self.beam_unavailable, self.info.default_decoder)
 
     # Long audio ---------------------------------------------------------------------------------------
-    def chunks(self, audio: np.ndarray) -> list[Chunk]:
-        """Whole-clip normalised chunks; a clip no longer than one chunk is one chunk with no strides.
+    def chunks(self, audio: np.ndarray) -> list[chunking.Chunk]:
+        """The clip normalised as a whole, then cut by serve/chunking.py's `plan` (the one place a clip is
+        chunked): a clip no longer than one chunk is one chunk with no strides; the chunks' kept parts tile
+        the clip."""
+        return chunking.plan(self._normalized(audio), self.geometry)
 
-        The parts kept (strides dropped) tile the clip. Each chunk starts `stride` before its kept part (the
-        first at 0) and ends `stride` after it (at least the receptive field's reach past a frame, even with no
-        stride); the last chunk reaches back as far as a whole chunk would, so that a short tail still gets
-        full left context and is never shorter than the receptive field."""
-        audio = self._normalized(audio)
-        n, size, stride, align = len(audio), self.chunk_samples, self.stride_samples, self.samples_per_frame
-        if n <= size:
-            return [Chunk(audio, 0, 0, 0)]
-        out, kept, right = [], 0, self.right_samples
-        while True:
-            start = max(0, kept - stride)
-            end = start + size
-            if end >= n:
-                start = max(0, -(-(n - size) // align) * align)  # aligned, at most `size` before the end
-                out.append(Chunk(audio[start:], kept - start, 0, start))
-                return out
-            out.append(Chunk(audio[start:end], kept - start, right, start))
-            kept = end - right
-
-    def _kept(self, chunk: Chunk, logits: torch.Tensor) -> torch.Tensor:
-        """A chunk's frames without its strides. Frame k of a chunk starting at sample s (frame-aligned) is
-        whole-clip frame s / samples_per_frame + k, so cutting by sample position keeps each frame once."""
-        start = chunk.left // self.samples_per_frame
-        end = (len(chunk.audio) - chunk.right) // self.samples_per_frame if chunk.right else len(logits)
-        return logits[start:end]
+    def _kept(self, chunk: chunking.Chunk, logits: torch.Tensor) -> torch.Tensor:
+        """A chunk's frame logits without its strides (`chunking.Chunk.kept`)."""
+        return chunk.kept(logits)
 
     # The forward pass ---------------------------------------------------------------------------------
     @torch.inference_mode()
@@ -372,10 +304,7 @@ class ServingModel:
 
     def _run_batch(self, key: Hashable, clips: list[np.ndarray]) -> list[torch.Tensor]:
         """The batcher thread: the key's adapter, then one forward pass."""
-        name = key[0]
-        if self._adapter_files and name != self._active:
-            modeldir.set_adapter(self.model, self._language(None, name).parameters)
-            self._active = name
+        self.languages.activate(key[0])
         if key[-1] == _FEATURES:
             return streamfeatures.forward(self.model, self.stream_features, clips, device=self.device,
                                           dtype=self.dtype)
@@ -415,125 +344,21 @@ class ServingModel:
                     from f.exception()
         return [f.result() for f in futures]
 
-    def _words(self, words: list[tuple[str, int, int]]) -> list[contract.Word]:
-        step = self.seconds_per_frame
-        return [contract.Word(w, round(s * step, 3), round(e * step, 3)) for w, s, e in words]
+    def _words(self, words: list[tuple[str, int, int]], clip: contract.Clip) -> list[contract.Word] | None:
+        """A hypothesis's words (frames of the clip) in seconds (decoding.timed_words), if the clip asked."""
+        return decoding.timed_words(words, self.seconds_per_frame) if clip.options.timestamps else None
 
-    def _language(self, options: Options | None, name: str | None = None) -> _Language:
-        """The language's vocabulary and adapter, loaded on first use (least recently used dropped)."""
-        if options is not None:
-            name = options.language
-            if name is None:
-                name = self.default_language
-            elif name not in self._adapter_files:
-                raise contract.UnknownLanguage(name, list(self._adapter_files))
-        with self._languages_lock:
-            found = self._languages.get(name)
-            if found is not None:
-                self._languages.move_to_end(name)
-                return found
-            found = self._load_language(name)
-            self._languages[name] = found
-            while len(self._languages) > self._max_adapters:
-                oldest = next(iter(self._languages))
-                if oldest == self._active:  # in the model now: keep; drop the next oldest
-                    self._languages.move_to_end(oldest)
-                    oldest = next(iter(self._languages))
-                del self._languages[oldest]
-            return found
-
-    def _load_language(self, name: str) -> _Language:
-        path = self._adapter_files[name]
-        started = time.monotonic()
-        tensors = modeldir.read_adapter(path)
-        try:
-            size = modeldir.check_adapter(self.model, tensors, path)
-            _, tokenizer = modeldir.load_processor_parts(self.path, name)
-            modeldir.check_vocabulary(tokenizer, size)
-        except modeldir.ModelDirError as exc:
-            log.error("language %s cannot be served: %s", name, exc)
-            raise contract.ModelFailure(f"the adapter for language {name!r} does not fit this model "
-                                        f"(details in the server log)") from None
-        parameters = {k: torch.nn.Parameter(t.to(self.device, self.dtype), requires_grad=False)
-                      for k, t in tensors.items()}
-        log.info("adapter %s loaded from %s in %.2f s", name, path.name, time.monotonic() - started)
-        return _Language(name, ctc.Vocabulary(tokenizer, size), parameters)
+    def _language(self, options: Options | None) -> languages.Language:
+        """The request's language (serve/languages.py); options None: the model's only language."""
+        return self.languages.get(None) if options is None else self.languages.for_options(options)
 
     def _normalized(self, audio: np.ndarray) -> np.ndarray:
         """The feature extractor's zero-mean unit-variance normalisation, over the whole clip."""
-        audio = np.asarray(audio, dtype=np.float32)
-        if len(audio) < self.min_samples:
-            # Shorter than the feature encoder's receptive field gives zero frames: pad with silence.
-            audio = np.pad(audio, (0, self.min_samples - len(audio)))
+        # Shorter than the feature encoder's receptive field gives zero frames: padded with silence first.
+        audio = chunking.padded(np.asarray(audio, dtype=np.float32), self.min_samples)
         if not self.normalize:
             return audio
         return normalize(audio)
-
-
-def beam_search(checkpoint: modeldir.Checkpoint, processes: int) -> tuple[decoding.BeamSearch | None, str]:
-    """This model's beam search, and why there is none when there is none (logged either way).
-
-    With an LM (language_model/): its pool started now (in this worker, after the fork), the LM loaded by the
-    first process, what it found logged; ModelDirError when the decoder files cannot be used (the server
-    does not start: a model that ships an LM is not served without it), among them an LM whose unigrams the
-    vocabulary mostly cannot spell (common/lm.py, MIN_SPELLABLE: e.g. a lower-case LM beside an upper-case
-    vocabulary, which would decode to garbage with status 200). Without one: beam search without an
-    LM on request, its processes started on the first such request. Adapter (MMS) models: none (one alphabet
-    per pool; an LM beside them refuses the model).
-    """
-    path = checkpoint.path
-    columns = checkpoint.model.lm_head.out_features  # logits per frame: the alphabet must have as many labels
-    try:
-        files = lm.find(path)
-    except lm.LMError as exc:
-        raise modeldir.ModelDirError(f"its language model cannot be used: {exc}") from None
-    has_lm = files is not None and files.kenlm is not None
-    if checkpoint.languages:
-        if has_lm:
-            raise modeldir.ModelDirError(f"{lm.LM_DIR}/ beside language adapters: beam search with an LM is not "
-                                         f"supported for adapter (MMS) models; remove {lm.LM_DIR}/ to serve it "
-                                         f"with greedy decoding")
-        why = "beam search is not available for adapter (MMS) models"
-        log.info("decoder: greedy (%s)", why)
-        return None, why
-    started = time.monotonic()
-    if not has_lm:
-        try:
-            bare = lm.load(path)  # no LM file: cheap; checks the alphabet against the tokenizer and the head
-        except (lm.LMError, ImportError) as exc:  # ImportError: an environment without requirements/lm.txt
-            why = f"this model's vocabulary cannot be a beam-search alphabet ({exc})" \
-                if isinstance(exc, lm.LMError) else f"beam search is not installed ({exc})"
-            log.info("decoder: greedy; %s", why)
-            return None, why
-        labels = bare.labels
-        bare.close()
-        if len(labels) != columns:
-            why = f"the beam-search alphabet has {len(labels)} labels for {columns} logits per frame"
-            log.info("decoder: greedy; %s", why)
-            return None, why
-        log.info("decoder: greedy by default (no %s/ in %s); decoder=beam runs beam search without an LM "
-                 "in %d process(es), started on first use", lm.LM_DIR, path, processes)
-        return decoding.BeamSearch(path, processes, labels=labels, has_lm=False), ""
-    beam = decoding.BeamSearch(path, processes)
-    try:
-        info = beam.start()
-    except lm.LMError as exc:
-        raise modeldir.ModelDirError(f"its language model cannot be used: {exc}") from None
-    if info["vocab_size"] != columns:
-        beam.close()
-        raise modeldir.ModelDirError(f"its language model cannot be used: {lm.ALPHABET_FILE} has "
-                                     f"{info['vocab_size']} labels, the model writes {columns} logits per frame")
-    if info.get("spellable") is not None and info["spellable"] < lm.WARN_SPELLABLE:
-        # Refused below lm.MIN_SPELLABLE (LMError above); between the two it decodes, with fewer usable words.
-        log.warning("language model: %s; those words can never be transcribed", info["spelling"])
-    size = info["kenlm_bytes"] or 0
-    log.info("decoder: beam search + LM by default: %s (%s, %.1f MB, order %s, %s unigrams), alpha=%g beta=%g, "
-             "beam width %d unless a request sets one; %d process(es) (SERVE_BEAM_PROCESSES), first loaded in "
-             "%.1f s; decoder=greedy on request", Path(info["kenlm"]).relative_to(path),
-             "ARPA text: loaded by every process" if info["kenlm"].endswith(".arpa") else "KenLM binary",
-             size / 1e6, info["order"], info["unigrams"], info["alpha"], info["beta"], lm.DEFAULT_BEAM_WIDTH,
-             processes, time.monotonic() - started)
-    return beam, ""
 
 
 def load(settings, workers: int = 1) -> ServingModel:
@@ -547,7 +372,7 @@ def load(settings, workers: int = 1) -> ServingModel:
     checkpoint = modeldir.load_checkpoint(settings.model_dir, language=settings.language)
     for note in checkpoint.notes:
         log.info("model: %s", note)
-    beam, beam_unavailable = beam_search(checkpoint, settings.beam_processes_for(workers))
+    beam, beam_unavailable = decoding.beam_search(checkpoint, settings.beam_processes_for(workers))
     try:
         model = ServingModel(
             checkpoint, device=device, dtype=dtype, chunk_length_s=settings.chunk_length_s,

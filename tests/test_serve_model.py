@@ -106,6 +106,27 @@ def test_a_last_chunk_shorter_than_the_receptive_field_transcribes(tiny_model_di
         t.close()
 
 
+def test_a_last_chunk_that_keeps_no_frame_transcribes(tiny_model_dir):
+    """4 s chunks, no stride, 4 s + 1 sample: the first chunk keeps every frame of the clip, so the last chunk
+    (serve/chunking.py: a whole chunk ending at the clip's end) keeps none; the transcript and the segments are
+    still the clip's."""
+    t = serving_model(tiny_model_dir, chunk_length_s=4, chunk_stride_s=0)
+    try:
+        audio = (np.random.default_rng(1).standard_normal(4 * RATE + 1) * 0.1).astype(np.float32)
+        chunks = t.chunks(audio)
+        last = chunks[-1]
+        assert len(chunks) == 2 and len(t._kept(last, torch.zeros(frame_count(t.config, len(last.audio))))) == 0
+        assert sum(len(t._kept(c, torch.zeros(frame_count(t.config, len(c.audio))))) for c in chunks) \
+            == frame_count(t.config, len(audio))
+        clip = contract.Clip(audio, Options(timestamps=True))
+        whole = t.transcribe([clip], deadline=time.monotonic() + 120)[0]
+        segments = list(t.transcribe_iter(clip, deadline=time.monotonic() + 120))
+        assert len(segments) == 2 and segments[-1].last and segments[-1].end == whole.audio_seconds
+        assert [w.word for s in segments for w in s.words] == [w.word for w in whole.words]
+    finally:
+        t.close()
+
+
 def test_segments_chunk_by_chunk_join_to_the_transcript(transcriber, speech):
     """transcribe_iter (response streaming) gives one segment per chunk, and its words are the transcript's."""
     speech = speech[: 16 * RATE]
@@ -192,3 +213,20 @@ def test_cpu_bf16_auto_follows_the_cpu_flags(tmp_path):
         assert choose_device_and_dtype("float16", "false")[1] == torch.float32
         want = torch.bfloat16 if cpu_has_native_bf16() else torch.float32
         assert choose_device_and_dtype("float16", "auto")[1] == want
+
+
+def test_decoder_choice_without_a_model():
+    """serve/decoding.py's `choose`, what ServingModel.decoder calls: greedy by default without beam search,
+    beam options and decoder=beam refused with the reason (a 400, never ignored)."""
+    from serve import decoding
+
+    assert decoding.choose(Options(), None, "no LM here") is decoding.GREEDY
+    assert decoding.choose(Options(decoder="greedy"), None, "no LM here", "greedy") is decoding.GREEDY
+    with pytest.raises(contract.BadRequest, match=r"decoder=beam: no LM here; this model decodes with decoder=greedy"):
+        decoding.choose(Options(decoder="beam"), None, "no LM here")
+    with pytest.raises(contract.BadRequest, match=r"hotwords applies only to beam search, and this model decodes "
+                                                  r"greedily only \(no LM here\)"):
+        decoding.choose(Options(hotwords=("cat",)), None, "no LM here")
+    assert decoding.available(None) == ("greedy",) and decoding.default_decoder(None) == "greedy"
+    assert decoding.timed_words([("a", 0, 3), ("bc", 5, 12)], 0.02) == [contract.Word("a", 0.0, 0.06),
+                                                                        contract.Word("bc", 0.1, 0.24)]

@@ -10,6 +10,10 @@
                      a DataLoader worker asks for it; an unreadable file becomes a skip report in the batch
 
 `load_channel()` decodes a whole channel at once (launcher/launch prepare uses it to check and convert data).
+
+One file because these are the steps of one pipeline from channels to a DataLoader's items, in the order
+train/main.py runs them, passing the same `Examples`/`Labelled` records along; indexing and the layouts are
+already modules of their own (train/index.py, train/formats.py).
 """
 from __future__ import annotations
 

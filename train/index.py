@@ -6,6 +6,10 @@ of processed input_values); the audio itself is decoded later, one item at a tim
 draws it (`ChannelIndex.audio.load(i)`). Entries are held in numpy arrays and byte buffers rather than
 Python objects, so memory stays flat as the data grows and DataLoader workers forked from the training
 process do not copy it (reading a Python object touches its reference count, which copies its page).
+
+One file because the compact storage (`Strings`, `Ragged`) and the three audio sources (files, Arrow tables,
+processed input values) are used only through `ChannelIndex`, and keeping its memory flat is the point of all of
+them together.
 """
 from __future__ import annotations
 

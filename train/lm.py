@@ -15,6 +15,9 @@ After training, the first process:
 
 KenLM's tools are looked up in $KENLM_BIN, then beside this Python (the venv's bin/, where ./setup.sh puts
 them), then on PATH (the training image has them in /usr/local/bin).
+
+One file because the four steps above are one pipeline run once per job on the same plan and corpus, each
+reading what the step before wrote; train/main.py calls only `plan`, `check_ready_words` and `build`.
 """
 from __future__ import annotations
 

@@ -2,6 +2,9 @@
 
 Usage: train [train]   (SageMaker runs `docker run IMAGE train`); `train --help` lists hyperparameters.
 Every /opt/ml path derives from $OPT_ML when set (native runs and tests), else /opt/ml.
+
+One file because it is the program's top level: the contract checks, the choice of the starting model and the
+order of the steps (index, train, save, LM) read as one flow, while each step lives in its own module.
 """
 from __future__ import annotations
 
