@@ -606,8 +606,8 @@ def _sndfile_read(source, max_seconds: float | None, max_bytes: int | None = Non
     except AudioError:
         raise
     except (sf.LibsndfileError, RuntimeError, TypeError, ValueError, EOFError, MemoryError) as exc:
-        raise AudioError(f"cannot decode audio (WAV, FLAC, OGG, MP3 or another format libsndfile reads): "
-                         f"{_libsndfile_message(exc)}") from None
+        raise AudioError(f"cannot decode audio (WAV, FLAC, OGG, MP3, WebM, MP4/M4A, AAC or another format "
+                         f"libsndfile reads): {_libsndfile_message(exc)}") from None
     data = np.concatenate(parts) if parts else np.zeros(0, np.float32)
     return data, rate, declared, error
 

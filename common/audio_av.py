@@ -125,8 +125,9 @@ def _check_matroska(view) -> None:
             pos = data
             continue
         if data + value > size:
+            how = "cut while it was being written" if unknown else "cut short"
             raise AudioError(f"WebM/Matroska is truncated: an element at byte {pos} declares {value} bytes, the "
-                             f"file holds {size - data} ({'cut while it was being written' if unknown else 'cut short'})")
+                             f"file holds {size - data} ({how})")
         pos = data + value
 
 

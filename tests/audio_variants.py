@@ -1,6 +1,7 @@
 """Audio files as real tools write them, made in the tests: espeak-ng speech, MP3/FLAC/OGG from libsndfile,
-WebM/MP4/M4A/AAC (and video with or without sound) from PyAV, and the byte edits that reproduce what other writers and taggers do (no Xing/Info frame, ID3v2 cover art, ID3v1,
-streamed WAV headers, FLAC of unknown length). Shared by tests/test_audio.py and bench/audio_probe."""
+WebM/MP4/M4A/AAC (and video with or without sound) from PyAV, and the byte edits that reproduce what other writers
+and taggers do (no Xing/Info frame, ID3v2 cover art, ID3v1, streamed WAV headers, FLAC of unknown length). Shared
+by tests/test_audio.py, tests/test_audio_containers.py and bench/audio_probe."""
 from __future__ import annotations
 
 import io
@@ -100,16 +101,18 @@ def flac_with_total(data: bytes, total: int) -> bytes:
 
 
 def pyav_file(x: np.ndarray | None, rate: int, container: str, codec: str = "aac", codec_rate: int | None = None,
-              layout: str = "mono", video: str | None = None, bit_rate: int = 128_000) -> bytes:
+              layout: str = "mono", video: str | None = None, bit_rate: int = 128_000,
+              options: dict[str, str] | None = None) -> bytes:
     """A file PyAV's muxers and encoders (FFmpeg's) write: `x` (1-D float32, or int16 PCM, at `rate`; None for
     no audio track) encoded with `codec` at `codec_rate` (swresample converts the rate and sample format, as
     ffmpeg would) in `container` ('webm', 'mp4', 'ipod' = .m4a, 'adts' = .aac, 'ogg', 'matroska', 'mov'),
-    with a second of black `video` frames ('libvpx', 'mpeg4') when given. A stereo layout carries `x` on both
+    with a second of black `video` frames ('libvpx', 'mpeg4') when given; `options` for the muxer (movflags for
+    a fragmented MP4, as Safari's MediaRecorder writes). A stereo layout carries `x` on both
     channels unscaled (swresample's own mono-to-stereo upmix would scale it by -3 dB)."""
     import av
 
     buf = io.BytesIO()
-    with av.open(buf, "w", format=container) as out:
+    with av.open(buf, "w", format=container, options=options or {}) as out:
         picture = None
         if video:
             picture = out.add_stream(video, rate=10)
@@ -117,6 +120,8 @@ def pyav_file(x: np.ndarray | None, rate: int, container: str, codec: str = "aac
         if x is not None:
             sound = out.add_stream(codec, rate=codec_rate or rate, layout=layout)
             sound.bit_rate = bit_rate
+            if codec == "vorbis":  # FFmpeg's own Vorbis encoder (the wheel has no libvorbis)
+                sound.codec_context.options = {"strict": "experimental"}
             convert = av.AudioResampler(format=sound.codec_context.format, layout=layout, rate=codec_rate or rate)
             channels = 2 if layout == "stereo" else 1
             planes = np.ascontiguousarray(np.repeat(x[None, :], channels, axis=0))
