@@ -36,9 +36,9 @@ CODECS = frozenset({"aac", "aac_fixed", "opus", "libopus", "vorbis", "mp3", "mp3
                     "pcm_f32be", "pcm_f64le", "pcm_f64be", "pcm_u8", "pcm_alaw", "pcm_mulaw"})
 # Opus and Vorbis allow 255 channels, AAC 48; more is a damaged or hostile header.
 MAX_CHANNELS = 255
-# An MP4 track's own duration (its sample table) against what decodes: a codec's frame of slack (AAC: 1024 samples,
-# 64 ms at 16 kHz; an edit list that trims it may make the declared length the shorter one).
-_MP4_SLACK_S = 0.1
+# An MP4 track's own duration (its sample table, or its edit list's) against what decodes: 4096 samples (AAC's
+# encoder delay and padding, two frames of 1024 each, twice over) plus this much.
+_MP4_SLACK_S = 0.05
 # Decoded frames (a few thousand samples each) are gathered into blocks of about this many samples before they are
 # downmixed and resampled.
 _BLOCK_FRAMES = 1 << 16
@@ -181,6 +181,13 @@ def _audio_stream(container, name: str):
     return stream, codec
 
 
+def _check_rate(rate: int, name: str) -> int:
+    if not audio.MIN_RATE <= rate <= audio.MAX_RATE:
+        raise AudioError(f"{name}: its audio track declares a sampling rate of {rate} Hz, outside "
+                         f"{audio.MIN_RATE}..{audio.MAX_RATE} Hz")
+    return rate
+
+
 def _declared_seconds(stream, container) -> float | None:
     """The duration the header declares (the track's own, else the container's), or None."""
     if stream.duration is not None and stream.time_base is not None and stream.duration > 0:
@@ -216,20 +223,16 @@ def decode(buf, kind: str, max_seconds: float | None,
     with container:
         stream, codec = _audio_stream(container, name)
         ctx = stream.codec_context
-        rate, channels = ctx.sample_rate, ctx.channels
-        if not audio.MIN_RATE <= rate <= audio.MAX_RATE:
-            raise AudioError(f"{name}: its audio track declares a sampling rate of {rate} Hz, outside "
-                             f"{audio.MIN_RATE}..{audio.MAX_RATE} Hz")
+        rate, channels = ctx.sample_rate, ctx.channels  # the header's; the first frame's rate is the one used
+        _check_rate(rate, name)
         if not 1 <= channels <= MAX_CHANNELS:
             raise AudioError(f"{name}: its audio track declares {channels} channels")
         # ADTS has no length field: FFmpeg's figure for it is an estimate from the bitrate, not a claim to check.
         declared = None if kind == "aac" else _declared_seconds(stream, container)
         if declared is not None:
             audio._check_decoded(math.ceil(declared * rate), channels, rate, max_bytes)
-        limit = audio._limit(max_seconds, rate)
-        resampler = None if rate == TARGET_RATE else soxr.ResampleStream(rate, TARGET_RATE, 1, dtype="float32",
-                                                                            quality="HQ")
         out, pending, pending_frames, total, decoded_samples = [], [], 0, 0, 0
+        resampler, limit, first = None, None, True
 
         def flush(last: bool) -> None:
             nonlocal pending, pending_frames
@@ -240,7 +243,12 @@ def decode(buf, kind: str, max_seconds: float | None,
         try:
             for packet in container.demux(stream):
                 for frame in packet.decode():
-                    if frame.sample_rate != rate:
+                    if first:  # HE-AAC (SBR) decodes at twice the rate its AAC header gives
+                        first, rate = False, _check_rate(frame.sample_rate, name)
+                        limit = audio._limit(max_seconds, rate)
+                        if rate != TARGET_RATE:
+                            resampler = soxr.ResampleStream(rate, TARGET_RATE, 1, dtype="float32", quality="HQ")
+                    elif frame.sample_rate != rate:
                         raise AudioError(f"{name}: the sampling rate changes from {rate} to {frame.sample_rate} Hz "
                                          f"inside the track")
                     x = _as_float(frame)
@@ -258,7 +266,7 @@ def decode(buf, kind: str, max_seconds: float | None,
         except av.FFmpegError as exc:
             raise AudioError(f"{name} is truncated or corrupt: decoding stopped after {total / rate:.2f} s "
                              f"({_reason(exc)})") from None
-        if kind == "mp4" and declared is not None and total / rate + _MP4_SLACK_S < declared:
+        if kind == "mp4" and declared is not None and total / rate + _MP4_SLACK_S + 4096 / rate < declared:
             raise AudioError(f"MP4/M4A is truncated or its index is damaged: the index declares {declared:.2f} s "
                              f"of audio, {total / rate:.2f} s decode")
         if total == 0:
