@@ -12,6 +12,9 @@ same rules as its other formats:
   decodes; frames are decoded, downmixed and resampled (soxr, HQ, streamed) one block at a time, and
   max_seconds and max_decoded_bytes are checked after every frame, so no buffer is sized from a header's claim.
 PyAV 18.1 (requirements/serve.txt, train.txt): docs/audio-formats.md says why.
+
+One file because the container checks, the decoding loop and the probe share the demuxer table, the decoder
+allow-list and the bounds; split, each part would import the others' private helpers.
 """
 from __future__ import annotations
 
@@ -151,14 +154,17 @@ _CHECKS = {"mp4": _check_mp4, "webm": _check_matroska, "aac": _check_adts, "ogg"
 # ---------------------------------------------------------------------------------------------------------------
 # Decoding
 
-def _open(view, kind: str):
+def _open(source, kind: str):
+    """(the av module, an open input container, the format's name) for a buffer (its sizes checked first) or a
+    path."""
     import av  # here, not at import: the launcher and light tools import common.audio without PyAV
 
     demuxer, name = DEMUXERS[kind]
-    _CHECKS[kind](view)
+    if isinstance(source, memoryview):
+        _CHECKS[kind](source)
+        source = audio._Spliced(b"", source, len(source))
     try:
-        container = av.open(audio._Spliced(b"", view, len(view)), mode="r", format=demuxer,
-                            metadata_errors="ignore")
+        container = av.open(source, mode="r", format=demuxer, metadata_errors="ignore")
     except av.FFmpegError as exc:
         raise AudioError(f"cannot read {name}: {_reason(exc)} (not a {name} file, or damaged)") from None
     return av, container, name
@@ -278,9 +284,10 @@ def decode(buf, kind: str, max_seconds: float | None,
 
 def probe_seconds(path: str | Path, kind: str) -> float:
     """Duration of the first audio track in seconds from its packets' timestamps (read, not decoded): within a
-    codec frame of what `decode` gives (AAC's encoder delay of 1024 samples is not removed)."""
-    view = memoryview(Path(path).read_bytes())
-    av, container, name = _open(view, kind)
+    codec frame of what `decode` gives (AAC's encoder delay of 1024 samples is not removed). The file is opened by
+    its path (a long video is not read into memory) and its sizes are not checked: `decode` (load_file) refuses
+    a truncated file."""
+    av, container, name = _open(str(path), kind)
     with container:
         stream, _ = _audio_stream(container, name)
         start, end = None, None
