@@ -1,5 +1,5 @@
-"""Audio in: WAV, FLAC, OGG (Vorbis, Opus), MP3 and the other formats libsndfile reads; WebM/Matroska, MP4/M4A
-and ADTS AAC through PyAV (common/audio_av.py); any rate, any channel count -> 16 kHz mono float32. Training
+"""Audio in: WAV, FLAC, OGG Vorbis, MP3 and the other formats libsndfile reads; WebM/Matroska, MP4/M4A, ADTS
+AAC and OGG Opus through PyAV (common/audio_av.py); any rate, any channel count -> 16 kHz mono float32. Training
 (`load_file`) and serving (`decode_bytes`) decode through the same code.
 
 One file because the formats share their sniffing, their bounds (max_seconds, max_decoded_bytes), block-wise
@@ -630,9 +630,11 @@ def _pyav():
     """common.audio_av, imported when a file needs it: the launcher and light tools import this module without
     PyAV installed."""
     try:
+        import av  # noqa: F401  (audio_av imports it where it decodes; a missing one is named here)
+
         from common import audio_av
     except ImportError as exc:  # a checkout without requirements/serve.txt or train.txt installed
-        raise AudioError(f"WebM, MP4/M4A and AAC need PyAV, which is not installed here ({exc.name}): "
+        raise AudioError(f"WebM, MP4/M4A, AAC and OGG Opus need PyAV, which is not installed here ({exc.name}): "
                          f"pip install -r requirements/serve.txt") from None
     return audio_av
 

@@ -332,3 +332,14 @@ def test_the_audio_formats_page_lists_every_audio_type_and_suffix():
     for suffix, ctype in re.findall(r"`(\.[a-z0-9]+)` as `([a-z]+/[a-z0-9.+-]+)`", text):
         assert mediatypes.BY_SUFFIX[suffix] == ctype, suffix
     assert {".webm", ".weba", ".m4a", ".mp4", ".aac", ".opus"} <= set(re.findall(r"`(\.[a-z0-9]+)` as", text))
+
+
+def test_without_pyav_the_new_containers_are_refused_in_words(files, monkeypatch):
+    """A checkout without PyAV (requirements not installed) refuses these files with AudioError naming the fix,
+    not an ImportError (a 500 when served); WAV still decodes."""
+    import sys
+
+    monkeypatch.setitem(sys.modules, "av", None)  # `import av` raises ImportError
+    with pytest.raises(AudioError, match="need PyAV, which is not installed here"):
+        decode_bytes(files["m4a-aac"])
+    assert len(decode_bytes(encode(np.zeros(1600, np.float32), TARGET_RATE))) == 1600
