@@ -37,8 +37,10 @@ DEMUXERS = {"webm": ("matroska", "WebM/Matroska"), "mp4": ("mp4", "MP4/M4A"), "a
 CODECS = frozenset({"aac", "aac_fixed", "opus", "libopus", "vorbis", "mp3", "mp3float", "flac", "alac",
                     "pcm_s16le", "pcm_s16be", "pcm_s24le", "pcm_s24be", "pcm_s32le", "pcm_s32be", "pcm_f32le",
                     "pcm_f32be", "pcm_f64le", "pcm_f64be", "pcm_u8", "pcm_alaw", "pcm_mulaw"})
-# Opus and Vorbis allow 255 channels, AAC 48; more is a damaged or hostile header.
-MAX_CHANNELS = 255
+# PyAV 18.1 reads a planar frame's planes from AVFrame.data, which holds 8 pointers: a frame of more channels
+# (a damaged AAC header switching to 12 channels did it) made to_ndarray read a wild pointer and crash the process.
+# So at most 8 channels, in the header and in every frame (JSON requests have the same bound).
+MAX_CHANNELS = 8
 # An MP4 track's own duration (its sample table, or its edit list's) against what decodes: 4096 samples (AAC's
 # encoder delay and padding, two frames of 1024 each, twice over) plus this much.
 _MP4_SLACK_S = 0.05
@@ -179,8 +181,8 @@ def _audio_stream(container, name: str):
     if len(streams.audio) > 1:
         log.warning("%s holds %d audio tracks: transcribing the first", name, len(streams.audio))
     stream = streams.audio[0]
-    ctx = stream.codec_context
-    codec = ctx.name
+    ctx = stream.codec_context  # None when FFmpeg has no decoder for the track's codec
+    codec = ctx.name if ctx is not None else ""
     if codec not in CODECS:
         raise AudioError(f"{name}: its audio track is {codec or 'of an unknown codec'}, not one decoded here "
                          f"(AAC, Opus, Vorbis, MP3, FLAC, ALAC or PCM)")
@@ -232,7 +234,8 @@ def decode(buf, kind: str, max_seconds: float | None,
         rate, channels = ctx.sample_rate, ctx.channels  # the header's; the first frame's rate is the one used
         _check_rate(rate, name)
         if not 1 <= channels <= MAX_CHANNELS:
-            raise AudioError(f"{name}: its audio track declares {channels} channels")
+            raise AudioError(f"{name}: its audio track declares {channels} channels; at most {MAX_CHANNELS} are "
+                             f"decoded")
         # ADTS has no length field: FFmpeg's figure for it is an estimate from the bitrate, not a claim to check.
         declared = None if kind == "aac" else _declared_seconds(stream, container)
         if declared is not None:
@@ -257,6 +260,9 @@ def decode(buf, kind: str, max_seconds: float | None,
                     elif frame.sample_rate != rate:
                         raise AudioError(f"{name}: the sampling rate changes from {rate} to {frame.sample_rate} Hz "
                                          f"inside the track")
+                    if not 1 <= len(frame.layout.channels) <= MAX_CHANNELS:
+                        raise AudioError(f"{name}: a frame of {len(frame.layout.channels)} channels inside the "
+                                         f"track; at most {MAX_CHANNELS} are decoded")
                     x = _as_float(frame)
                     n = x.shape[1]
                     total += n

@@ -208,15 +208,12 @@ def test_a_header_declaring_a_huge_duration_is_refused_before_decoding(files, mo
         decode_bytes(bytes(data))
 
 
-def test_mutations_and_garbage_raise_audio_error_only(speech):
-    """Untrusted bytes: seeded mutations of each new container decode or raise AudioError (never another
-    exception or a crash), and no message holds a Python object's repr."""
+def mutations(speech, seed: int = 21, count: int = 150):
+    """Seeded mutations (bytes changed, cut out, inserted) of a second of speech in each new container."""
     x, rate = speech
-    x = x[: rate]
-    seeds = [made(case, x, rate) for case in PYAV]
-    rng = random.Random(21)
-    refused = 0
-    for _ in range(150):
+    seeds = [made(case, x[:rate], rate) for case in PYAV]
+    rng = random.Random(seed)
+    for _ in range(count):
         data = bytearray(rng.choice(seeds))
         for _ in range(rng.randint(1, 6)):
             at, op = rng.randrange(len(data)), rng.random()
@@ -226,14 +223,48 @@ def test_mutations_and_garbage_raise_audio_error_only(speech):
                 del data[at:at + rng.randint(1, 400)]
             else:
                 data[at:at] = rng.randbytes(rng.randint(1, 40))
+        yield bytes(data)
+
+
+def test_mutations_and_garbage_raise_audio_error_only(speech):
+    """Untrusted bytes: seeded mutations of each new container decode or raise AudioError (never another
+    exception or a crash), and no message holds a Python object's repr."""
+    refused = 0
+    for data in mutations(speech):
         try:
-            out = decode_bytes(bytes(data), max_seconds=60)
+            out = decode_bytes(data, max_seconds=60)
         except AudioError as exc:
             refused += 1
             assert not REPR.search(str(exc)), exc
             continue
         assert out.dtype == np.float32 and out.ndim == 1
     assert refused > 0
+
+
+def test_a_frame_of_more_than_8_channels_is_refused_not_a_crash(speech):
+    """One of those mutations is an ADTS file whose channel configuration turns from mono to 12 channels
+    mid-stream: PyAV 18.1's to_ndarray read past AVFrame.data's 8 plane pointers and crashed the process
+    (now and then). It is refused; decoded 20 times in a child process, so a regression fails this test
+    instead of killing the run."""
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    found = None
+    for data in mutations(speech):
+        try:
+            decode_bytes(data)
+        except AudioError as exc:
+            if "a frame of 12 channels" in str(exc):
+                found = data
+                break
+    assert found is not None
+    code = ("import sys; from common.audio import decode_bytes, AudioError\n"
+            "data = sys.stdin.buffer.read()\n"
+            "for _ in range(20):\n    try:\n        decode_bytes(data)\n    except AudioError:\n        pass\n")
+    out = subprocess.run([sys.executable, "-c", code], input=found, cwd=ROOT, capture_output=True)
+    assert out.returncode == 0, out.stderr.decode()[-2000:]
 
 
 # ---------------------------------------------------------------------------------------------------------------
