@@ -1,6 +1,9 @@
 """Audio in: WAV, FLAC, OGG (Vorbis, Opus), MP3 and the other formats libsndfile reads, any rate, any channel
 count -> 16 kHz mono float32. Training (`load_file`) and serving (`decode_bytes`) decode through the same code.
 
+One file because every format's length rule, truncation check and decoded-memory bound feed the one decode path
+that both programs call; split by format, each piece would need the others' sniffing and limits.
+
 How long a file is, per format (README "Audio formats" says the same for users):
 - WAV: its data chunk's size. Writers streaming to a pipe cannot seek back to write it and leave a placeholder:
   0, 0xFFFFFFFF (ffmpeg), 0x7FFFF000 (sox, espeak-ng) or another size >= 0x7FFFF000 (arecord); such a file
