@@ -317,7 +317,7 @@ class Spelling:
 def alphabet_letters(labels: Sequence[str]) -> set[str]:
     """The characters a CTC alphabet (pyctcdecode labels) writes: not the blank, the word gap, the unknown
     token's "⁇", nor special tokens such as <s> or [UNK] (whose letters are not written one by one)."""
-    return {c for label in labels if label not in ("", " ", "⁇", SPACE_TWIN) and not _special(label) for c in label}
+    return {c for label in labels if label not in ("", " ", UNK_LABEL, SPACE_TWIN) and not _special(label) for c in label}
 
 
 def _special(label: str) -> bool:
