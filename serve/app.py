@@ -86,20 +86,20 @@ def create_app(model: contract.Model, settings: Settings, workers: int = 1) -> F
         body = _read_body(settings.max_payload_bytes)
         shared = options.request_level(request.args.items(multi=True), request.headers.get(options.HEADER))
         try:
-            decoded, is_batch = bodies.decode(request.content_type, body, settings.max_audio_s,
-                                              settings.max_decoded_bytes)
-        except errors.ServeError as exc:
+            clips, is_batch = bodies.decode(request.content_type, body, settings.max_audio_s,
+                                            settings.max_decoded_bytes, request_options=shared)
+        except contract.ServingError as exc:
             metrics.decode_failed(exc, bodies.media_type(request.content_type))
             raise
         del body
-        g.audio_s = sum(len(c.audio) for c in decoded) / TARGET_RATE
-        for i, clip in enumerate(decoded):
+        g.audio_s = sum(len(c.audio) for c in clips) / TARGET_RATE
+        for i, clip in enumerate(clips):
             if len(clip.audio) > settings.max_audio_s * TARGET_RATE:
                 where = f"item {i}: " if is_batch else ""
-                raise errors.ServeError(
+                raise contract.PayloadTooLarge(
                     f"{where}audio is {len(clip.audio) / TARGET_RATE:.0f} s long, over the "
-                    f"{settings.max_audio_s:g} s limit (SERVE_MAX_AUDIO_S)", 413)
-        return [contract.Clip(c.audio, options.build(shared, c.options)) for c in decoded], is_batch
+                    f"{settings.max_audio_s:g} s limit (SERVE_MAX_AUDIO_S)")
+        return clips, is_batch
 
     @app.post("/invocations")
     def invocations():
@@ -206,7 +206,7 @@ def _read_body(cap: int) -> bytes:
         except ClientDisconnected as exc:
             # werkzeug turns any OSError of the read into this 400; serve.worker's read timeout is a 408 of its own.
             cause = exc.__cause__ or exc.__context__
-            if isinstance(cause, errors.ServeError):
+            if isinstance(cause, contract.ServingError):
                 raise cause from None
             raise
         if not piece:

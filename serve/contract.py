@@ -1,17 +1,20 @@
-"""The serving model contract: what the HTTP layer asks of a model, and what it gets back.
+"""The serving model contract: everything a front door may ask of a model, and what it gets back.
 
-The HTTP layer (serve/app.py) turns request bytes into `Clip`s (16 kHz mono float32 samples plus the
-request's `Options`) and results into JSON; it never imports torch. Everything between is the model's:
-normalising, cutting long audio into chunks, batching forward passes, the decoder stage (logits -> text),
-adapters. serve/model.py implements the contract for Hugging Face CTC checkpoints; tests implement it
-with a few lines of Python (tests/test_serve_app.py).
+Front doors (`/invocations` and the response stream in serve/app.py, the WebSocket route in
+serve/stream_route.py, and any OpenAI-style route or event protocol) turn request bytes into `Clip`s (16 kHz
+mono float32 samples plus the request's `Options`) or live audio, and results into their own wire format; they
+never import torch and never call the model object for anything not named here. Everything between is the
+model's: normalising, cutting long audio into chunks, batching forward passes, the decoder stage (logits ->
+text), adapters, sliding windows. serve/model.py implements the contract for Hugging Face CTC checkpoints;
+tests implement it with a few lines of Python (tests/fake_models.py), and tests/test_serve_contract.py checks
+that both keep the signatures below.
 
-A model offers:
+A model (`Model`) offers:
 
     health() -> Health
         Whether it can take requests now (`/ping` answers from it; it never blocks on inference).
     info -> ModelInfo
-        What it is: architecture, languages, decoders, seconds per CTC frame.
+        What it is and can do: architecture, languages, decoders, whether it has an LM, frame geometry.
     transcribe(clips, *, deadline) -> list[Transcript]
         One transcript per clip, same order. All clips' chunks are queued at once, so one request's
         clips (and other requests' clips) share forward passes. `deadline` is a time.monotonic() value.
@@ -21,26 +24,36 @@ A model offers:
         Joining the segments' words gives the transcript `transcribe` returns (with beam search: for a
         clip of one chunk; on longer ones the LM's context restarts at each segment, see serve/model.py).
         For response streaming (POST /invocations-response-stream writes each segment as a JSON line).
-    submit(windows, options) -> list[Future]     (serve.model.ServingModel only, not part of Model)
-        Raw forward passes through the same batcher: one future per window, each resolving to the
-        window's frame logits. A streaming session (WebSocket, serve/streaming.py) submits sliding windows
-        this way, commits their frames with the greedy stream of `decoder(options)` and decodes each
-        utterance's final with `decoder(options)`, so all sessions and requests on a worker share forward
-        passes and one decoder registry (serve/decoding.py).
+    open_stream(options) -> LiveStream
+        A live stream with one request's options (BadRequest for options the model cannot honour, e.g. an
+        unknown language). Its audio goes through the same batcher as clips, so all streams and requests on a
+        worker share forward passes (serve/streaming.py says how windows, utterances and finals are made).
 
-Errors are the exception types below; each HTTP status is chosen at the edge (serve/errors.py), never here:
-BadRequest (400: a malformed or unknown option, an unknown language), Timeout and Unavailable (503),
-ModelFailure (500: the model failed on good input).
+A `LiveStream` is driven by one thread (it is not thread-safe):
+
+    push(samples)          16 kHz mono float32 audio, any length; nothing runs yet.
+    advance(deadline)      runs what the audio pushed so far completes; -> list[Event] (Partial, Final).
+    finish(deadline)       no more audio: commits everything; -> list[Event], the last a Final with last=True.
+    audio_seconds, utterances, windows, max_batch
+                           its statistics so far, for the session's log line.
+
+Errors (one hierarchy, below) are raised by the model and by the front doors alike. Each class carries its
+HTTP status (`status`) and its WebSocket close code (`close_code`), because a kind of failure means the same
+thing on every protocol; how it is written out is the protocol's: serve/errors.py turns one into an HTTP JSON
+answer (`register`, `{"error": message}`, or any other `shape`, such as OpenAI's
+`{"error": {"message", "type", "param", "code"}}`) or a WebSocket `error` event (`stream_event`). The
+classes live here, not in errors.py, because the model side raises them and must not import Flask. Their
+messages are safe to show to a client; a cause (`raise ... from exc`) goes to the log only.
 
 Request options live in one typed table, serve/options.py (`Options`): the same names and types whether
-they come from JSON fields, the query string or the X-Amzn-SageMaker-Custom-Attributes header. A new
-option (decoder, beam_width, hotwords, ...) is a new field there, read by the model; the routes do not
-change.
+they come from JSON fields, the query string, the X-Amzn-SageMaker-Custom-Attributes header or a stream's
+settings frame. A new option (decoder, beam_width, hotwords, ...) is a new field there, read by the model;
+the front doors do not change.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Iterator, Protocol, Sequence
+from typing import TYPE_CHECKING, Iterator, Protocol, Sequence, Union, runtime_checkable
 
 import numpy as np
 
@@ -48,8 +61,12 @@ if TYPE_CHECKING:
     from .options import Options
 
 
+# Errors --------------------------------------------------------------------------------------------------------
 class ServingError(Exception):
-    """Base of the contract's errors; the message is safe to show to a client."""
+    """Base of every error a front door answers; the message is safe to show to a client. On its own: an
+    internal error (500; WebSocket 1011)."""
+    status = 500  # HTTP status
+    close_code = 1011  # WebSocket close code (RFC 6455, 7.4.1)
 
     def __init__(self, message: str):
         super().__init__(message)
@@ -57,7 +74,9 @@ class ServingError(Exception):
 
 
 class BadRequest(ServingError):
-    """The request asks for something this model cannot do (unknown option value, unknown language)."""
+    """The request is malformed or asks for something this model cannot do (unknown option value, unknown
+    language, undecodable audio, a malformed stream frame)."""
+    status, close_code = 400, 1007
 
 
 class UnknownLanguage(BadRequest):
@@ -72,19 +91,46 @@ class UnknownLanguage(BadRequest):
         self.available = list(available)
 
 
+class PayloadTooLarge(ServingError):
+    """The request or a stream frame is over a size or length limit (the message names the setting)."""
+    status, close_code = 413, 1009
+
+
+class UnsupportedMediaType(ServingError):
+    """A body whose content type the server does not decode."""
+    status, close_code = 415, 1003
+
+
+class RequestTimeout(ServingError):
+    """The client stopped sending: a body not finished within SERVE_BODY_READ_TIMEOUT_S, a stream idle for
+    SERVE_STREAM_IDLE_TIMEOUT_S (a policy close, after the stream's last final)."""
+    status, close_code = 408, 1008
+
+
+class LimitReached(ServingError):
+    """A stream reached a limit the server sets on it (SERVE_STREAM_MAX_SESSION_S): a policy close, after the
+    stream's last final."""
+    status, close_code = 413, 1008
+
+
 class Timeout(ServingError):
     """The transcript was not ready by the deadline; queued work for it was cancelled. (The edge names the
     setting that chose the deadline in its answer.)"""
+    status, close_code = 503, 1013
 
 
 class Unavailable(ServingError):
-    """The model cannot take requests now (its forward-pass thread stopped)."""
+    """The model cannot take requests now (its forward-pass thread stopped, the server is stopping, every
+    stream place is taken): try again later."""
+    status, close_code = 503, 1013
 
 
 class ModelFailure(ServingError):
     """The model failed on input it accepted; the cause is in the server log."""
+    status, close_code = 500, 1011
 
 
+# Requests and results ------------------------------------------------------------------------------------------
 def _default_options() -> "Options":
     from .options import Options  # options.py raises this module's BadRequest, so it is imported late
 
@@ -143,8 +189,55 @@ class ModelInfo:
     # [k * frame_samples, k * frame_samples + receptive_field).
     frame_samples: int = 320
     receptive_field: int = 400
+    has_lm: bool = False  # beam search decodes with an n-gram LM (alpha, beta apply)
 
 
+# Live streams --------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Partial:
+    """The current utterance's hypothesis: `stable` is its committed words (they never change within the
+    utterance), `text` those and the words after them (which may). Times in seconds from the stream's start;
+    behind_s > 0 when the window was a catch-up one (the stream's audio came faster than it was transcribed)."""
+    utterance: int
+    text: str
+    stable: str
+    start: float
+    end: float
+    behind_s: float = 0.0
+
+
+@dataclass(frozen=True)
+class Final:
+    """An utterance's transcript, decided once (cut at a pause, at a length limit, or at the stream's end:
+    `last`). Word times in seconds from the stream's start."""
+    utterance: int
+    text: str
+    start: float
+    end: float
+    last: bool = False
+    words: tuple[Word, ...] = ()
+
+
+Event = Union[Partial, Final]
+
+
+@runtime_checkable
+class LiveStream(Protocol):
+    """One live stream (see the module docstring). Model errors are this module's (BadRequest, Timeout,
+    Unavailable, ModelFailure)."""
+    audio_seconds: float  # audio pushed so far
+    utterances: int  # finals with text so far
+    windows: int  # forward passes of sliding windows so far
+    max_batch: int  # most windows that shared one forward pass
+
+    def push(self, samples: np.ndarray) -> None: ...
+
+    def advance(self, deadline: float) -> list[Event]: ...
+
+    def finish(self, deadline: float) -> list[Event]: ...
+
+
+@runtime_checkable
 class Model(Protocol):
     info: ModelInfo
 
@@ -153,3 +246,5 @@ class Model(Protocol):
     def transcribe(self, clips: Sequence[Clip], *, deadline: float) -> list[Transcript]: ...
 
     def transcribe_iter(self, clip: Clip, *, deadline: float) -> Iterator[Segment]: ...
+
+    def open_stream(self, options: "Options") -> LiveStream: ...

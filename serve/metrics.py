@@ -103,7 +103,7 @@ def observe_request(route: str, status: int, content_type: str, seconds: float, 
 
 
 def decode_failed(exc, content_type: str) -> None:
-    """A request body refused while it was turned into audio (serve/bodies.py's ServeError)."""
+    """A request body refused while it was turned into audio (serve/bodies.py: a serve/contract.py error)."""
     status, message = getattr(exc, "status", 400), str(getattr(exc, "message", exc))
     if status == 415:
         reason = "unsupported_content_type"

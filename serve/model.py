@@ -39,7 +39,7 @@ from common import batching, ctc, lm, modeldir
 from common.audio import TARGET_RATE, normalize
 from common.convs import convs_as_matmuls
 
-from . import contract, decoding, metrics, streamfeatures
+from . import contract, decoding, metrics, streamfeatures, streaming
 from .batcher import Batcher
 from .options import Options, beam_options_given, decode_options
 
@@ -100,6 +100,7 @@ def prepare(model, device: torch.device, dtype: torch.dtype):
 class ServingModel:
     """A loaded checkpoint serving the contract (serve/contract.py); thread-safe: request threads call
     transcribe/transcribe_iter/submit, one batcher thread runs every forward pass."""
+    stream_config = streaming.StreamConfig()  # live streams' windows; load() sets it from SERVE_STREAM_*
 
     def __init__(self, checkpoint: modeldir.Checkpoint, *, device: torch.device, dtype: torch.dtype,
                  chunk_length_s: float = 30.0, chunk_stride_s: float = 5.0, max_batch_size: int = 1,
@@ -153,7 +154,8 @@ class ServingModel:
             decoders=tuple(decoding.DECODERS) + (("beam",) if beam is not None else ()),
             frame_seconds=self.seconds_per_frame,
             default_decoder="beam" if beam is not None and beam.has_lm else "greedy",
-            frame_samples=self.samples_per_frame, receptive_field=self.min_samples)
+            frame_samples=self.samples_per_frame, receptive_field=self.min_samples,
+            has_lm=beam is not None and beam.has_lm)
         # Stream windows (submit) have a key of their own: equal-length windows share a pass without padding,
         # so they batch up to their own limit, on a CPU too.
         self.batcher = Batcher(self._run_batch, max_batch_size, max_batch_wait_s,
@@ -266,6 +268,10 @@ class ServingModel:
                 index=i, start=round(begin, 3), end=round(end, 3), text=" ".join(w for w, _, _ in words),
                 words=self._words(words) if clip.options.timestamps else None, last=last,
                 batch_size=outcome.batch_size)
+
+    def open_stream(self, options: Options) -> streaming.Transcriber:
+        """A live stream (contract.LiveStream) with a session's options; BadRequest for options it cannot honour."""
+        return streaming.Transcriber(self, options, self.stream_config)
 
     # Streaming sessions: forward passes through the same batcher ---------------------------------------
     def submit(self, windows: Sequence[np.ndarray], options: Options) -> list[Future]:
@@ -553,6 +559,7 @@ def load(settings, workers: int = 1) -> ServingModel:
         if beam is not None:
             beam.close()
         raise
+    model.stream_config = streaming.StreamConfig.from_settings(settings)
     model.warm_up()
     log.info("model: %s, %s batching (%s)", model.info.architecture,
              "padded" if model.exact else "equal-length",

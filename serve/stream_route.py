@@ -14,16 +14,23 @@ Protocol (README, Live transcription, is the user's reference):
              and any request option of /invocations (language, ...)}: optional, before the first audio frame
     binary  audio, frames of any size (without settings: 16 kHz mono 16-bit little-endian PCM)
     text    {"type": "end"}: no more audio; the server answers with the last final and closes (1000)
-  server -> client (JSON text frames): partial, final (serve/streaming.py), error (then a close)
+  server -> client (JSON text frames): partial, final (`event_json`), error (then a close)
 Options may also come in the query string (InvokeEndpointWithBidirectionalStream's ModelQueryString) or the
 X-Amzn-SageMaker-Custom-Attributes header; the settings frame's win, as a JSON item's fields do.
 
-Close codes: 1000 the stream ended; 1001 the server is stopping (after the last final); 1007 malformed
-settings, options or audio; 1008 a time limit (session length, idle), after the last final; 1009 a frame
-over SERVE_STREAM_MAX_FRAME_BYTES; 1011 the model failed; 1013 too many streams, or the model is overloaded
-or down: try again later.
+Close codes: 1000 the stream ended; 1001 the server is stopping (after the last final); the others are those
+of serve/contract.py's errors (`close_code`), sent after an `error` event (serve/errors.py, `stream_event`):
+1007 malformed settings, options or audio (BadRequest); 1008 a time limit (session length: LimitReached,
+idle: RequestTimeout), after the last final; 1009 a frame over SERVE_STREAM_MAX_FRAME_BYTES
+(PayloadTooLarge); 1011 the model failed (ModelFailure); 1013 too many streams, or the model is overloaded or
+down: try again later (Unavailable, Timeout).
 
-This module does not import torch (serve/streaming.py, imported when the first Hub is made, does).
+The model is asked only what serve/contract.py declares: `model.open_stream(options)` gives a LiveStream,
+which this route feeds decoded audio (serve/streamaudio.py) and whose Partial and Final events it writes as
+JSON; tests/test_serve_stream_route.py drives it against a fake model. This module does not import torch.
+
+One file because it is one protocol: the hub (admission, drain), the session's message loop and the wire
+format of its events share the close codes and limits above, and none is used apart from the others.
 """
 from __future__ import annotations
 
@@ -38,7 +45,7 @@ import uuid
 from websockets.exceptions import ConnectionClosed
 from websockets.sync import server as ws_server
 
-from . import contract, metrics, options
+from . import contract, errors, metrics, options
 
 log = logging.getLogger("serve")
 _WS_LOG = logging.getLogger("serve.websocket")  # websockets' own: one line per connection at INFO; ours says more
@@ -47,19 +54,13 @@ _WS_LOG.setLevel(logging.WARNING)
 PATH = "/invocations-bidirectional-stream"
 REQUEST_LINE = b"GET " + PATH.encode()  # what the worker looks for; then " " or "?"
 
-NORMAL, GOING_AWAY, INVALID_DATA, POLICY, TOO_BIG, INTERNAL, TRY_LATER = 1000, 1001, 1007, 1008, 1009, 1011, 1013
+NORMAL, GOING_AWAY = 1000, 1001  # the closes without an error; the others are the errors' close_code
 CLOSE_TIMEOUT_S = 2.0  # the closing handshake; SIGTERM leaves ~25 s in all
 POLL_S = 0.25  # how often a waiting session looks for a shutdown
 DRAIN_MAX = 256  # messages taken at once before the windows run (websockets queues 16 per connection anyway)
 SETTINGS_FIELDS = ("type", "encoding", "sample_rate", "channels")
-
-
-class StreamError(Exception):
-    """Ends a session with an `error` event and a close code."""
-
-    def __init__(self, message: str, code: int, final: bool = False):
-        super().__init__(message)
-        self.message, self.code, self.final = message, code, final
+# Errors after which the audio already received is still transcribed: its last final, then the error.
+AFTER_LAST_FINAL = (contract.LimitReached, contract.RequestTimeout)
 
 
 def is_stream_request(head: bytes) -> bool:
@@ -75,12 +76,13 @@ def could_be_stream_request(head: bytes) -> bool:
 class Hub:
     """A worker's live streams: admission (SERVE_STREAM_MAX_SESSIONS), the sessions, shutdown."""
 
-    def __init__(self, model, settings):
-        from . import streamaudio, streaming  # model side: torch
+    def __init__(self, model: contract.Model, settings):
+        from . import streamaudio  # numpy and soxr: loaded in the worker, not in gunicorn's master
 
         self.model, self.settings = model, settings
-        self.streamaudio, self.streaming = streamaudio, streaming
-        self.config = streaming.StreamConfig.from_settings(settings)
+        self.streamaudio = streamaudio
+        self.timeout_message = (f"the model did not keep up: a window (or a final's beam search) was not done "
+                                f"within {settings.timeout_s} s (MODEL_SERVER_TIMEOUT); try again later")
         self.draining = threading.Event()
         self._lock = threading.Lock()
         self.active = 0
@@ -116,8 +118,9 @@ class Hub:
             admitted = self.active < self.settings.stream_max_sessions
             self.active += admitted
         if not admitted:
-            _send_error(connection, f"this worker already serves {self.settings.stream_max_sessions} streams "
-                                    f"(SERVE_STREAM_MAX_SESSIONS); try again later", TRY_LATER)
+            _send_error(connection, errors.stream_event(contract.Unavailable(
+                f"this worker already serves {self.settings.stream_max_sessions} streams "
+                f"(SERVE_STREAM_MAX_SESSIONS); try again later")))
             log.info("stream refused: %d streams open", self.settings.stream_max_sessions)
             return
         try:
@@ -137,7 +140,7 @@ class Session:
         self.base: dict = {}
         self.item: dict = {}
         self.decoder = None
-        self.transcriber = None
+        self.stream: contract.LiveStream | None = None
         self.bytes = 0
         self.close_code = NORMAL
 
@@ -146,14 +149,14 @@ class Session:
             self._run()
         except ConnectionClosed:
             self.close_code = 1006  # the client went away; nothing to answer
-        except StreamError as exc:
-            self._fail(exc)
         except contract.ServingError as exc:
-            self._fail(_model_error(exc, self.s))
+            if exc.close_code == contract.ModelFailure.close_code:
+                errors.log_failure(exc)
+            self._fail(exc)
         except Exception:
             log.exception("stream id=%s failed", self.id)
-            self._fail(StreamError("internal server error (see the server log)", INTERNAL))
-        t = self.transcriber
+            self._fail(contract.ServingError(errors.INTERNAL_MESSAGE))
+        t = self.stream
         log.info("stream id=%s audio_s=%.2f bytes=%d utterances=%d windows=%d batch=%d duration_s=%.1f close=%d",
                  self.id, t.audio_seconds if t else 0.0, self.bytes, t.utterances if t else 0,
                  t.windows if t else 0, t.max_batch if t else 0, time.monotonic() - self.started, self.close_code)
@@ -161,11 +164,8 @@ class Session:
 
     def _run(self) -> None:
         query = urllib.parse.urlsplit(self.conn.request.path).query
-        try:
-            self.base = options.request_level(urllib.parse.parse_qsl(query, keep_blank_values=True),
-                                              self.conn.request.headers.get(options.HEADER))
-        except contract.BadRequest as exc:
-            raise StreamError(exc.message, INVALID_DATA) from None
+        self.base = options.request_level(urllib.parse.parse_qsl(query, keep_blank_values=True),
+                                          self.conn.request.headers.get(options.HEADER))
         limit_at = self.started + self.s.stream_max_session_s
         last_frame = time.monotonic()
         while True:
@@ -174,11 +174,12 @@ class Session:
                 return
             now = time.monotonic()
             if now >= limit_at:
-                raise StreamError(f"the stream reached its limit of {self.s.stream_max_session_s:g} s "
-                                  f"(SERVE_STREAM_MAX_SESSION_S); open a new one to go on", POLICY, final=True)
+                raise contract.LimitReached(f"the stream reached its limit of {self.s.stream_max_session_s:g} s "
+                                            f"(SERVE_STREAM_MAX_SESSION_S); open a new one to go on")
             if now - last_frame >= self.s.stream_idle_timeout_s:
-                raise StreamError(f"no frame for {self.s.stream_idle_timeout_s:g} s (SERVE_STREAM_IDLE_TIMEOUT_S); "
-                                  f"send {{\"type\": \"end\"}} when the audio is over", POLICY, final=True)
+                raise contract.RequestTimeout(f"no frame for {self.s.stream_idle_timeout_s:g} s "
+                                              f"(SERVE_STREAM_IDLE_TIMEOUT_S); send {{\"type\": \"end\"}} when "
+                                              f"the audio is over")
             try:
                 message = self.conn.recv(timeout=min(POLL_S, limit_at - now,
                                                      last_frame + self.s.stream_idle_timeout_s - now))
@@ -186,8 +187,8 @@ class Session:
                 continue
             if self._message(message) or self._drain():
                 return
-            if self.transcriber is not None:
-                self._send(self.transcriber.advance(time.monotonic() + self.s.timeout_s))
+            if self.stream is not None:
+                self._send(self.stream.advance(time.monotonic() + self.s.timeout_s))
             last_frame = time.monotonic()  # after the work: time spent transcribing is not the client's idling
 
     def _drain(self) -> bool:
@@ -208,9 +209,9 @@ class Session:
         """A text or audio message (audio is only added; `advance` runs its windows); True when the stream is
         over."""
         if len(message) > self.s.stream_max_frame_bytes:
-            raise StreamError(f"a frame of {len(message)} bytes is over the limit of "
-                              f"{self.s.stream_max_frame_bytes} (SERVE_STREAM_MAX_FRAME_BYTES); send smaller "
-                              f"frames", TOO_BIG)
+            raise contract.PayloadTooLarge(f"a frame of {len(message)} bytes is over the limit of "
+                                           f"{self.s.stream_max_frame_bytes} (SERVE_STREAM_MAX_FRAME_BYTES); send "
+                                           f"smaller frames")
         if isinstance(message, str):
             return self._text(message)
         self._audio(message)
@@ -221,22 +222,22 @@ class Session:
         try:
             doc = json.loads(message)
         except (json.JSONDecodeError, RecursionError) as exc:
-            raise StreamError(f"a text frame is not JSON ({exc}); send {{\"type\": \"settings\", ...}} first or "
-                              f"{{\"type\": \"end\"}} last, and audio as binary frames", INVALID_DATA) from None
+            raise contract.BadRequest(f"a text frame is not JSON ({exc}); send {{\"type\": \"settings\", ...}} "
+                                      f"first or {{\"type\": \"end\"}} last, and audio as binary frames") from None
         if not isinstance(doc, dict):
-            raise StreamError("a text frame must hold a JSON object", INVALID_DATA)
+            raise contract.BadRequest("a text frame must hold a JSON object")
         kind = doc.get("type", "settings")
         if kind == "end":
             if set(doc) - {"type"}:
-                raise StreamError(f"{{\"type\": \"end\"}} takes no other field, got {sorted(set(doc) - {'type'})}",
-                                  INVALID_DATA)
+                raise contract.BadRequest(f"{{\"type\": \"end\"}} takes no other field, got "
+                                          f"{sorted(set(doc) - {'type'})}")
             self._finish(NORMAL, "")
             return True
         if kind != "settings":
-            raise StreamError(f"unknown message type {kind!r}; text frames are {{\"type\": \"settings\", ...}} "
-                              f"(before the audio) and {{\"type\": \"end\"}}", INVALID_DATA)
+            raise contract.BadRequest(f"unknown message type {kind!r}; text frames are {{\"type\": \"settings\", "
+                                      f"...}} (before the audio) and {{\"type\": \"end\"}}")
         if self.decoder is not None:
-            raise StreamError("settings must come before the first audio frame", INVALID_DATA)
+            raise contract.BadRequest("settings must come before the first audio frame")
         self._settings(doc)
         return False
 
@@ -246,30 +247,24 @@ class Session:
             if name in SETTINGS_FIELDS:
                 continue
             if name not in options.NAMES:
-                raise StreamError(f"unknown settings field {name!r}; settings are {', '.join(SETTINGS_FIELDS[1:])} "
-                                  f"and the request options {', '.join(options.NAMES)}", INVALID_DATA)
-            try:
-                item[name] = options.from_json(name, value, "settings: ")
-            except contract.BadRequest as exc:
-                raise StreamError(exc.message, INVALID_DATA) from None
+                raise contract.BadRequest(f"unknown settings field {name!r}; settings are "
+                                          f"{', '.join(SETTINGS_FIELDS[1:])} and the request options "
+                                          f"{', '.join(options.NAMES)}")
+            item[name] = options.from_json(name, value, "settings: ")
         for name in ("sample_rate", "channels"):
             value = doc.get(name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
-                raise StreamError(f"settings: {name} must be a whole number, got {value!r}", INVALID_DATA)
+                raise contract.BadRequest(f"settings: {name} must be a whole number, got {value!r}")
         encoding = doc.get("encoding", "pcm_s16le")
         try:
             decoder = self.hub.streamaudio.make_decoder(encoding, doc.get("sample_rate"), doc.get("channels"))
         except self.hub.streamaudio.StreamAudioError as exc:
-            raise StreamError(f"settings: {exc}", INVALID_DATA) from None
+            raise contract.BadRequest(f"settings: {exc}") from None
         self.item = item
         self._start(decoder)
 
     def _start(self, decoder) -> None:
-        try:
-            self.transcriber = self.hub.streaming.Transcriber(self.hub.model, options.build(self.base, self.item),
-                                                             self.hub.config)
-        except contract.BadRequest as exc:
-            raise StreamError(exc.message, INVALID_DATA) from None
+        self.stream = self.hub.model.open_stream(options.build(self.base, self.item))
         self.decoder = decoder
 
     def _audio(self, data: bytes) -> None:
@@ -279,48 +274,53 @@ class Session:
         try:
             samples = self.decoder.decode(data)
         except self.hub.streamaudio.StreamAudioError as exc:
-            raise StreamError(str(exc), INVALID_DATA) from None
-        self.transcriber.push(samples)
+            raise contract.BadRequest(str(exc)) from None
+        self.stream.push(samples)
 
     def _finish(self, code: int, reason: str) -> None:
         """The last final (all audio committed), then the close."""
         if self.decoder is None:
             self._start(self.hub.streamaudio.make_decoder("pcm_s16le"))
-        self.transcriber.push(self.decoder.flush())
-        self._send(self.transcriber.finish(time.monotonic() + self.s.timeout_s))
+        self.stream.push(self.decoder.flush())
+        self._send(self.stream.finish(time.monotonic() + self.s.timeout_s))
         self.close_code = code
         self.conn.close(code, reason)
 
-    def _fail(self, exc: StreamError) -> None:
-        self.close_code = exc.code
+    def _fail(self, exc: contract.ServingError) -> None:
+        self.close_code = exc.close_code
         try:
-            if exc.final and self.transcriber is not None:
-                self._send(self.transcriber.finish(time.monotonic() + self.s.timeout_s))
+            if isinstance(exc, AFTER_LAST_FINAL) and self.stream is not None:
+                self._send(self.stream.finish(time.monotonic() + self.s.timeout_s))
         except (contract.ServingError, ConnectionClosed):
             pass
-        _send_error(self.conn, exc.message, exc.code)
+        _send_error(self.conn, errors.stream_event(exc, self.hub.timeout_message))
 
-    def _send(self, events: list[dict]) -> None:
+    def _send(self, events: list[contract.Event]) -> None:
         for event in events:
-            self.conn.send(json.dumps(event))
+            self.conn.send(json.dumps(event_json(event)))
 
 
-def _send_error(connection, message: str, code: int) -> None:
+def event_json(event: contract.Event) -> dict:
+    """A stream event as its JSON text frame (README, Live transcription):
+        {"type": "partial", "utterance": 0, "text": "the red ca", "stable": "the red", "start": 0.0,
+         "end": 1.86, "behind_s": 0.0}
+        {"type": "final", "utterance": 0, "text": "the red cat", "start": 0.0, "end": 2.4,
+         "words": [{"word": "the", "start": 0.12, "end": 0.22}, ...], "last": false}"""
+    if isinstance(event, contract.Partial):
+        return {"type": "partial", "utterance": event.utterance, "text": event.text, "stable": event.stable,
+                "start": event.start, "end": event.end, "behind_s": event.behind_s}
+    if isinstance(event, contract.Final):
+        return {"type": "final", "utterance": event.utterance, "text": event.text, "start": event.start,
+                "end": event.end, "words": [{"word": w.word, "start": w.start, "end": w.end} for w in event.words],
+                "last": event.last}
+    raise TypeError(f"not a stream event: {event!r}")
+
+
+def _send_error(connection, event: dict) -> None:
+    """An `error` event (errors.stream_event), then the close with its code."""
     try:
-        connection.send(json.dumps({"type": "error", "error": message, "code": code}))
-        connection.close(code, message.encode()[:120].decode(errors="ignore"))  # a reason is at most 123 bytes
+        connection.send(json.dumps(event))
+        # A close reason is at most 123 bytes.
+        connection.close(event["code"], event["error"].encode()[:120].decode(errors="ignore"))
     except ConnectionClosed:
         pass
-
-
-def _model_error(exc: contract.ServingError, settings) -> StreamError:
-    if isinstance(exc, contract.BadRequest):
-        return StreamError(exc.message, INVALID_DATA)
-    if isinstance(exc, contract.Timeout):
-        return StreamError(f"the model did not keep up: a window (or a final's beam search) was not done within "
-                           f"{settings.timeout_s} s "
-                           f"(MODEL_SERVER_TIMEOUT); try again later", TRY_LATER)
-    if isinstance(exc, contract.Unavailable):
-        return StreamError(exc.message, TRY_LATER)
-    log.error("%s: %s", type(exc).__name__, exc.message, exc_info=exc.__cause__)
-    return StreamError(exc.message, INTERNAL)

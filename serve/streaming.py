@@ -39,11 +39,13 @@ context). A model with an LM decodes finals with beam search + LM by default (th
 beam_width, alpha, beta, hotwords apply, as in /invocations), in its beam-search processes, and the session
 waits for it before its next window.
 
-Events are dicts, sent by serve/stream_route.py as JSON text frames:
-    {"type": "partial", "utterance": 0, "text": "the red ca", "stable": "the red", "start": 0.0, "end": 1.86,
-     "behind_s": 0.0}
-    {"type": "final", "utterance": 0, "text": "the red cat", "start": 0.0, "end": 2.4, "last": false,
-     "words": [{"word": "the", "start": 0.12, "end": 0.22}, ...]}
+A `Transcriber` is the contract's LiveStream (serve/contract.py): `ServingModel.open_stream(options)` makes
+one with the model's StreamConfig (SERVE_STREAM_*, set by serve.model.load). Its events are the contract's
+`Partial` and `Final`; serve/stream_route.py writes them as JSON text frames.
+
+One file because the window arithmetic, the commits and the utterance cuts share one stream's state (committed
+frames, tentative frames, the audio kept for a final's pass) and every method moves it; split, each part would
+reach into the others' fields.
 """
 from __future__ import annotations
 
@@ -97,12 +99,13 @@ class _Utterance:
 
 
 class Transcriber:
-    """One stream's transcription state. Not thread-safe: one session thread drives it.
+    """One stream's transcription state (a contract.LiveStream). Not thread-safe: one session thread drives it.
 
     push(samples) adds 16 kHz mono float32 audio; advance(deadline) runs the windows that audio completed and
-    returns the events they produce; finish(deadline) commits everything left and returns the last events, the
-    last of them a `final` with "last": true. Model errors are the contract's (Timeout, Unavailable,
-    ModelFailure); an unknown language is a BadRequest from the constructor."""
+    returns the events they produce (contract.Partial, contract.Final); finish(deadline) commits everything
+    left and returns the last events, the last of them a Final with last=True. Model errors are the
+    contract's (Timeout, Unavailable, ModelFailure); an unknown language is a BadRequest from the
+    constructor."""
 
     def __init__(self, model, options, config: StreamConfig):
         info = model.info
@@ -147,7 +150,7 @@ class Transcriber:
             self.audio = np.concatenate([self.audio, np.asarray(samples, np.float32)])
             self.received += len(samples)
 
-    def advance(self, deadline: float) -> list[dict]:
+    def advance(self, deadline: float) -> list[contract.Event]:
         """Run the window the audio received so far completes: one step, or several at once when the stream is
         behind (at most MAX_COMMIT_S of them)."""
         window = self._ready(final=False)
@@ -156,9 +159,9 @@ class Transcriber:
         partial = self._partial(window)
         return events + ([partial] if partial else [])
 
-    def finish(self, deadline: float) -> list[dict]:
-        """Commit every frame of the audio received, then the last utterance's final (with "last": true)."""
-        events: list[dict] = []
+    def finish(self, deadline: float) -> list[contract.Event]:
+        """Commit every frame of the audio received, then the last utterance's final (with last=True)."""
+        events: list[contract.Event] = []
         while (window := self._ready(final=True)) is not None:
             events += self._run(window, deadline)
         self.tentative = self.tentative[:0]
@@ -189,7 +192,7 @@ class Transcriber:
             return _Window(first, c, until, min(self.received, self._end(until + self.R)), 1)
         return None
 
-    def _run(self, w: _Window, deadline: float) -> list[dict]:
+    def _run(self, w: _Window, deadline: float) -> list[contract.Event]:
         # The first WARMUP_S of a stream run whole windows: running statistics of a second of audio are too
         # unsteady to normalise frames that are then kept (measured: bench/README.md, Live streaming).
         cached = self.cache and (self.features is not None or w.end >= WARMUP_S * 16_000)
@@ -272,7 +275,7 @@ class Transcriber:
     def _utterance(self, index: int, start: int) -> _Utterance:
         return _Utterance(index, start, decoding.GreedyStream(self.vocab))
 
-    def _commit(self, logits: torch.Tensor, deadline: float) -> list[dict]:
+    def _commit(self, logits: torch.Tensor, deadline: float) -> list[contract.Event]:
         """Add committed frames to the utterance, cutting it where a pause after speech is long enough."""
         events = []
         quiet = torch.isin(logits.argmax(dim=-1), self.quiet_ids).tolist()
@@ -298,7 +301,7 @@ class Transcriber:
         u.words += u.stream.push(logits)
         self.committed += len(logits)
 
-    def _cut_on_tentative(self, deadline: float) -> list[dict]:
+    def _cut_on_tentative(self, deadline: float) -> list[contract.Event]:
         """End the utterance early when half its pause is committed and the look-ahead frames continue it."""
         u = self.utterance
         if not u.speech or u.quiet < (self.silence + 1) // 2 or not len(self.tentative):
@@ -307,7 +310,7 @@ class Transcriber:
         lead = int(speech.nonzero()[0, 0]) if speech.any() else len(speech)
         return [self._cut(deadline)] if u.quiet + lead >= self.silence else []
 
-    def _cut(self, deadline: float, last: bool = False, at_word: bool = False) -> dict:
+    def _cut(self, deadline: float, last: bool = False, at_word: bool = False) -> contract.Final:
         """The current utterance's final, from one pass over its audio (`_final_logits`); the next utterance
         starts after it. Beam search (a model with an LM) decodes it in the model's beam-search processes, by
         `deadline` (contract.Timeout otherwise)."""
@@ -323,11 +326,10 @@ class Transcriber:
         else:  # no speech frame: nothing to decode (and no beam-search round trip for a pause)
             hyp = decoding.Hypothesis("")
         step = self.frame_s
-        event = {"type": "final", "utterance": u.index, "text": hyp.text,
-                 "start": round(u.start * step, 3), "end": round((u.start + at) * step, 3),
-                 "words": [{"word": w, "start": round((u.start + s) * step, 3), "end": round((u.start + e) * step, 3)}
-                           for w, s, e in hyp.words],
-                 "last": last}
+        event = contract.Final(
+            utterance=u.index, text=hyp.text, start=round(u.start * step, 3), end=round((u.start + at) * step, 3),
+            last=last, words=tuple(contract.Word(w, round((u.start + s) * step, 3), round((u.start + e) * step, 3))
+                                   for w, s, e in hyp.words))
         self.utterances += bool(hyp.text)
         rest = logits[at:]
         self.utterance = self._utterance(u.index + 1, u.start + at)
@@ -341,7 +343,7 @@ class Transcriber:
             self.utterance.quiet = len(q) - (int(trailing[-1, 0]) + 1) if len(trailing) else len(q)
         return event
 
-    def _partial(self, window: _Window | None) -> dict | None:
+    def _partial(self, window: _Window | None) -> contract.Partial | None:
         """The current hypothesis, when it changed or when the window was a catch-up one (behind_s > 0)."""
         u = self.utterance
         tail_stream = u.stream.fork()
@@ -352,6 +354,5 @@ class Transcriber:
         if (text, stable) == (self._last_partial or ("", "")) and not behind:
             return None
         self._last_partial = (text, stable)
-        return {"type": "partial", "utterance": u.index, "text": text, "stable": stable,
-                "start": round(u.start * self.frame_s, 3),
-                "end": round((self.committed + len(self.tentative)) * self.frame_s, 3), "behind_s": behind}
+        return contract.Partial(utterance=u.index, text=text, stable=stable, start=round(u.start * self.frame_s, 3),
+                                end=round((self.committed + len(self.tentative)) * self.frame_s, 3), behind_s=behind)

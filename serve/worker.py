@@ -40,7 +40,7 @@ from gunicorn.http.errors import NoMoreData
 from gunicorn.http.unreader import SocketUnreader
 from gunicorn.workers.gthread import TConn, ThreadWorker
 
-from .errors import ServeError
+from .contract import RequestTimeout
 from .stream_route import REQUEST_LINE, could_be_stream_request, is_stream_request
 
 log = logging.getLogger("serve")
@@ -54,12 +54,12 @@ STALLED_S = 1.0  # a request thread waiting this long on a silent client counts 
 _UNTRACKED_THREADS = ("ping", "stream")  # their own pools: /ping and live streams never stall /invocations
 
 
-class ClientTooSlow(NoMoreData, ServeError):
+class ClientTooSlow(NoMoreData, RequestTimeout):
     """No request bytes for SERVE_BODY_READ_TIMEOUT_S. gunicorn closes the connection quietly (NoMoreData) when
-    it happens while it reads the headers; while the app reads the body it is a ServeError (408)."""
+    it happens while it reads the headers; while the app reads the body it is a RequestTimeout (408)."""
 
     def __init__(self, message: str):
-        ServeError.__init__(self, message, 408)
+        RequestTimeout.__init__(self, message)
         self.buf = b""
 
     def __str__(self) -> str:

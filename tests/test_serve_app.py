@@ -1,5 +1,6 @@
-"""The HTTP layer from its factory, in-process, around a fake model: routes, request shapes, options, and
-how the contract's errors (timeouts, model failures, unknown languages) become HTTP answers."""
+"""The HTTP layer from its factory, in-process, around a fake model (tests/fake_models.py): routes, request
+shapes, options, and how the contract's errors (timeouts, model failures, unknown languages) become HTTP
+answers."""
 from __future__ import annotations
 
 import base64
@@ -15,40 +16,12 @@ import pytest
 import soundfile as sf
 
 from conftest import ROOT
+from fake_models import FakeModel
 from serve import contract, options
 from serve.app import create_app
 from serve.settings import Settings
 
 RATE = 16_000
-
-
-class FakeModel:
-    """The contract in a few lines: transcribes a clip as its length, records what it was given."""
-    info = contract.ModelInfo("FakeForCTC", languages=("eng", "fra"), default_language="eng")
-
-    def __init__(self, delay_s: float = 0.0, fail: Exception | None = None):
-        self.delay_s, self.fail, self.healthy, self.seen = delay_s, fail, True, []
-
-    def health(self):
-        return contract.Health(self.healthy, "fake model is down")
-
-    def transcribe(self, clips, *, deadline):
-        self.seen.append(clips)
-        if self.fail is not None:
-            raise self.fail
-        time.sleep(min(self.delay_s, max(0.0, deadline - time.monotonic())))
-        if time.monotonic() >= deadline:
-            raise contract.Timeout("not ready by the deadline")
-        for c in clips:
-            if c.options.language not in (None, *self.info.languages):
-                raise contract.UnknownLanguage(c.options.language, self.info.languages)
-        return [contract.Transcript(f"{len(c.audio)} samples {c.options.language or 'eng'}",
-                                    round(len(c.audio) / RATE, 3),
-                                    [contract.Word("x", 0.0, 0.02)] if c.options.timestamps else None, batch_size=2)
-                for c in clips]
-
-    def transcribe_iter(self, clip, *, deadline):
-        yield from ()
 
 
 def app_for(model, **env):
@@ -65,7 +38,8 @@ TONE = (0.1 * np.sin(np.arange(RATE) / 8)).astype(np.float32)
 
 
 def test_importing_the_app_does_not_import_torch():
-    code = "import sys, serve.app, serve.options, serve.contract; assert 'torch' not in sys.modules, 'torch'; print('ok')"
+    code = ("import sys, serve.app, serve.options, serve.contract, serve.stream_route, serve.errors; "
+            "assert 'torch' not in sys.modules, 'torch'; print('ok')")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
 
@@ -340,3 +314,96 @@ def test_a_decompression_bomb_is_a_413_naming_the_setting(bomb_flac):
     ok = app_for(FakeModel(), SERVE_MAX_DECODED_MB="800").post("/invocations", data=bomb_flac,
                                                              content_type="audio/flac")
     assert ok.status_code == 200 and ok.get_json()["audio_seconds"] == 60.0
+
+
+# One Clip, one error hierarchy, the response stream (issue 24 items 1 and 4) -------------------------------------
+def test_bodies_give_the_contract_s_clips_with_each_item_s_options_over_the_request_s():
+    doc = [{"speech_array": [0.1] * 400, "sampling_rate": RATE, "language": "fra"},
+           {"speech_array": [0.1] * 800, "sampling_rate": RATE}]
+    clips, is_batch = bodies.decode("application/json", json.dumps(doc).encode(),
+                                    request_options={"timestamps": True, "language": "eng"})
+    assert is_batch and all(type(c) is contract.Clip for c in clips)
+    assert [c.options for c in clips] == [options.Options(timestamps=True, language="fra"),
+                                          options.Options(timestamps=True, language="eng")]
+    assert [len(c.audio) for c in clips] == [400, 800]
+    (clip,), is_batch = bodies.decode("audio/wav", wav(TONE))
+    assert not is_batch and clip.options == options.Options() and len(clip.audio) == RATE
+
+
+@pytest.mark.parametrize("ctype,body,status", [
+    ("text/plain", b"hello", 415), ("audio/wav", b"", 400), ("application/json", b"{", 400),
+])
+def test_body_refusals_are_the_contract_s_errors(ctype, body, status):
+    with pytest.raises(contract.ServingError) as caught:
+        bodies.decode(ctype, body)
+    assert caught.value.status == status
+
+
+def test_a_refused_json_option_field_counts_as_a_decode_failure():
+    from serve import metrics
+
+    def count():
+        return metrics.REGISTRY.get_sample_value("serve_decode_failures_total", {"reason": "invalid_json_body"}) or 0
+    before = count()
+    item = {"speech_array": [0.1] * 100, "sampling_rate": RATE, "timestamps": "yes"}
+    reply = app_for(FakeModel()).post("/invocations", data=json.dumps(item), content_type="application/json")
+    assert reply.status_code == 400 and count() == before + 1
+
+
+def test_another_error_shape_is_one_handler_over_the_same_classes():
+    """What an OpenAI-style route does: errors.register on its blueprint with its own shape; statuses and
+    messages are the hierarchy's, the timeout message the route's own."""
+    from flask import Blueprint, Flask
+
+    from serve import errors
+
+    def openai(message, status, exc):
+        return {"error": {"message": message, "type": "invalid_request_error" if status < 500 else "server_error",
+                          "param": getattr(exc, "param", None), "code": None}}
+
+    raised = {"language": contract.UnknownLanguage("deu", ["eng"]), "slow": contract.Timeout("late"),
+              "big": contract.PayloadTooLarge("audio is 2000 s long"), "bug": RuntimeError("CUDA error")}
+    app = Flask("t")
+    v1 = Blueprint("v1", "t", url_prefix="/v1")
+
+    @v1.post("/<name>")
+    def fail(name):
+        raise raised[name]
+
+    errors.register(v1, timeout_message="not done within 3 s (MODEL_SERVER_TIMEOUT)", shape=openai)
+    app.register_blueprint(v1)
+
+    @app.post("/<name>")
+    def plain(name):
+        raise raised[name]
+
+    errors.register(app)
+    client = app.test_client()
+    got = {name: client.post(f"/v1/{name}") for name in raised}
+    assert {n: r.status_code for n, r in got.items()} == {"language": 400, "slow": 503, "big": 413, "bug": 500}
+    assert got["language"].get_json() == {"error": {
+        "message": "unknown language 'deu'; this model has adapters for: eng", "type": "invalid_request_error",
+        "param": None, "code": None}}
+    assert got["slow"].get_json()["error"]["message"] == "not done within 3 s (MODEL_SERVER_TIMEOUT)"
+    assert got["bug"].get_json()["error"]["message"] == "internal server error (see the server log)"
+    assert client.post("/language").get_json() == {"error": "unknown language 'deu'; this model has adapters for: eng"}
+    assert client.post("/slow").get_json() == {"error": "late"}
+
+
+def test_the_response_stream_writes_the_model_s_segments_as_json_lines():
+    audio = np.zeros(int(2.5 * RATE), np.float32)
+    reply = app_for(FakeModel()).post("/invocations-response-stream?timestamps=true", data=wav(audio),
+                                      content_type="audio/wav")
+    assert reply.status_code == 200 and reply.mimetype == "application/jsonlines"
+    lines = [json.loads(line) for line in reply.get_data(as_text=True).splitlines()]
+    assert lines == [
+        {"index": 0, "start": 0.0, "end": 1.0, "text": "16000 samples",
+         "words": [{"word": "x", "start": 0.0, "end": 1.0}], "last": False},
+        {"index": 1, "start": 1.0, "end": 2.0, "text": "16000 samples",
+         "words": [{"word": "x", "start": 1.0, "end": 2.0}], "last": False},
+        {"index": 2, "start": 2.0, "end": 2.5, "text": "8000 samples",
+         "words": [{"word": "x", "start": 2.0, "end": 2.5}], "last": True},
+    ]
+    failed = app_for(FakeModel(fail=contract.ModelFailure("the model failed on this audio"))).post(
+        "/invocations-response-stream", data=wav(audio), content_type="audio/wav")
+    assert failed.status_code == 500 and failed.get_json() == {"error": "the model failed on this audio"}

@@ -278,6 +278,7 @@ def test_live_stream_finals_use_beam_search_and_partials_greedy(served, referenc
     """A live stream of a model with an LM (serve/streaming.py on the served decoder stage): partials are
     greedy (they show the misheard "pig kat"), each utterance's final is beam search + LM with the session's
     options, equal to common.lm on that utterance's frames; decoder=greedy gives greedy finals."""
+    from serve.stream_route import event_json
     from serve.streaming import StreamConfig, Transcriber
 
     pause = np.zeros((40, len(reference.labels)), np.float32)
@@ -293,6 +294,7 @@ def test_live_stream_finals_use_beam_search_and_partials_greedy(served, referenc
             t.push(audio[i: i + 1600])
             events += t.advance(time.monotonic() + 30)
         events += t.finish(time.monotonic() + 30)
+        events = [event_json(e) for e in events]  # as the WebSocket route writes them
         return [e for e in events if e["type"] == "partial"], [e for e in events if e["type"] == "final" and e["text"]]
 
     partials, finals = run()

@@ -11,6 +11,7 @@ from common import modeldir
 from common.audio import normalize
 from serve import model as sm
 from serve import streamfeatures
+from serve.contract import Final
 from serve.options import Options
 from serve.streaming import StreamConfig, Transcriber
 
@@ -91,7 +92,7 @@ def test_a_cached_stream_transcribes_as_whole_window_passes_without_input_normal
                 t.push(audio[i: i + 1600])
                 events += t.advance(time.monotonic() + 60)
             events += t.finish(time.monotonic() + 60)
-            texts[cache] = [e["text"] for e in events if e["type"] == "final"]
+            texts[cache] = [e.text for e in events if isinstance(e, Final)]
             assert t.committed == t._frames_in(len(audio))
             if cache == "auto":  # cached after the first WARMUP_S
                 assert t.encoded == t.committed and t.features_start > 0

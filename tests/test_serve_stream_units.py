@@ -165,45 +165,45 @@ def test_utterances_are_cut_at_pauses_with_word_times_from_the_stream_start():
     # "ab cd", a 1 s pause, "efg h", a short pause (kept inside the utterance), "bad"
     frames = "." * 10 + "aa.bb||cc.dd" + "." * 50 + "eeffgg|h" + "." * 10 + "|bbaadd" + "." * 40
     events, model, t = run(frames, StreamConfig(step_s=0.2, left_s=0.4, right_s=0.2, silence_s=0.5))
-    finals = [e for e in events if e["type"] == "final"]
-    assert [f["text"] for f in finals] == ["ab cd", "efg h bad", ""]
-    assert [f["last"] for f in finals] == [False, False, True]
-    assert [f["utterance"] for f in finals] == [0, 1, 2]
+    finals = [e for e in events if isinstance(e, contract.Final)]
+    assert [f.text for f in finals] == ["ab cd", "efg h bad", ""]
+    assert [f.last for f in finals] == [False, False, True]
+    assert [f.utterance for f in finals] == [0, 1, 2]
     first, second = finals[0], finals[1]
-    assert first["words"][0] == {"word": "ab", "start": 0.2, "end": 0.3}  # frames 10 to 15, from the stream start
-    assert first["words"][1]["start"] == 0.34
-    assert second["words"][0]["word"] == "efg" and second["words"][0]["start"] == round(72 * 0.02, 3)
-    assert first["end"] <= second["start"] and first["start"] == 0.0
+    assert first.words[0] == contract.Word("ab", 0.2, 0.3)  # frames 10 to 15, from the stream start
+    assert first.words[1].start == 0.34
+    assert second.words[0].word == "efg" and second.words[0].start == round(72 * 0.02, 3)
+    assert first.end <= second.start and first.start == 0.0
     # The whole clip decodes to the same characters; the pause separates "cd" and "efg", which the model's
     # frames alone (no word delimiter between them) would join.
-    assert " ".join(f["text"] for f in finals if f["text"]).replace(" ", "") == offline(frames).replace(" ", "")
+    assert " ".join(f.text for f in finals if f.text).replace(" ", "") == offline(frames).replace(" ", "")
     assert t.windows >= len(frames) // 10 - 2
 
 
 def test_partials_mark_a_stable_prefix_that_never_changes():
     frames = "..aa|bb|cc|dd|ee|ff|gg|hh|aa|bb|cc|" + "." * 40
     events, _, _ = run(frames, StreamConfig(step_s=0.1, left_s=0.2, right_s=0.2, silence_s=0.5), push_frames=3)
-    partials = [e for e in events if e["type"] == "partial"]
+    partials = [e for e in events if isinstance(e, contract.Partial)]
     assert len(partials) >= 5
     stable = ""
     for p in partials:
-        assert p["text"].startswith(p["stable"])
-        assert p["stable"].startswith(stable)  # the committed words only grow
-        stable = p["stable"]
-    final = next(e for e in events if e["type"] == "final")
-    assert final["text"].startswith(stable) and final["text"] == "a b c d e f g h a b c"
-    assert partials[0]["text"] and partials[0]["end"] > partials[0]["start"]
+        assert p.text.startswith(p.stable)
+        assert p.stable.startswith(stable)  # the committed words only grow
+        stable = p.stable
+    final = next(e for e in events if isinstance(e, contract.Final))
+    assert final.text.startswith(stable) and final.text == "a b c d e f g h a b c"
+    assert partials[0].text and partials[0].end > partials[0].start
 
 
 def test_a_long_utterance_is_cut_at_its_last_word_boundary():
     frames = ("abc|" * 300)[:-1] + "." * 30  # 6 s of words without a pause
     events, _, _ = run(frames, StreamConfig(step_s=0.5, left_s=0.5, right_s=0.2, silence_s=0.5,
                                             max_utterance_s=2.0), push_frames=25)
-    finals = [e for e in events if e["type"] == "final" and e["text"]]
+    finals = [e for e in events if isinstance(e, contract.Final) and e.text]
     assert len(finals) >= 3
-    assert all(set(f["text"].split()) == {"abc"} for f in finals)  # no word split across two finals
-    assert sum(len(f["text"].split()) for f in finals) == 300
-    assert all(a["end"] <= b["start"] for a, b in zip(finals, finals[1:]))
+    assert all(set(f.text.split()) == {"abc"} for f in finals)  # no word split across two finals
+    assert sum(len(f.text.split()) for f in finals) == 300
+    assert all(a.end <= b.start for a, b in zip(finals, finals[1:]))
 
 
 def test_a_stream_that_falls_behind_catches_up_in_one_window_and_says_so():
@@ -211,12 +211,12 @@ def test_a_stream_that_falls_behind_catches_up_in_one_window_and_says_so():
     events, model, t = run(frames, StreamConfig(step_s=0.1, left_s=0.2, right_s=0.1), push_frames=len(frames))
     # one catch-up window, then the end's (not 63 windows), then the final's pass over the utterance
     assert t.windows == 2 and t.final_passes == 1 and model.batches == [1, 1, 1]
-    partial = next(e for e in events if e["type"] == "partial")
-    assert partial["behind_s"] == round(((len(frames) - 1 - 5) // 5 - 1) * 0.1, 3) > 0  # 61 steps more than one
-    assert next(e for e in events if e["type"] == "final")["text"] == offline(frames)
+    partial = next(e for e in events if isinstance(e, contract.Partial))
+    assert partial.behind_s == round(((len(frames) - 1 - 5) // 5 - 1) * 0.1, 3) > 0  # 61 steps more than one
+    assert next(e for e in events if isinstance(e, contract.Final)).text == offline(frames)
     # At real-time pace (one step at a time) nothing is behind; a catch-up window commits at most MAX_COMMIT_S.
     events, _, _ = run(frames, StreamConfig(step_s=0.1, left_s=0.2, right_s=0.1), push_frames=5)
-    assert {e["behind_s"] for e in events if e["type"] == "partial"} == {0.0}
+    assert {e.behind_s for e in events if isinstance(e, contract.Partial)} == {0.0}
     long = "a|b|c|d|" * int(MAX_COMMIT_S * 50 / 8 * 2)  # twice MAX_COMMIT_S
     _, model, t = run(long, StreamConfig(step_s=0.5, left_s=0.2, right_s=0.1), push_frames=len(long))
     assert t.windows == 3
@@ -226,6 +226,6 @@ def test_the_end_of_a_stream_commits_every_frame():
     for frames in ("ab", "a" * 3 + "|" + "b" * 60, ""):
         events, _, t = run(frames, StreamConfig(step_s=0.5, left_s=2.0, right_s=0.5))
         last = events[-1]
-        assert last["type"] == "final" and last["last"] is True
-        assert last["text"] == offline(frames) if frames else last["text"] == ""
+        assert isinstance(last, contract.Final) and last.last is True
+        assert last.text == offline(frames) if frames else last.text == ""
         assert t.committed == ((len(frames) * F - RF) // F + 1 if frames else 0)
