@@ -176,6 +176,29 @@ class Settings:
              "over the stream's running statistics, an approximation measured in bench/README.md), `exact` for "
              "layer-norm encoders only, `off` for whole-window passes.",
     )
+    stream_endpointing: str = _setting(
+        "vad", "SERVE_STREAM_ENDPOINTING",
+        help="What ends a stream's utterance: `vad` (Silero VAD hears `SERVE_STREAM_SILENCE_S` of pause after "
+             "speech; docs/streaming.md, Endpointing), `ctc` (that long a run of CTC blanks after speech, the "
+             "fallback), `manual` (only the client: our protocol's `end`, the Realtime protocol's commit). A "
+             "stream's settings may choose another.",
+    )
+    stream_vad_threshold: float = _setting(
+        0.5, "SERVE_STREAM_VAD_THRESHOLD",
+        help="`SERVE_STREAM_ENDPOINTING=vad`: Silero's speech probability at which speech starts (it stops under "
+             "this minus 0.15); the Realtime protocol's `server_vad.threshold` default.",
+    )
+    stream_vad_prefix_padding_s: float = _setting(
+        0.3, "SERVE_STREAM_VAD_PREFIX_PADDING_S",
+        help="`SERVE_STREAM_ENDPOINTING=vad`: seconds of audio before speech starts that its utterance keeps (the "
+             "Realtime protocol's `prefix_padding_ms` default); longer pauses before speech are dropped.",
+    )
+    stream_max_behind_s: float = _setting(
+        30.0, "SERVE_STREAM_MAX_BEHIND_S",
+        help="A stream whose audio waits this many seconds for its windows (it is sent faster than it is "
+             "transcribed) is closed with an `error` event and close code 1013, instead of its memory growing; "
+             "being behind at all is told in partials (`behind_s`) and Realtime `input_audio_buffer.behind` events.",
+    )
     log_level: str = _setting("info", "SERVE_LOG_LEVEL", help="gunicorn and application log level.")
     log_format: str = _setting(
         "text", "SERVE_LOG_FORMAT",
@@ -278,6 +301,11 @@ class Settings:
         need(self.stream_silence_s >= 0.1, "SERVE_STREAM_SILENCE_S must be at least 0.1 seconds")
         need(self.stream_max_utterance_s >= 2 * self.stream_step_s + 1,
              "SERVE_STREAM_MAX_UTTERANCE_S must be at least 1 s more than two steps (SERVE_STREAM_STEP_S)")
+        need(self.stream_endpointing in ("vad", "ctc", "manual"), "SERVE_STREAM_ENDPOINTING must be vad, ctc or manual")
+        need(0 < self.stream_vad_threshold < 1, "SERVE_STREAM_VAD_THRESHOLD must be between 0 and 1")
+        need(0 <= self.stream_vad_prefix_padding_s <= 5, "SERVE_STREAM_VAD_PREFIX_PADDING_S must be between 0 and 5 "
+                                                          "seconds")
+        need(self.stream_max_behind_s >= 1, "SERVE_STREAM_MAX_BEHIND_S must be at least 1 second")
         need(self.stream_max_batch_size >= 1, "SERVE_STREAM_MAX_BATCH_SIZE must be at least 1")
         need(self.stream_feature_cache in ("auto", "exact", "off"), "SERVE_STREAM_FEATURE_CACHE must be auto, exact "
              "or off")
