@@ -268,6 +268,8 @@ class RealtimeSession:
         elif kind == "input_audio_buffer.clear":
             if self.stream is not None:
                 self._events(self.stream.clear(self._deadline()))
+            for utterance in [u for u, item in self.items.items() if not item.committed]:
+                del self.items[utterance]  # the cleared utterance's (speech_started, deltas): it has no transcript
             self.appended = 0
             self._send({"type": "input_audio_buffer.cleared"})
         elif kind in NOT_SUPPORTED:

@@ -158,7 +158,8 @@ class Settings:
     )
     stream_silence_s: float = _setting(
         0.5, "SERVE_STREAM_SILENCE_S",
-        help="A run of CTC blank frames this long after speech ends an utterance: its `final` is sent.",
+        help="A pause this long after speech ends an utterance (heard by Silero VAD, or a run of CTC blank frames "
+             "with `SERVE_STREAM_ENDPOINTING=ctc`): its `final` is sent.",
     )
     stream_max_utterance_s: float = _setting(
         30.0, "SERVE_STREAM_MAX_UTTERANCE_S",
@@ -179,7 +180,7 @@ class Settings:
     stream_endpointing: str = _setting(
         "vad", "SERVE_STREAM_ENDPOINTING",
         help="What ends a stream's utterance: `vad` (Silero VAD hears `SERVE_STREAM_SILENCE_S` of pause after "
-             "speech; docs/streaming.md, Endpointing), `ctc` (that long a run of CTC blanks after speech, the "
+             "speech; docs/streaming.md, Live transcription), `ctc` (that long a run of CTC blanks after speech, the "
              "fallback), `manual` (only the client: our protocol's `end`, the Realtime protocol's commit). A "
              "stream's settings may choose another.",
     )

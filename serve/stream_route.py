@@ -96,6 +96,10 @@ class Hub:
 
         self.model, self.settings = model, settings
         self.streamaudio = streamaudio
+        if getattr(settings, "stream_endpointing", "ctc") == "vad":
+            from . import streamvad  # onnxruntime, no torch
+
+            streamvad.load()  # once per worker, now: not while the first stream waits (a missing package fails here)
         self.timeout_message = (f"the model did not keep up: a window (or a final's beam search) was not done "
                                 f"within {settings.timeout_s} s (MODEL_SERVER_TIMEOUT); try again later")
         self.draining = threading.Event()

@@ -520,6 +520,67 @@ def test_our_protocol_is_unchanged_on_the_same_route(server, clips):
     assert {e["type"] for e in events} <= {"partial", "final"}
 
 
+def test_launch_stream_protocol_openai(server, clips, tmp_path):
+    """launcher/launch stream --protocol openai against the live server: server VAD, a commit at the end; the
+    completed transcripts printed one a line (--json: the server's events as they are)."""
+    import soundfile as sf
+
+    from conftest import ROOT, program_env
+
+    audio = np.concatenate([clips[11], np.zeros(RATE, np.float32), clips[0]])
+    path = tmp_path / "talk.flac"
+    sf.write(path, audio, RATE)
+    url = f"ws://127.0.0.1:{server.port}/v1/realtime"
+    run = subprocess.run([str(ROOT / "launcher" / "launch"), "stream", str(path), "--local", "--url", url,
+                          "--protocol", "openai", "--speed", "0", "--json"], capture_output=True, text=True,
+                         env=program_env(), timeout=120)
+    assert run.returncode == 0, run.stderr
+    events = [json.loads(line) for line in run.stdout.splitlines()]
+    done = [e["transcript"] for e in events if e["type"] == "conversation.item.input_audio_transcription.completed"]
+    assert done and any(done) and [e["type"] for e in events].count("session.updated") == 2
+    plain = subprocess.run([str(ROOT / "launcher" / "launch"), "stream", str(path), "--local", "--url", url,
+                            "--protocol", "openai", "--speed", "0"], capture_output=True, text=True,
+                           env=program_env(), timeout=120)
+    assert plain.returncode == 0, plain.stderr
+    assert plain.stdout.splitlines() == [t for t in done if t]  # the same audio, the same utterances
+
+
+def test_vad_finals_equal_invocations_of_their_audio_greedy_and_with_the_lm(tmp_path, clips):
+    """Silero VAD cuts a stream at its pauses; each utterance's transcript is /invocations' transcript of exactly
+    its audio, with greedy and with beam search + LM finals, sent at real-time pace and as fast as possible.
+    The model: a group-norm checkpoint with random weights and an LM (as tests/test_serve_stream_pace.py), whose
+    transcripts change with any difference of context or normalisation."""
+    import checkpoints
+    from test_lm import SENTENCES
+    from test_serve_lm import _lm_over
+
+    model = _lm_over(checkpoints.build("wav2vec2-base", tmp_path / "model"), [x.upper() for x in SENTENCES],
+                     tmp_path / "lm_work")
+    srv = Server(make_opt_ml(tmp_path / "opt_ml", model), tmp_path / "server.log", MODEL_SERVER_WORKERS="1",
+                 SERVE_THREADS="4", SERVE_BEAM_PROCESSES="1").wait_ready()
+    try:
+        gap = np.zeros(int(1.2 * RATE), np.float32)
+        pcm = int16(np.concatenate([gap, clips[1], gap, clips[2], gap]))
+        for query, pace in (("?decoder=greedy", 0.0), ("", 0.0), ("", 1.0)):
+            with connect(f"ws://127.0.0.1:{srv.port}/v1/realtime{query}", open_timeout=30, max_size=None) as conn:
+                conn.send(json.dumps(ga_update(format={"type": "audio/pcm", "rate": 16000})))
+                data = pcm.tobytes()
+                for k, i in enumerate(range(0, len(data), 3200)):
+                    if pace:
+                        time.sleep(0.1 / pace)
+                    conn.send(json.dumps(append(data[i: i + 3200])))
+                done = [e for e in until(conn, "conversation.item.input_audio_transcription.completed", 2)
+                        if e["type"].endswith(".completed")]
+            for d in done:
+                piece = pcm[round(d["audio_start"] * RATE): round(d["audio_end"] * RATE)]
+                reply = srv.post(encode(piece, RATE, subtype="PCM_16"), "audio/wav", f"/invocations{query}")
+                assert d["transcript"] == reply.json["text"], (query, pace, d)
+            assert any(d["transcript"] for d in done)
+        assert "decoder: beam search + LM by default" in srv.log()
+    finally:
+        srv.stop()
+
+
 def test_sigterm_mid_utterance_delivers_the_pending_transcript(server, clips):
     """Last: it stops the module's server."""
     with ws(server) as conn:
