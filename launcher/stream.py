@@ -15,9 +15,14 @@ event as a JSON line). FILE is any audio libsndfile reads, sent as 16-bit PCM at
 bytes with --encoding ogg_opus (e.g. `ffmpeg -i talk.m4a -c:a libopus -f ogg - | launcher/launch stream -
 --encoding ogg_opus --local`). Light: it imports neither torch nor the SageMaker SDK.
 
-One file because `launch stream` is one client with two transports: the audio source, its real-time pacing and
-the printer of events are shared by the WebSocket path and the SageMaker bidirectional-stream path, each a few
-dozen lines.
+--protocol openai speaks OpenAI's Realtime transcription events instead of our own protocol (docs/streaming.md,
+Realtime (OpenAI events)): a session.update with server VAD, the audio as input_audio_buffer.append events (16-bit
+PCM at 24 kHz mono, resampled here with soxr), a commit at the end; deltas are shown as partials and each
+`completed` transcript is printed as a line. The stream ends when the commit's transcript has come.
+
+One file because `launch stream` is one client with two transports and two protocols: the audio source, its
+real-time pacing and the printer of events are shared by the WebSocket path and the SageMaker bidirectional-stream
+path and by both protocols' framings, each a few dozen lines.
 """
 from __future__ import annotations
 
@@ -41,6 +46,8 @@ IAM_ACTION = "sagemaker:InvokeEndpointWithBidirectionalStream"
 # How long opening the stream may take. The SDK (0.12.0) never returns from the call when it cannot sign it
 # (no credentials found: its error stays in a background task), so without a limit the command hangs silently.
 OPEN_TIMEOUT_S = 30.0
+PROTOCOLS = ("native", "openai")
+OPENAI_RATE = 24_000  # OpenAI's pcm16
 
 
 def add_parser(sub, parents) -> None:
@@ -60,6 +67,8 @@ def add_parser(sub, parents) -> None:
     p.add_argument("--option", action="append", metavar="NAME=VALUE",
                    help="a request option for the stream (e.g. language=fra), repeatable")
     p.add_argument("--json", action="store_true", help="print every event as a JSON line (partials too)")
+    p.add_argument("--protocol", choices=PROTOCOLS, default="native",
+                   help="native: our own protocol (default); openai: OpenAI Realtime transcription events")
 
 
 @dataclass
@@ -75,6 +84,7 @@ class StreamOptions:
     channels: int
     request_options: dict[str, str] = field(default_factory=dict)
     as_json: bool = False
+    protocol: str = "native"
 
     @classmethod
     def from_args(cls, ns: argparse.Namespace) -> "StreamOptions":
@@ -100,8 +110,11 @@ class StreamOptions:
                 raise LaunchError("--encoding applies to stdin (-) only: files are decoded and sent as PCM")
         if not 1000 <= ns.rate <= 384000 or not 1 <= ns.channels <= 8:
             raise LaunchError("--rate must be 1000..384000 Hz and --channels 1..8")
+        protocol = getattr(ns, "protocol", "native")
+        if protocol == "openai" and ns.encoding != "pcm_s16le":
+            raise LaunchError("--protocol openai sends 16-bit PCM: --encoding ogg_opus is for the native protocol")
         return cls(a, ns.source, ns.endpoint_name, url, ns.speed, ns.frame_ms, ns.encoding, ns.rate, ns.channels,
-                   options.pairs(ns.option, "--option"), ns.json)
+                   options.pairs(ns.option, "--option"), ns.json, protocol)
 
 
 # Audio sources: (settings, iterator of (bytes, seconds of audio)) -------------------------------------------
@@ -159,6 +172,72 @@ def paced(chunks, speed: float):
         yield data
 
 
+# OpenAI Realtime events ---------------------------------------------------------------------------------------
+class OpenAIProtocol:
+    """Our protocol's settings, audio and end turned into OpenAI Realtime client events, and its server events
+    read back into the Printer's: delta -> partial (the item's text so far), completed -> final."""
+
+    def __init__(self, settings: dict):
+        self.rate, self.channels = settings.get("sample_rate", 16000), settings.get("channels", 1)
+        self.options = {k: v for k, v in settings.items() if k not in ("type", "encoding", "sample_rate", "channels")}
+        self._resampler = None
+        self.texts: dict[str, str] = {}
+        self.updates = 0  # session.updated events so far: the second answers the one sent after the commit
+        self.finished = False
+
+    def first(self) -> str:
+        transcription = dict(self.options)
+        return json.dumps({"type": "session.update", "session": {"type": "transcription", "audio": {"input": {
+            "format": {"type": "audio/pcm", "rate": OPENAI_RATE}, "transcription": transcription,
+            "turn_detection": {"type": "server_vad"}}}}})
+
+    def audio(self, data: bytes) -> str:
+        import base64
+
+        import numpy as np
+        import soxr
+
+        x = np.frombuffer(data[: len(data) - len(data) % (2 * self.channels)], "<i2").astype(np.float32) / 32768
+        if self.channels > 1:
+            x = x.reshape(-1, self.channels).mean(axis=1)
+        if self.rate != OPENAI_RATE:
+            if self._resampler is None:
+                self._resampler = soxr.ResampleStream(self.rate, OPENAI_RATE, 1, quality="HQ")
+            x = self._resampler.resample_chunk(x)
+        pcm = (np.clip(x, -1, 1) * 32767).astype("<i2").tobytes()
+        return json.dumps({"type": "input_audio_buffer.append", "audio": base64.b64encode(pcm).decode()})
+
+    def end(self) -> list[str]:
+        """The last commit, then a session.update: the server handles events in order and sends a commit's
+        transcript before it answers the next event, so its session.updated says that everything came."""
+        return [json.dumps({"type": "input_audio_buffer.commit"}),
+                json.dumps({"type": "session.update", "session": {"type": "transcription"}})]
+
+    def translate(self, event: dict) -> dict | None:
+        """A server event as the Printer's (partial/final/error), or None for one it does not show."""
+        kind = event.get("type")
+        if kind == "conversation.item.input_audio_transcription.delta":
+            text = self.texts.get(event["item_id"], "") + (event.get("delta") or "")
+            self.texts[event["item_id"]] = text
+            return {"type": "partial", "text": text}
+        if kind == "input_audio_buffer.behind":
+            return {"type": "partial", "text": "", "behind_s": event.get("behind_s")}
+        if kind == "session.updated":
+            self.updates += 1
+            self.finished = self.updates >= 2
+        if kind == "conversation.item.input_audio_transcription.completed":
+            self.texts.pop(event.get("item_id"), None)
+            return {"type": "final", "text": event.get("transcript", "")}
+        if kind == "error":
+            error = event.get("error") or {}
+            if self.ending and error.get("code") == "input_audio_buffer_commit_empty":
+                return None  # nothing was appended after the server's VAD committed it all
+            return {"type": "error", "error": error.get("message", error)}
+        return None
+
+    ending = False
+
+
 # Printing ---------------------------------------------------------------------------------------------------
 class Printer:
     def __init__(self, as_json: bool, out=None, err=None):
@@ -200,6 +279,8 @@ def run(opts: StreamOptions) -> int:
     settings, chunks = audio_source(opts)
     settings.update(opts.request_options)
     printer = Printer(opts.as_json)
+    if opts.protocol == "openai":
+        return _run_openai(opts, OpenAIProtocol(settings), paced(chunks, opts.speed), printer)
     if opts.aws.local:
         code = _run_websocket(opts, settings, paced(chunks, opts.speed), printer)
     else:
@@ -243,6 +324,66 @@ def _run_websocket(opts: StreamOptions, settings: dict, frames, printer: Printer
         conn.close()
     if conn.close_code not in (1000, None) and printer.error is None:
         print(f"launch stream: the server closed the stream ({conn.close_code} {conn.close_reason})", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _run_openai(opts: StreamOptions, protocol: OpenAIProtocol, frames, printer: Printer) -> int:
+    """--protocol openai over the local WebSocket (its /invocations-bidirectional-stream or /v1/realtime): the
+    session ends, and the connection is closed, once the final commit's transcript has come."""
+    if not opts.aws.local:
+        raise LaunchError("--protocol openai streams to a local container (--local); SageMaker endpoints take it too "
+                          "(the same route), from a client of your own: docs/streaming.md, Realtime (OpenAI events)")
+    try:
+        from websockets.exceptions import ConnectionClosed, InvalidHandshake
+        from websockets.sync.client import connect
+    except ImportError:
+        raise LaunchError("--local needs websockets (./setup.sh builds .venv-launch with it)") from None
+    try:
+        conn = connect(opts.url, open_timeout=30, max_size=None, compression=None)
+    except (OSError, InvalidHandshake, TimeoutError) as exc:
+        raise LaunchError(f"cannot open {opts.url}: {exc}; is the container running (local_test/serve_local.sh) and "
+                          f"listening on that port?") from None
+    done = threading.Event()
+
+    def send():
+        try:
+            conn.send(protocol.first())
+            for data in frames:
+                if done.is_set():
+                    return
+                conn.send(protocol.audio(data))
+            protocol.ending = True
+            for message in protocol.end():
+                conn.send(message)
+        except ConnectionClosed:
+            pass
+
+    sender = threading.Thread(target=send, daemon=True)
+    sender.start()
+    try:
+        for message in conn:
+            raw = json.loads(message)
+            if printer.as_json:
+                print(json.dumps(raw), file=printer.out, flush=True)
+                if raw.get("type") == "error" and not (protocol.ending and (raw.get("error") or {}).get("code")
+                                                       == "input_audio_buffer_commit_empty"):
+                    printer.error = raw
+                protocol.translate(raw)
+            else:
+                event = protocol.translate(raw)
+                if event is not None:
+                    printer.event(event)
+            if protocol.finished:
+                break
+    except ConnectionClosed:
+        pass
+    finally:
+        done.set()
+        conn.close()
+    if not protocol.finished and printer.error is None:
+        print(f"launch stream: the server closed the stream ({conn.close_code} {conn.close_reason}) before the last "
+              f"transcript", file=sys.stderr)
         return 1
     return 0
 

@@ -34,6 +34,16 @@ A `LiveStream` is driven by one thread (it is not thread-safe):
     push(samples)          16 kHz mono float32 audio, any length; nothing runs yet.
     advance(deadline)      runs what the audio pushed so far completes; -> list[Event] (Partial, Final).
     finish(deadline)       no more audio: commits everything; -> list[Event], the last a Final with last=True.
+    commit(deadline)       the client ends the utterance at the audio pushed so far; -> list[Event], the last
+                           that utterance's Final (last=False); the stream goes on.
+    clear(deadline)        drops the audio of the utterance in progress (no Final for it); -> the Finals of
+                           utterances that ended before it.
+    set_turn_detection(mode, *, threshold, prefix_padding_s, silence_s)
+                           what ends an utterance from now on: "vad" (Silero VAD; SpeechStarted and
+                           SpeechStopped events), "ctc" (runs of CTC blanks) or "manual" (commit only).
+    behind_s               seconds of audio pushed that wait for their windows beyond what a stream keeping up
+                           waits for (back-pressure: a front door closes a stream over SERVE_STREAM_MAX_BEHIND_S
+                           with FellBehind).
     audio_seconds, utterances, windows, max_batch
                            its statistics so far, for the session's log line.
 
@@ -111,6 +121,12 @@ class LimitReached(ServingError):
     """A stream reached a limit the server sets on it (SERVE_STREAM_MAX_SESSION_S): a policy close, after the
     stream's last final."""
     status, close_code = 413, 1008
+
+
+class FellBehind(ServingError):
+    """A live stream's audio waits longer for its windows than SERVE_STREAM_MAX_BEHIND_S allows (sent faster
+    than it is transcribed): closed instead of its memory growing; try again later or send slower."""
+    status, close_code = 503, 1013
 
 
 class Timeout(ServingError):
@@ -216,9 +232,30 @@ class Final:
     end: float
     last: bool = False
     words: tuple[Word, ...] = ()
+    # The samples its pass read, in seconds from the stream's start (with VAD or client turns, /invocations of
+    # exactly those samples gives the same text), and each word's confidence (0..1, in the order of `words`).
+    audio_start: float = 0.0
+    audio_end: float = 0.0
+    confidences: tuple[float, ...] = ()
 
 
-Event = Union[Partial, Final]
+@dataclass(frozen=True)
+class SpeechStarted:
+    """VAD endpointing: speech began in utterance `utterance` at `start` (seconds from the stream's start, less
+    the prefix padding)."""
+    utterance: int
+    start: float
+
+
+@dataclass(frozen=True)
+class SpeechStopped:
+    """VAD endpointing: speech stopped at `end` (seconds); utterance `utterance` ends in the pause after it (its
+    Final follows once its frames are committed)."""
+    utterance: int
+    end: float
+
+
+Event = Union[Partial, Final, SpeechStarted, SpeechStopped]
 
 
 @runtime_checkable
@@ -229,12 +266,20 @@ class LiveStream(Protocol):
     utterances: int  # finals with text so far
     windows: int  # forward passes of sliding windows so far
     max_batch: int  # most windows that shared one forward pass
+    behind_s: float  # audio waiting for its windows, seconds (back-pressure)
 
     def push(self, samples: np.ndarray) -> None: ...
 
     def advance(self, deadline: float) -> list[Event]: ...
 
     def finish(self, deadline: float) -> list[Event]: ...
+
+    def commit(self, deadline: float) -> list[Event]: ...
+
+    def clear(self, deadline: float) -> list[Event]: ...
+
+    def set_turn_detection(self, mode: str, *, threshold: float | None = None, prefix_padding_s: float | None = None,
+                           silence_s: float | None = None) -> None: ...
 
 
 @runtime_checkable

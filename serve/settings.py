@@ -4,6 +4,9 @@ Each field declares its variables, default, bounds and help with common.settings
 wording, one table generator for every program); docs/settings.md's "Serving settings" table is
 `markdown_table()` (a test checks they agree). Adding a setting is adding a field; `check()` holds only the
 rules that tie two settings together.
+
+One file because the settings are one declaration: the table, the environment reader and the cross-setting
+rules all walk the same dataclass, and splitting its fields would split that table.
 """
 from __future__ import annotations
 
@@ -166,7 +169,8 @@ class Settings:
     )
     stream_silence_s: float = _setting(
         0.5, "SERVE_STREAM_SILENCE_S", at_least=0.1,
-        help="A run of CTC blank frames this long after speech ends an utterance: its `final` is sent.",
+        help="A pause this long after speech ends an utterance (heard by Silero VAD, or a run of CTC blank frames "
+             "with `SERVE_STREAM_ENDPOINTING=ctc`): its `final` is sent.",
     )
     stream_max_utterance_s: float = _setting(
         30.0, "SERVE_STREAM_MAX_UTTERANCE_S",
@@ -183,6 +187,29 @@ class Settings:
              "models): `auto` for layer-norm encoders (exact) and group-norm ones (wav2vec2-base layout: normalised "
              "over the stream's running statistics, an approximation measured in bench/README.md), `exact` for "
              "layer-norm encoders only, `off` for whole-window passes.",
+    )
+    stream_endpointing: str = _setting(
+        "vad", "SERVE_STREAM_ENDPOINTING", choices=("vad", "ctc", "manual"),
+        help="What ends a stream's utterance: `vad` (Silero VAD hears `SERVE_STREAM_SILENCE_S` of pause after "
+             "speech; docs/streaming.md, Live transcription), `ctc` (that long a run of CTC blanks after speech, the "
+             "fallback), `manual` (only the client: our protocol's `end`, the Realtime protocol's commit). A "
+             "stream's settings may choose another.",
+    )
+    stream_vad_threshold: float = _setting(
+        0.5, "SERVE_STREAM_VAD_THRESHOLD", above=0, below=1,
+        help="`SERVE_STREAM_ENDPOINTING=vad`: Silero's speech probability at which speech starts (it stops under "
+             "this minus 0.15); the Realtime protocol's `server_vad.threshold` default.",
+    )
+    stream_vad_prefix_padding_s: float = _setting(
+        0.3, "SERVE_STREAM_VAD_PREFIX_PADDING_S", at_least=0, at_most=5,
+        help="`SERVE_STREAM_ENDPOINTING=vad`: seconds of audio before speech starts that its utterance keeps (the "
+             "Realtime protocol's `prefix_padding_ms` default); longer pauses before speech are dropped.",
+    )
+    stream_max_behind_s: float = _setting(
+        30.0, "SERVE_STREAM_MAX_BEHIND_S", at_least=1,
+        help="A stream whose audio waits this many seconds for its windows (it is sent faster than it is "
+             "transcribed) is closed with an `error` event and close code 1013, instead of its memory growing; "
+             "being behind at all is told in partials (`behind_s`) and Realtime `input_audio_buffer.behind` events.",
     )
     log_level: str = _setting("info", "SERVE_LOG_LEVEL", choices=LOG_LEVELS, fold_case=True,
                               help="gunicorn and application log level.")

@@ -17,13 +17,18 @@ Protocol (README, Live transcription, is the user's reference):
   server -> client (JSON text frames): partial, final (`event_json`), error (then a close)
 Options may also come in the query string (InvokeEndpointWithBidirectionalStream's ModelQueryString) or the
 X-Amzn-SageMaker-Custom-Attributes header; the settings frame's win, as a JSON item's fields do.
+The settings frame may also choose the endpointing (`endpointing` vad | ctc | manual, `vad_threshold`,
+`silence_s`) and the G.711 encodings pcm_mulaw / pcm_alaw (8 kHz). A first message that is an OpenAI Realtime
+client event (serve/realtime.py) hands the connection to that protocol instead, as does the path /v1/realtime;
+our protocol is unchanged otherwise. A stream over SERVE_STREAM_MAX_BEHIND_S behind real time is closed with
+1013 (FellBehind).
 
 Close codes: 1000 the stream ended; 1001 the server is stopping (after the last final); the others are those
 of serve/contract.py's errors (`close_code`), sent after an `error` event (serve/errors.py, `stream_event`):
 1007 malformed settings, options or audio (BadRequest); 1008 a time limit (session length: LimitReached,
 idle: RequestTimeout), after the last final; 1009 a frame over SERVE_STREAM_MAX_FRAME_BYTES
 (PayloadTooLarge); 1011 the model failed (ModelFailure); 1013 too many streams, or the model is overloaded or
-down: try again later (Unavailable, Timeout).
+down, or the stream fell too far behind: try again later (Unavailable, Timeout, FellBehind).
 
 The model is asked only what serve/contract.py declares: `model.open_stream(options)` gives a LiveStream,
 which this route feeds decoded audio (serve/streamaudio.py) and whose Partial and Final events it writes as
@@ -45,7 +50,7 @@ import uuid
 from websockets.exceptions import ConnectionClosed
 from websockets.sync import server as ws_server
 
-from . import contract, errors, metrics, options
+from . import contract, errors, metrics, options, realtime
 
 log = logging.getLogger("serve")
 _WS_LOG = logging.getLogger("serve.websocket")  # websockets' own: one line per connection at INFO; ours says more
@@ -53,24 +58,34 @@ _WS_LOG.setLevel(logging.WARNING)
 
 PATH = "/invocations-bidirectional-stream"
 REQUEST_LINE = b"GET " + PATH.encode()  # what the worker looks for; then " " or "?"
+# OpenAI Realtime events (serve/realtime.py) at their own path too, for clients with a websocket_base_url.
+REQUEST_LINES = (REQUEST_LINE, b"GET " + realtime.PATH.encode())
 
 NORMAL, GOING_AWAY = 1000, 1001  # the closes without an error; the others are the errors' close_code
 CLOSE_TIMEOUT_S = 2.0  # the closing handshake; SIGTERM leaves ~25 s in all
 POLL_S = 0.25  # how often a waiting session looks for a shutdown
 DRAIN_MAX = 256  # messages taken at once before the windows run (websockets queues 16 per connection anyway)
-SETTINGS_FIELDS = ("type", "encoding", "sample_rate", "channels")
+SETTINGS_FIELDS = ("type", "encoding", "sample_rate", "channels", "endpointing", "vad_threshold", "silence_s")
 # Errors after which the audio already received is still transcribed: its last final, then the error.
 AFTER_LAST_FINAL = (contract.LimitReached, contract.RequestTimeout)
 
 
 def is_stream_request(head: bytes) -> bool:
-    """Whether the first bytes of a connection are this route's request line."""
-    return head.startswith(REQUEST_LINE) and head[len(REQUEST_LINE): len(REQUEST_LINE) + 1] in (b" ", b"?")
+    """Whether the first bytes of a connection are this route's request line (or /v1/realtime's)."""
+    return any(head.startswith(line) and head[len(line): len(line) + 1] in (b" ", b"?") for line in REQUEST_LINES)
 
 
 def could_be_stream_request(head: bytes) -> bool:
     """Too few bytes yet to tell (a request line cut by the network)."""
-    return len(head) <= len(REQUEST_LINE) and REQUEST_LINE.startswith(head)
+    return any(len(head) <= len(line) and line.startswith(head) for line in REQUEST_LINES)
+
+
+class _Handoff(Exception):
+    """The first message is an OpenAI Realtime client event: the session goes to serve/realtime.py."""
+
+    def __init__(self, message: str):
+        super().__init__("realtime")
+        self.message = message
 
 
 class Hub:
@@ -81,6 +96,10 @@ class Hub:
 
         self.model, self.settings = model, settings
         self.streamaudio = streamaudio
+        if getattr(settings, "stream_endpointing", "ctc") == "vad":
+            from . import streamvad  # onnxruntime, no torch
+
+            streamvad.load()  # once per worker, now: not while the first stream waits (a missing package fails here)
         self.timeout_message = (f"the model did not keep up: a window (or a final's beam search) was not done "
                                 f"within {settings.timeout_s} s (MODEL_SERVER_TIMEOUT); try again later")
         self.draining = threading.Event()
@@ -107,7 +126,7 @@ class Hub:
         self.draining.set()
 
     def _process_request(self, connection, request):
-        if urllib.parse.urlsplit(request.path).path != PATH:
+        if urllib.parse.urlsplit(request.path).path not in (PATH, realtime.PATH):
             return connection.respond(404, f"no WebSocket route {request.path!r}; use {PATH}\n")
         if self.draining.is_set():
             return connection.respond(503, "the server is shutting down\n")
@@ -117,14 +136,24 @@ class Hub:
         with self._lock:
             admitted = self.active < self.settings.stream_max_sessions
             self.active += admitted
+        openai = urllib.parse.urlsplit(connection.request.path).path == realtime.PATH
         if not admitted:
-            _send_error(connection, errors.stream_event(contract.Unavailable(
-                f"this worker already serves {self.settings.stream_max_sessions} streams "
-                f"(SERVE_STREAM_MAX_SESSIONS); try again later")))
+            refused = contract.Unavailable(f"this worker already serves {self.settings.stream_max_sessions} streams "
+                                           f"(SERVE_STREAM_MAX_SESSIONS); try again later")
+            if openai:
+                realtime.refusal(connection, refused)
+            else:
+                _send_error(connection, errors.stream_event(refused))
             log.info("stream refused: %d streams open", self.settings.stream_max_sessions)
             return
         try:
-            Session(self, connection).run()
+            if openai:
+                realtime.RealtimeSession(self, connection).run()
+                return
+            session = Session(self, connection)
+            session.run()
+            if session.handoff is not None:  # the first message chose the OpenAI Realtime protocol
+                realtime.RealtimeSession(self, connection, session.handoff, session.started).run()
         finally:
             with self._lock:
                 self.active -= 1
@@ -143,10 +172,15 @@ class Session:
         self.stream: contract.LiveStream | None = None
         self.bytes = 0
         self.close_code = NORMAL
+        self.handoff: str | None = None  # a first message that chose the OpenAI Realtime protocol
+        self.turns: dict = {}  # endpointing settings of the settings frame (set_turn_detection)
 
     def run(self) -> None:
         try:
             self._run()
+        except _Handoff as handoff:
+            self.handoff = handoff.message
+            return
         except ConnectionClosed:
             self.close_code = 1006  # the client went away; nothing to answer
         except contract.ServingError as exc:
@@ -188,6 +222,7 @@ class Session:
             if self._message(message) or self._drain():
                 return
             if self.stream is not None:
+                _check_behind(self.stream, self.s)
                 self._send(self.stream.advance(time.monotonic() + self.s.timeout_s))
             last_frame = time.monotonic()  # after the work: time spent transcribing is not the client's idling
 
@@ -227,6 +262,8 @@ class Session:
         if not isinstance(doc, dict):
             raise contract.BadRequest("a text frame must hold a JSON object")
         kind = doc.get("type", "settings")
+        if self.stream is None and not self.bytes and kind in realtime.CLIENT_EVENTS + realtime.NOT_SUPPORTED:
+            raise _Handoff(message)
         if kind == "end":
             if set(doc) - {"type"}:
                 raise contract.BadRequest(f"{{\"type\": \"end\"}} takes no other field, got "
@@ -255,6 +292,7 @@ class Session:
             value = doc.get(name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
                 raise contract.BadRequest(f"settings: {name} must be a whole number, got {value!r}")
+        self.turns = _turn_settings(doc, self.s)
         encoding = doc.get("encoding", "pcm_s16le")
         try:
             decoder = self.hub.streamaudio.make_decoder(encoding, doc.get("sample_rate"), doc.get("channels"))
@@ -265,6 +303,8 @@ class Session:
 
     def _start(self, decoder) -> None:
         self.stream = self.hub.model.open_stream(options.build(self.base, self.item))
+        if self.turns:
+            self.stream.set_turn_detection(**self.turns)
         self.decoder = decoder
 
     def _audio(self, data: bytes) -> None:
@@ -297,7 +337,36 @@ class Session:
 
     def _send(self, events: list[contract.Event]) -> None:
         for event in events:
-            self.conn.send(json.dumps(event_json(event)))
+            if isinstance(event, (contract.Partial, contract.Final)):  # VAD speech events: the Realtime protocol's
+                self.conn.send(json.dumps(event_json(event)))
+
+
+def _turn_settings(doc: dict, settings) -> dict:
+    """The settings frame's endpointing fields as LiveStream.set_turn_detection's arguments ({} for none):
+    endpointing vad | ctc | manual, vad_threshold (0..1), silence_s (0.1..10 s)."""
+    if not any(name in doc for name in ("endpointing", "vad_threshold", "silence_s")):
+        return {}
+    mode = doc.get("endpointing", settings.stream_endpointing)
+    if mode not in ("vad", "ctc", "manual"):
+        raise contract.BadRequest(f"settings: endpointing must be vad, ctc or manual, got {mode!r}")
+    out = {"mode": mode}
+    for name, key, low, high in (("vad_threshold", "threshold", 0.0, 1.0), ("silence_s", "silence_s", 0.1, 10.0)):
+        value = doc.get(name)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
+            raise contract.BadRequest(f"settings: {name} must be a number from {low:g} to {high:g}, got {value!r}")
+        out[key] = float(value)
+    return out
+
+
+def _check_behind(stream, settings) -> None:
+    """Back-pressure: a stream whose audio waits over SERVE_STREAM_MAX_BEHIND_S for its windows is closed."""
+    limit = settings.stream_max_behind_s
+    if stream.behind_s > limit:
+        raise contract.FellBehind(f"the stream is {stream.behind_s:.1f} s behind real time, over the limit of "
+                                  f"{limit:g} s (SERVE_STREAM_MAX_BEHIND_S): send audio no faster than real time, "
+                                  f"or try again when the server is less busy")
 
 
 def event_json(event: contract.Event) -> dict:

@@ -11,8 +11,15 @@ Opus decoder), so every byte is decoded once however the client cuts its frames.
   16 kHz (an Opus decoder outputs any of 8-48 kHz natively), the OpusHead's pre-skip and output gain applied.
   libopus is the system library (Debian/Ubuntu package libopus0), loaded with ctypes: a stream asking for
   Opus on a server without it is refused with a message that says so.
+- `pcm_mulaw`, `pcm_alaw`: ITU-T G.711 mu-law / A-law, one byte per sample (what telephony sends, 8 kHz unless
+  sample_rate says otherwise), mono. Expanded to 16-bit PCM by FFmpeg's G.711 decoders through PyAV (the `av`
+  package the serving image carries for container formats), then resampled to 16 kHz with one soxr stream
+  per stream, as `pcm_s16le` is. G.711 has no state between samples, so frames may be cut anywhere.
 
 Errors are `StreamAudioError` (a ValueError) with a message safe to show to the client.
+
+One file because every decoder here answers one interface (`make_decoder(encoding, sample_rate, channels)`: feed
+bytes, get 16 kHz samples) for the stream route; each encoding is a few dozen lines.
 """
 from __future__ import annotations
 
@@ -26,7 +33,8 @@ import soxr
 
 from common.audio import TARGET_RATE, AudioError, check_rate
 
-ENCODINGS = ("pcm_s16le", "ogg_opus")
+ENCODINGS = ("pcm_s16le", "ogg_opus", "pcm_mulaw", "pcm_alaw")
+G711_RATE = 8_000  # telephony
 MAX_CHANNELS = 8
 
 
@@ -50,6 +58,14 @@ def make_decoder(encoding: str, sample_rate: int | None = None, channels: int | 
             raise StreamAudioError("ogg_opus streams carry their own sample rate and channel count (OpusHead); "
                                    "leave sample_rate and channels out")
         return OggOpusDecoder()
+    if encoding in ("pcm_mulaw", "pcm_alaw"):
+        try:
+            rate = check_rate(G711_RATE if sample_rate is None else sample_rate)
+        except AudioError as exc:
+            raise StreamAudioError(f"sample_rate: {exc}") from None
+        if channels not in (None, 1):
+            raise StreamAudioError(f"{encoding} streams are mono (channels 1), got {channels!r}")
+        return G711Decoder(encoding, rate)
     raise StreamAudioError(f"unknown encoding {encoding!r}; use one of {', '.join(ENCODINGS)}")
 
 
@@ -72,6 +88,40 @@ class PcmDecoder:
 
     def flush(self) -> np.ndarray:
         """What the resampler still holds, at the end of the stream (a cut sample frame is dropped)."""
+        if self._resampler is None:
+            return np.zeros(0, np.float32)
+        return np.ascontiguousarray(self._resampler.resample_chunk(np.zeros(0, np.float32), last=True),
+                                    dtype=np.float32)
+
+
+class G711Decoder:
+    """G.711 mu-law or A-law bytes -> 16 kHz float32 (FFmpeg's pcm_mulaw / pcm_alaw decoder, through PyAV)."""
+
+    def __init__(self, encoding: str, rate: int = G711_RATE):
+        try:
+            import av  # FFmpeg's G.711 tables; imported here so that a server without it still serves PCM
+        except ImportError:
+            raise StreamAudioError(f"{encoding} needs PyAV (the `av` package), which this server does not have; "
+                                   f"send pcm_s16le instead") from None
+        self.encoding, self.rate = encoding, rate
+        self._av = av
+        self._codec = av.CodecContext.create(encoding, "r")
+        self._codec.sample_rate = rate
+        self._codec.layout = "mono"
+        self._resampler = None if rate == TARGET_RATE else soxr.ResampleStream(rate, TARGET_RATE, 1, quality="HQ")
+
+    def decode(self, data: bytes) -> np.ndarray:
+        data = bytes(data)
+        if not data:
+            return np.zeros(0, np.float32)
+        frames = self._codec.decode(self._av.Packet(data))
+        pcm = np.concatenate([f.to_ndarray().reshape(-1) for f in frames]) if frames else np.zeros(0, np.int16)
+        x = pcm.astype(np.float32) / 32768.0
+        if self._resampler is not None:
+            x = self._resampler.resample_chunk(x)
+        return np.ascontiguousarray(x, dtype=np.float32)
+
+    def flush(self) -> np.ndarray:
         if self._resampler is None:
             return np.zeros(0, np.float32)
         return np.ascontiguousarray(self._resampler.resample_chunk(np.zeros(0, np.float32), last=True),

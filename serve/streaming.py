@@ -49,6 +49,7 @@ reach into the others' fields.
 """
 from __future__ import annotations
 
+import dataclasses
 import time
 from concurrent.futures import wait
 from dataclasses import dataclass, field
@@ -70,11 +71,20 @@ class StreamConfig:
     right_s: float = 0.3
     silence_s: float = 0.5
     max_utterance_s: float = 30.0
+    endpointing: str = "ctc"  # TURN_MODES: what ends an utterance (SERVE_STREAM_ENDPOINTING)
+    vad_threshold: float = 0.5
+    vad_prefix_padding_s: float = 0.3
 
     @classmethod
     def from_settings(cls, s) -> "StreamConfig":
         return cls(s.stream_step_s, s.stream_left_s, s.stream_right_s, s.stream_silence_s,
-                   s.stream_max_utterance_s)
+                   s.stream_max_utterance_s, getattr(s, "stream_endpointing", "ctc"),
+                   getattr(s, "stream_vad_threshold", 0.5), getattr(s, "stream_vad_prefix_padding_s", 0.3))
+
+
+# What ends an utterance: Silero VAD's pauses (serve/streamvad.py), runs of CTC blanks, or only the client
+# (commit) and SERVE_STREAM_MAX_UTTERANCE_S.
+TURN_MODES = ("vad", "ctc", "manual")
 
 
 @dataclass(frozen=True)
@@ -140,6 +150,19 @@ class Transcriber:
         self.final_passes = 0
         self.max_batch = 0
         self.utterances = 0
+        # Turns (set_turn_detection): the VAD, the frames where utterances it ended are cut, the span and frame
+        # probabilities of the last final's pass (for the Final's audio_start/audio_end and word confidences).
+        self.turn_mode = "ctc"
+        self.vad = None
+        self.vad_at = 0  # samples the VAD has read
+        self.cuts: list[int] = []
+        self.heard: set[int] = set()  # utterances in which the VAD heard speech start (no longer trimmed)
+        self.prefix = frames(config.vad_prefix_padding_s)
+        self._frames = frames
+        self._finishing = False
+        self._span: tuple[int, int] | None = None
+        self._probs: torch.Tensor | None = None
+        self.set_turn_detection(config.endpointing, threshold=config.vad_threshold, silence_s=config.silence_s)
 
     @property
     def audio_seconds(self) -> float:
@@ -153,11 +176,12 @@ class Transcriber:
     def advance(self, deadline: float) -> list[contract.Event]:
         """Run the window the audio received so far completes: one step, or several at once when the stream is
         behind (at most MAX_COMMIT_S of them)."""
+        heard = self._listen()  # the VAD over the new audio: speech starts and stops, utterance ends to cut
         window = self._ready(final=False)
         events = self._run(window, deadline) if window else []
         events += self._cut_on_tentative(deadline)
         partial = self._partial(window)
-        return events + ([partial] if partial else [])
+        return heard + events + ([partial] if partial else [])
 
     def finish(self, deadline: float) -> list[contract.Event]:
         """Commit every frame of the audio received, then the last utterance's final (with last=True)."""
@@ -165,7 +189,147 @@ class Transcriber:
         while (window := self._ready(final=True)) is not None:
             events += self._run(window, deadline)
         self.tentative = self.tentative[:0]
+        self._finishing = True
         return events + [self._cut(deadline, last=True)]
+
+    # Turns: client commits, clears, VAD endpointing (serve/realtime.py, serve/stream_route.py) -----------------
+    def set_turn_detection(self, mode: str, *, threshold: float | None = None, prefix_padding_s: float | None = None,
+                           silence_s: float | None = None) -> None:
+        """What ends an utterance from now on (TURN_MODES): "vad" (Silero VAD: speech that stops for silence_s;
+        speech starts at threshold), "ctc" (silence_s of CTC blanks after speech), "manual" (only `commit` and
+        SERVE_STREAM_MAX_UTTERANCE_S). BadRequest for an unknown mode."""
+        if mode not in TURN_MODES:
+            raise contract.BadRequest(f"endpointing {mode!r} is not one of {', '.join(TURN_MODES)}")
+        if silence_s is not None:
+            self.silence = max(1, self._frames(silence_s))
+        if prefix_padding_s is not None:
+            self.prefix = self._frames(prefix_padding_s)
+        self.turn_mode = mode
+        self.cuts.clear()
+        if mode != "vad":
+            self.vad = None
+            return
+        from . import streamvad  # onnxruntime: only for streams that use it
+
+        if self.vad is None:
+            self.vad = streamvad.StreamVad()
+            self.vad_at = self.received  # the VAD listens from now on
+        self.vad.configure(self.vad.threshold if threshold is None else threshold, self.silence * self.frame_s)
+
+    def commit(self, deadline: float) -> list[contract.Event]:
+        """The client ends the utterance here: every frame of the audio received is committed, and the current
+        utterance's Final (last=False) is the last event; the stream goes on after it."""
+        events = self._listen()
+        while (window := self._ready(final=True)) is not None:
+            events += self._run(window, deadline)
+        self.tentative = self.tentative[:0]
+        self._finishing = True  # its pass reads the audio to its last sample, as finish's does
+        try:
+            events.append(self._cut(deadline))
+        finally:
+            self._finishing = False
+        self._turn_reset()
+        return events
+
+    def clear(self, deadline: float) -> list[contract.Event]:
+        """Drop the current utterance's audio (the client cleared its buffer): no Final for it; the next one
+        starts after the audio received so far. Returns the Finals of utterances the VAD ended before it."""
+        events = self._listen()
+        while (window := self._ready(final=True)) is not None:
+            events += self._run(window, deadline)
+        self.tentative = self.tentative[:0]
+        self.utterance = self._utterance(self.utterance.index + 1, self.committed)
+        self._last_partial = None
+        self._turn_reset()
+        return [e for e in events if isinstance(e, contract.Final)]
+
+    @property
+    def behind_s(self) -> float:
+        """Seconds of audio received that no window has committed yet, beyond the step and look-ahead a stream
+        keeping up waits for: how far behind real time the stream is."""
+        return max(0.0, (self.received - self._end(self.committed + self.S + self.R)) / 16_000)
+
+    def _turn_reset(self) -> None:
+        self.cuts.clear()
+        if self.vad is not None:
+            self.vad.reset()
+
+    def _listen(self) -> list[contract.Event]:
+        """Run the VAD over the audio received since it last ran: SpeechStarted / SpeechStopped events, and the
+        frames where the utterances it ended are to be cut (`_commit_turns` cuts them once committed)."""
+        if self.vad is None or self.received <= self.vad_at:
+            return []
+        audio = self.audio[max(self.vad_at, self.audio_start) - self.audio_start:]
+        self.vad_at = self.received
+        events: list[contract.Event] = []
+        for change in self.vad.feed(audio):
+            index = self.utterance.index + len(self.cuts)  # the utterance the change falls in
+            if change[0] == "start":
+                self.heard.add(index)
+                start = max(0, change[1] - self.prefix * self.F)
+                events.append(contract.SpeechStarted(index, round(start / 16_000, 3)))
+            else:
+                _, end, cut = change
+                events.append(contract.SpeechStopped(index, round(end / 16_000, 3)))
+                self.cuts.append(max(1, round(cut / self.F)))
+        return events
+
+    def _commit_turns(self, logits: torch.Tensor, deadline: float) -> list[contract.Event]:
+        """`_commit` when the VAD or the client ends utterances: cut at the frames the VAD chose, else only at
+        SERVE_STREAM_MAX_UTTERANCE_S; before speech, the utterance keeps only prefix padding of silence."""
+        events = []
+        while self.cuts and self.cuts[0] <= self.committed + len(logits):
+            k = max(0, self.cuts.pop(0) - self.committed)
+            self._append_turn(logits[:k])
+            logits = logits[k:]
+            events.append(self._cut(deadline))
+        self._append_turn(logits)
+        if self.utterance.frames >= self.max_utterance:
+            events.append(self._cut(deadline, at_word=True))
+        self._trim()
+        return events
+
+    def _append_turn(self, logits: torch.Tensor) -> None:
+        if len(logits):
+            self.utterance.speech = self.utterance.speech or bool(
+                (~torch.isin(logits.argmax(dim=-1), self.quiet_ids)).any())
+            self._append(logits)
+
+    def _trim(self) -> None:
+        """VAD mode, no speech heard yet in the utterance: drop its committed frames but the last
+        prefix_padding (and a step), so that a pause is neither decoded nor kept in memory."""
+        u = self.utterance
+        if self.turn_mode != "vad" or u.index in self.heard or self.cuts or (self.vad is not None and self.vad.speaking):
+            return
+        keep = self.prefix + self.S
+        if u.frames <= keep + self.S:
+            return
+        rest = torch.cat(u.logits)[u.frames - keep:]
+        self.utterance = self._utterance(u.index, u.start + u.frames - keep)
+        self.committed -= len(rest)
+        self._append_turn(rest)
+        self._last_partial = None
+
+    def _extended(self, event):
+        """A Final with the span of audio its pass read (audio_start, audio_end: seconds from the stream's start)
+        and each word's confidence (the mean over its frames of the best token's probability)."""
+        span, probs = self._span, self._probs
+        self._span = self._probs = None
+        fs = self.frame_s
+        if span is None:
+            a = round(event.start / fs) * self.F
+            span = (a, max(a, min(self.received, round(event.end / fs) * self.F)))
+        confidences: tuple[float, ...] = ()
+        if probs is not None and event.words:
+            s0 = round(event.start / fs)
+            out = []
+            for w in event.words:
+                a = min(max(0, round(w.start / fs) - s0), len(probs) - 1)
+                b = max(a + 1, round(w.end / fs) - s0)
+                out.append(round(float(probs[a:b].mean()), 3))
+            confidences = tuple(out)
+        return dataclasses.replace(event, audio_start=round(span[0] / 16_000, 6), audio_end=round(span[1] / 16_000, 6),
+                                   confidences=confidences)
 
     # Windows ------------------------------------------------------------------------------------------
     def _frames_in(self, samples: int) -> int:
@@ -240,20 +404,26 @@ class Transcriber:
         return future.result()
 
     def _final_from(self, start: int) -> int:
-        """The first sample the final pass of an utterance starting at frame `start` reads (L frames before)."""
-        return max(0, start - self.final_left) * self.F
+        """The first sample the final pass of an utterance starting at frame `start` reads (L frames before; with
+        VAD or client turns, its own first sample: its utterance begins in a pause, or where the client said)."""
+        return max(0, start - (self.final_left if self.turn_mode == "ctc" else 0)) * self.F
 
     def _final_logits(self, start: int, frames: int, deadline: float) -> torch.Tensor:
         """Frames [start, start + frames) of the stream from one pass over the utterance's audio, with L frames
         of left context and up to R of look-ahead, normalised over its own samples as /invocations normalises a
         clip: what the windows computed (their context, catch-up windows, running statistics) and so the
         client's sending pace do not change a final."""
-        first = max(0, start - self.final_left)
+        first = self._final_from(start) // self.F
         end = min(self.received, self._end(start + frames + self.R))
+        if self.turn_mode != "ctc" and not self._finishing:
+            end = self._end(start + frames)  # exactly its frames: the final is the offline transcript of its span
         audio = self.audio[first * self.F - self.audio_start: end - self.audio_start]
         logits = self._result(self.model.submit([audio], self.options)[0], deadline).value
         self.final_passes += 1
-        return logits.float().cpu()[start - first: start - first + frames]
+        out = logits.float().cpu()[start - first: start - first + frames]
+        self._span = (first * self.F, end)
+        self._probs = torch.softmax(out, dim=-1).max(dim=-1).values
+        return out
 
     def _features_window(self, w: _Window) -> streamfeatures.Window:
         """The window as cached frames [first, encoded) plus the samples of its frames not encoded yet, the new
@@ -277,6 +447,8 @@ class Transcriber:
 
     def _commit(self, logits: torch.Tensor, deadline: float) -> list[contract.Event]:
         """Add committed frames to the utterance, cutting it where a pause after speech is long enough."""
+        if self.turn_mode != "ctc":
+            return self._commit_turns(logits, deadline)
         events = []
         quiet = torch.isin(logits.argmax(dim=-1), self.quiet_ids).tolist()
         u, begin = self.utterance, 0
@@ -304,6 +476,8 @@ class Transcriber:
     def _cut_on_tentative(self, deadline: float) -> list[contract.Event]:
         """End the utterance early when half its pause is committed and the look-ahead frames continue it."""
         u = self.utterance
+        if self.turn_mode != "ctc":
+            return []
         if not u.speech or u.quiet < (self.silence + 1) // 2 or not len(self.tentative):
             return []
         speech = ~torch.isin(self.tentative.argmax(dim=-1), self.quiet_ids)
@@ -341,7 +515,7 @@ class Transcriber:
             self.utterance.speech = bool((~q).any())
             trailing = (~q).nonzero()
             self.utterance.quiet = len(q) - (int(trailing[-1, 0]) + 1) if len(trailing) else len(q)
-        return event
+        return self._extended(event)
 
     def _partial(self, window: _Window | None) -> contract.Partial | None:
         """The current hypothesis, when it changed or when the window was a catch-up one (behind_s > 0)."""

@@ -6,7 +6,8 @@ and missed its 2 s deadline: after a worker was killed under load, /ping timed o
 (reliability/faults). A request that starts with "GET /ping" is recognised by peeking at the socket, before
 anything is read, and runs on its own pool, so health checks never queue behind inference.
 
-The same peek sends "GET /invocations-bidirectional-stream" (a WebSocket that may stay open for an hour) to
+The same peek sends "GET /invocations-bidirectional-stream" and "GET /v1/realtime" (WebSockets that may stay open for an hour;
+stream_route.is_stream_request) to
 the stream pool (SERVE_STREAM_MAX_SESSIONS threads, and a few more to refuse the streams over that limit),
 where serve/stream_route.py serves it: a live stream never holds a thread /invocations needs. On SIGTERM every
 open stream is told to send its last final and close (1001) while gunicorn drains its connections.

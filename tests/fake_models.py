@@ -82,6 +82,8 @@ class FakeStream:
         self.speech, self.quiet = 0, 0  # its non-zero samples; zero samples at its end
         self.advanced = 0  # samples received at the last advance
         self.audio_seconds, self.utterances, self.windows, self.max_batch = 0.0, 0, 0, 0
+        self.behind_s = 0.0
+        self.turns: list[tuple] = []  # set_turn_detection calls
 
     def push(self, samples: np.ndarray) -> None:
         for x in np.asarray(samples, np.float32):  # a few seconds at most in the tests
@@ -111,6 +113,18 @@ class FakeStream:
     def finish(self, deadline: float) -> list[contract.Event]:
         self._maybe_fail()
         return [self._final(last=True)]
+
+    def commit(self, deadline: float) -> list[contract.Event]:
+        self._maybe_fail()
+        return [self._final(last=False)]
+
+    def clear(self, deadline: float) -> list[contract.Event]:
+        self.utterance, self.start, self.speech, self.quiet = self.utterance + 1, self.received, 0, 0
+        return []
+
+    def set_turn_detection(self, mode: str, *, threshold: float | None = None, prefix_padding_s: float | None = None,
+                           silence_s: float | None = None) -> None:
+        self.turns.append((mode, threshold, prefix_padding_s, silence_s))
 
     def _final(self, last: bool) -> contract.Final:
         text = f"{self.speech} samples" if self.speech else ""

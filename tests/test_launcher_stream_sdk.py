@@ -99,3 +99,57 @@ def test_the_sdks_own_errors_become_one_line_with_the_iam_action_on_access_denie
     with pytest.raises(LaunchError, match="AccessDeniedException: User is not authorized.*the caller needs the IAM "
                                           "action sagemaker:InvokeEndpointWithBidirectionalStream"):
         stream._run_sagemaker(options(), {}, iter([]), stream.Printer(as_json=True))
+
+
+def test_protocol_openai_turns_audio_into_realtime_events_and_its_events_into_lines(capsys):
+    """--protocol openai (docs/streaming.md, Realtime (OpenAI events)): a session.update with server VAD, 16 kHz
+    PCM resampled to OpenAI's 24 kHz in base64 append events, a commit and a session.update at the end; deltas
+    become the partial, each completed transcript a line, and the second session.updated ends the stream."""
+    import base64
+    import json
+
+    import numpy as np
+
+    proto = stream.OpenAIProtocol({"type": "settings", "encoding": "pcm_s16le", "sample_rate": 16000, "channels": 2,
+                                   "language": "eng"})
+    first = json.loads(proto.first())
+    assert first["type"] == "session.update"
+    inp = first["session"]["audio"]["input"]
+    assert inp["format"] == {"type": "audio/pcm", "rate": 24000} and inp["turn_detection"]["type"] == "server_vad"
+    assert inp["transcription"] == {"language": "eng"}
+    stereo = (np.ones((16000, 2)) * 1000).astype("<i2").tobytes()  # 1 s of two channels at 16 kHz
+    sent = json.loads(proto.audio(stereo))
+    assert sent["type"] == "input_audio_buffer.append"
+    assert 24000 - 1000 < len(base64.b64decode(sent["audio"])) // 2 <= 24000  # mono at 24 kHz
+    assert [json.loads(m)["type"] for m in proto.end()] == ["input_audio_buffer.commit", "session.update"]
+    printer = stream.Printer(as_json=False)
+    for event in ({"type": "session.updated"}, {"type": "conversation.item.input_audio_transcription.delta",
+                                                 "item_id": "i1", "delta": "the"},
+                  {"type": "conversation.item.input_audio_transcription.completed", "item_id": "i1",
+                   "transcript": "the red cat"}):
+        shown = proto.translate(event)
+        if shown:
+            printer.event(shown)
+    assert proto.texts == {} and not proto.finished
+    proto.ending = True
+    assert proto.translate({"type": "error", "error": {"code": "input_audio_buffer_commit_empty"}}) is None
+    proto.translate({"type": "session.updated"})
+    assert proto.finished and capsys.readouterr().out == "the red cat\n"
+
+
+def test_protocol_openai_is_refused_where_it_cannot_go():
+    ns = stream.argparse.Namespace(source="-", endpoint_name="asr-demo", url=None, speed=1.0, frame_ms=100,
+                                   encoding="ogg_opus", rate=16000, channels=1, option=None, json=False,
+                                   protocol="openai", local=True, local_gpu=False, region=None, profile=None,
+                                   role=None, bucket=None)
+    with pytest.raises(LaunchError, match="--endpoint-name .* or --local"):
+        stream.StreamOptions.from_args(ns)
+    ns.endpoint_name = None
+    with pytest.raises(LaunchError, match="ogg_opus is for the native protocol"):
+        stream.StreamOptions.from_args(ns)
+    ns.encoding = "pcm_s16le"
+    opts = stream.StreamOptions.from_args(ns)
+    assert opts.protocol == "openai"
+    opts.aws = AwsOptions(region="us-east-1")  # not local: an endpoint
+    with pytest.raises(LaunchError, match="--protocol openai streams to a local container"):
+        stream._run_openai(opts, stream.OpenAIProtocol({}), iter(()), stream.Printer(False))

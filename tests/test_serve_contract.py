@@ -47,8 +47,8 @@ def test_implementations_have_the_protocol_s_methods_and_signatures(protocol, im
 
 def test_the_contract_declares_the_methods_the_front_doors_need():
     assert members(contract.Model) == ({"health", "transcribe", "transcribe_iter", "open_stream"}, {"info"})
-    assert members(contract.LiveStream) == ({"push", "advance", "finish"},
-                                            {"audio_seconds", "utterances", "windows", "max_batch"})
+    assert members(contract.LiveStream) == ({"push", "advance", "finish", "commit", "clear", "set_turn_detection"},
+                                            {"audio_seconds", "utterances", "windows", "max_batch", "behind_s"})
 
 
 def _calls_on(path, holders: set[str]) -> set[str]:
@@ -66,11 +66,13 @@ def _calls_on(path, holders: set[str]) -> set[str]:
 def test_the_front_doors_ask_the_model_only_what_the_contract_declares():
     model_methods, model_data = members(contract.Model)
     stream_methods, stream_data = members(contract.LiveStream)
-    for path in (ROOT / "serve" / "app.py", ROOT / "serve" / "stream_route.py"):
+    for path in (ROOT / "serve" / "app.py", ROOT / "serve" / "stream_route.py", ROOT / "serve" / "realtime.py"):
         asked = _calls_on(path, {"model"})
         assert asked and asked <= model_methods | model_data, (path.name, asked - model_methods - model_data)
-    streamed = _calls_on(ROOT / "serve" / "stream_route.py", {"stream", "t"})
-    assert streamed and streamed <= stream_methods | stream_data, streamed - stream_methods - stream_data
+    for path in (ROOT / "serve" / "stream_route.py", ROOT / "serve" / "realtime.py"):
+        streamed = _calls_on(path, {"stream", "t"})
+        assert streamed and streamed <= stream_methods | stream_data, (path.name,
+                                                                        streamed - stream_methods - stream_data)
     tree = ast.parse((ROOT / "serve" / "stream_route.py").read_text())
     imported = {a.name for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) for a in n.names}
     assert "streaming" not in imported and "model" not in imported
@@ -116,6 +118,7 @@ def test_the_fake_models_keep_the_contract_at_run_time():
     (contract.BadRequest, 400, 1007), (contract.UnknownLanguage, 400, 1007), (contract.PayloadTooLarge, 413, 1009),
     (contract.UnsupportedMediaType, 415, 1003), (contract.RequestTimeout, 408, 1008),
     (contract.LimitReached, 413, 1008), (contract.Timeout, 503, 1013), (contract.Unavailable, 503, 1013),
+    (contract.FellBehind, 503, 1013),
     (contract.ModelFailure, 500, 1011), (contract.ServingError, 500, 1011),
 ])
 def test_every_error_carries_its_http_status_and_close_code(error, status, close_code):

@@ -35,8 +35,11 @@ def server(tmp_path_factory):
     root = tmp_path_factory.mktemp("pace")
     model = _lm_over(checkpoints.build("wav2vec2-base", root / "model"), [s.upper() for s in SENTENCES],
                      root / "lm_work")
+    # CTC-blank endpointing: the clip stays one utterance, so its finals joined are comparable to /invocations of
+    # the whole clip (with Silero VAD, the default, its pauses cut it: tests/test_serve_realtime.py compares each
+    # such utterance with /invocations of its own audio, greedy and with the LM).
     srv = Server(make_opt_ml(root / "opt_ml", model), root / "server.log", MODEL_SERVER_WORKERS="1",
-                 SERVE_THREADS="4", SERVE_BEAM_PROCESSES="1").wait_ready()
+                 SERVE_THREADS="4", SERVE_BEAM_PROCESSES="1", SERVE_STREAM_ENDPOINTING="ctc").wait_ready()
     assert "decoder: beam search + LM by default" in srv.log()
     yield srv
     srv.stop()

@@ -1,0 +1,135 @@
+"""Voice-activity endpointing of a live stream: Silero VAD, run window by window as the audio arrives.
+
+serve/streaming.py asks a `StreamVad` of each stream where speech starts and stops (the OpenAI Realtime
+`server_vad` turn detection, and SERVE_STREAM_ENDPOINTING=vad for our own protocol): `feed(samples)` runs
+Silero VAD over every whole WINDOW (512 samples, 32 ms at 16 kHz) of the new audio and returns what changed:
+
+    ("start", sample)  speech began at `sample` (the first window whose probability reached `threshold`)
+    ("stop", sample, cut)
+                       speech ended at `sample` (where the probability fell under threshold - 0.15 and stayed
+                       there), decided once `silence_s` of such audio followed it; `cut` (= sample + silence) is
+                       where the utterance ends, in the pause.
+
+That is the hysteresis of silero-vad's own VADIterator (enter at `threshold`, leave under `threshold - 0.15`,
+a pause only counts once it lasts `min_silence`), over one stream's probabilities. One Silero model serves
+every stream: the ONNX file the `silero-vad` wheel ships (silero_vad.onnx), run by onnxruntime on one CPU
+thread, each call given the stream's own recurrent state and 64 samples of context (what the packaged
+TorchScript model keeps inside itself between calls, so that one could serve only one stream); its
+probabilities are the TorchScript model's to 1e-3 (tests/test_serve_realtime.py).
+
+Why onnxruntime and not the TorchScript file (which serve/vad.py uses for whole clips): a stream runs one
+32 ms window at a time, on its session thread, and torch's thread count is one setting for the whole process
+(serve/model.py sets it for the forward passes). At that count the TorchScript model took 12-100 ms per
+window on a loaded 2-core machine (its threads wait on each other), onnxruntime with one thread 0.2-0.3 ms,
+without touching the model's threads.
+"""
+from __future__ import annotations
+
+import importlib.util
+import threading
+from pathlib import Path
+
+import numpy as np
+
+WINDOW = 512  # samples per probability at 16 kHz: Silero's fixed window
+CONTEXT = 64  # samples of the previous window the model sees with each window (silero-vad 5+)
+EXIT_DROP = 0.15  # speech ends under threshold - this (silero-vad's VADIterator)
+MODEL_FILE = "silero_vad.onnx"
+STATE = (2, 1, 128)  # the network's recurrent state
+
+_RATE = np.array(16_000, dtype=np.int64)
+_model = None
+_model_lock = threading.Lock()
+
+
+def model_file() -> Path:
+    """The wheel's ONNX file, found without importing silero_vad (its import sets torch's thread count
+    to 1 for the whole process)."""
+    spec = importlib.util.find_spec("silero_vad")
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError("silero-vad is not installed (requirements/serve.txt)")
+    path = Path(list(spec.submodule_search_locations)[0]) / "data" / MODEL_FILE
+    if not path.is_file():
+        raise ImportError(f"silero-vad's model file is missing: {path}")
+    return path
+
+
+def _network():
+    """The ONNX session, made once per process; stateless (the state is passed in and out), thread-safe."""
+    global _model
+    with _model_lock:
+        if _model is None:
+            import onnxruntime
+
+            opts = onnxruntime.SessionOptions()
+            opts.intra_op_num_threads = opts.inter_op_num_threads = 1
+            opts.log_severity_level = 3
+            _model = onnxruntime.InferenceSession(str(model_file()), opts, providers=["CPUExecutionProvider"])
+        return _model
+
+
+def load() -> None:
+    """Load the model now (a worker does at start, so that a stream's first window does not wait for it)."""
+    _network()
+
+
+class StreamVad:
+    """One stream's speech detector. threshold: Silero probability at which speech starts; silence_s: the
+    pause that ends it; all positions are samples from the stream's start."""
+
+    def __init__(self, threshold: float = 0.5, silence_s: float = 0.5):
+        self.net = _network()
+        self.threshold = threshold
+        self.exit = max(threshold - EXIT_DROP, 0.01)
+        self.silence = max(WINDOW, round(silence_s * 16_000))
+        self.state = np.zeros(STATE, np.float32)
+        self.context = np.zeros((1, CONTEXT), np.float32)
+        self.rest = np.zeros(0, np.float32)
+        self.at = 0  # samples run through the model
+        self.speaking = False
+        self.quiet_from: int | None = None  # where the current run of sub-exit windows began, while speaking
+        self.probabilities: list[float] = []  # kept only when `keep` (tests)
+        self.keep = False
+
+    def configure(self, threshold: float, silence_s: float) -> None:
+        self.threshold = threshold
+        self.exit = max(threshold - EXIT_DROP, 0.01)
+        self.silence = max(WINDOW, round(silence_s * 16_000))
+
+    def reset(self) -> None:
+        """Forget that speech is going on (the client cleared its audio); the model's state is kept."""
+        self.speaking, self.quiet_from = False, None
+
+    def feed(self, samples: np.ndarray) -> list[tuple]:
+        """Run the whole windows the new samples complete; -> [("start", s)] / [("stop", s, cut)], in order."""
+        x = np.concatenate([self.rest, np.asarray(samples, np.float32)]) if len(self.rest) else \
+            np.asarray(samples, np.float32)
+        whole = len(x) // WINDOW * WINDOW
+        self.rest = x[whole:].copy()
+        if not whole:
+            return []
+        events = []
+        for w in x[:whole].reshape(-1, WINDOW):
+            inp = np.concatenate([self.context, w[None]], axis=1)
+            out, self.state = self.net.run(None, {"input": inp, "state": self.state, "sr": _RATE})
+            self.context = inp[:, -CONTEXT:]
+            events += self._step(float(out[0, 0]))
+        return events
+
+    def _step(self, p: float) -> list[tuple]:
+        start, self.at = self.at, self.at + WINDOW
+        if self.keep:
+            self.probabilities.append(p)
+        if p >= self.threshold:
+            self.quiet_from = None
+            if not self.speaking:
+                self.speaking = True
+                return [("start", start)]
+            return []
+        if self.speaking and p < self.exit:
+            if self.quiet_from is None:
+                self.quiet_from = start
+            if self.at - self.quiet_from >= self.silence:
+                end, self.speaking, self.quiet_from = self.quiet_from, False, None
+                return [("stop", end, end + self.silence)]
+        return []
