@@ -32,7 +32,8 @@ SENTENCES = [("the old man reads a book by the window", ("en-us", 160, 50)),
              ("green trees grow near the river today", ("en-gb", 150, 40)),
              ("my friend plays with the small dog", ("en-us+f4", 160, 65)),
              ("one two three four five six", ("en-gb-scotland", 170, 55))]
-PAUSES_S = [1.0, 0.0, 2.5, 1.5, 1.2]  # added before each sentence (espeak-ng adds ~0.35 s of its own), and after the last
+# Added before each sentence (espeak-ng adds ~0.35 s of its own), and after the last.
+PAUSES_S = [1.0, 0.0, 2.5, 1.5, 1.2]
 
 
 def soon() -> float:
@@ -129,7 +130,8 @@ def test_regions_from_probabilities():
     params = vad.VadParams(threshold=0.5, min_silence_s=0.3, speech_pad_s=0.1)
     regions = vad.speech_regions(probs, 300 * vad.WINDOW, params)
     pad = int(0.1 * RATE)
-    assert regions == [(20 * vad.WINDOW - pad, 100 * vad.WINDOW + pad), (160 * vad.WINDOW - pad, 210 * vad.WINDOW + pad)]
+    w = vad.WINDOW
+    assert regions == [(20 * w - pad, 100 * w + pad), (160 * w - pad, 210 * w + pad)]
     assert vad.speech_regions(probs, 300 * vad.WINDOW, vad.VadParams(threshold=0.95, min_silence_s=0.3)) == []
 
 
@@ -403,7 +405,8 @@ def test_server_cuts_at_pauses_and_streams_one_line_per_chunk(server, talk, cutt
     body = encode(audio, RATE, "WAV", "FLOAT")
     whole = server.post(body, "audio/wav", path="/invocations?timestamps=true")
     assert whole.status == 200, whole.body
-    lines = [json.loads(x) for x in server.post(body, "audio/wav", path="/invocations-response-stream").body.splitlines()]
+    streamed = server.post(body, "audio/wav", path="/invocations-response-stream")
+    lines = [json.loads(x) for x in streamed.body.splitlines()]
     assert len(lines) == len(cutting.chunks(audio)) and lines[-1]["last"]
     assert " ".join(x["text"] for x in lines if x["text"]) == whole.json["text"]
     # The same transcript as this process's ServingModel with the same VAD (server defaults).
