@@ -97,7 +97,7 @@ class Hub:
         self.model, self.settings = model, settings
         self.streamaudio = streamaudio
         if getattr(settings, "stream_endpointing", "ctc") == "vad":
-            from . import streamvad  # onnxruntime, no torch
+            from . import streamvad  # serve/vad.py: torch (the model has it loaded already) and onnxruntime
 
             streamvad.load()  # once per worker, now: not while the first stream waits (a missing package fails here)
         self.timeout_message = (f"the model did not keep up: a window (or a final's beam search) was not done "

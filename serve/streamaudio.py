@@ -13,7 +13,7 @@ Opus decoder), so every byte is decoded once however the client cuts its frames.
   Opus on a server without it is refused with a message that says so.
 - `pcm_mulaw`, `pcm_alaw`: ITU-T G.711 mu-law / A-law, one byte per sample (what telephony sends, 8 kHz unless
   sample_rate says otherwise), mono. Expanded to 16-bit PCM by FFmpeg's G.711 decoders through PyAV (the `av`
-  package the serving image carries for container formats), then resampled to 16 kHz with one soxr stream
+  package, pinned for this in requirements/serve.txt), then resampled to 16 kHz with one soxr stream
   per stream, as `pcm_s16le` is. G.711 has no state between samples, so frames may be cut anywhere.
 
 Errors are `StreamAudioError` (a ValueError) with a message safe to show to the client.

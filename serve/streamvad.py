@@ -12,65 +12,29 @@ Silero VAD over every whole WINDOW (512 samples, 32 ms at 16 kHz) of the new aud
 
 That is the hysteresis of silero-vad's own VADIterator (enter at `threshold`, leave under `threshold - 0.15`,
 a pause only counts once it lasts `min_silence`), over one stream's probabilities. One Silero model serves
-every stream: the ONNX file the `silero-vad` wheel ships (silero_vad.onnx), run by onnxruntime on one CPU
-thread, each call given the stream's own recurrent state and 64 samples of context (what the packaged
-TorchScript model keeps inside itself between calls, so that one could serve only one stream); its
-probabilities are the TorchScript model's to 1e-3 (tests/test_serve_realtime.py).
-
-Why onnxruntime and not the TorchScript file (which serve/vad.py uses for whole clips): a stream runs one
-32 ms window at a time, on its session thread, and torch's thread count is one setting for the whole process
-(serve/model.py sets it for the forward passes). At that count the TorchScript model took 12-100 ms per
-window on a loaded 2-core machine (its threads wait on each other), onnxruntime with one thread 0.2-0.3 ms,
-without touching the model's threads.
+every stream and /invocations' VAD chunking alike: serve/vad.py's `load_session()` (the wheel's ONNX file,
+silero_vad.onnx, in one single-threaded onnxruntime session per process; its docstring says why ONNX and not
+the TorchScript file), each call given the stream's own recurrent state and 64 samples of context (what the
+packaged TorchScript model keeps inside itself between calls, so that one could serve only one stream); its
+probabilities are the TorchScript model's to 1e-3 (tests/test_serve_realtime.py). A stream runs one 32 ms
+window at a time on its session thread: 0.2-0.3 ms with onnxruntime's one thread, without touching the
+model's threads (the TorchScript model at the worker's torch thread count took 12-100 ms per window on a
+loaded 2-core machine).
 """
 from __future__ import annotations
 
-import importlib.util
-import threading
-from pathlib import Path
-
 import numpy as np
 
-WINDOW = 512  # samples per probability at 16 kHz: Silero's fixed window
-CONTEXT = 64  # samples of the previous window the model sees with each window (silero-vad 5+)
+from .vad import CONTEXT, STATE, WINDOW, load_session, model_file  # noqa: F401 (model_file: for the tests)
+
 EXIT_DROP = 0.15  # speech ends under threshold - this (silero-vad's VADIterator)
-MODEL_FILE = "silero_vad.onnx"
-STATE = (2, 1, 128)  # the network's recurrent state
 
 _RATE = np.array(16_000, dtype=np.int64)
-_model = None
-_model_lock = threading.Lock()
-
-
-def model_file() -> Path:
-    """The wheel's ONNX file, found without importing silero_vad (its import sets torch's thread count
-    to 1 for the whole process)."""
-    spec = importlib.util.find_spec("silero_vad")
-    if spec is None or not spec.submodule_search_locations:
-        raise ImportError("silero-vad is not installed (requirements/serve.txt)")
-    path = Path(list(spec.submodule_search_locations)[0]) / "data" / MODEL_FILE
-    if not path.is_file():
-        raise ImportError(f"silero-vad's model file is missing: {path}")
-    return path
-
-
-def _network():
-    """The ONNX session, made once per process; stateless (the state is passed in and out), thread-safe."""
-    global _model
-    with _model_lock:
-        if _model is None:
-            import onnxruntime
-
-            opts = onnxruntime.SessionOptions()
-            opts.intra_op_num_threads = opts.inter_op_num_threads = 1
-            opts.log_severity_level = 3
-            _model = onnxruntime.InferenceSession(str(model_file()), opts, providers=["CPUExecutionProvider"])
-        return _model
 
 
 def load() -> None:
     """Load the model now (a worker does at start, so that a stream's first window does not wait for it)."""
-    _network()
+    load_session()
 
 
 class StreamVad:
@@ -78,7 +42,7 @@ class StreamVad:
     pause that ends it; all positions are samples from the stream's start."""
 
     def __init__(self, threshold: float = 0.5, silence_s: float = 0.5):
-        self.net = _network()
+        self.net = load_session()
         self.threshold = threshold
         self.exit = max(threshold - EXIT_DROP, 0.01)
         self.silence = max(WINDOW, round(silence_s * 16_000))

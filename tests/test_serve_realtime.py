@@ -320,6 +320,14 @@ def test_stream_vad_finds_each_utterance_with_the_packaged_models_probabilities(
     assert np.abs(theirs - np.array(vad.probabilities)).max() < 1e-3
 
 
+def test_streams_and_invocations_vad_share_one_loaded_model():
+    from serve import vad
+
+    assert streamvad.StreamVad().net is vad.load_session()  # one loader, one session per process
+    streamvad.load()
+    assert streamvad.StreamVad(0.3, 1.0).net is vad.load_session()
+
+
 # Live: a real WebSocket client against the server ----------------------------------------------------------------
 MAX_SESSIONS = 3
 MAX_SESSION_S = 10.0
