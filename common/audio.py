@@ -1,10 +1,12 @@
-"""Audio in: WAV, FLAC, OGG Vorbis, MP3 and the other formats libsndfile reads; WebM/Matroska, MP4/M4A, ADTS
-AAC and OGG Opus through PyAV (common/audio_av.py); any rate, any channel count -> 16 kHz mono float32. Training
-(`load_file`) and serving (`decode_bytes`) decode through the same code.
+"""Audio in: WAV, FLAC, OGG Vorbis, MP3 and the other formats libsndfile reads; WebM/Matroska, MP4/M4A and ADTS
+AAC through PyAV (common/audio_av.py); OGG Opus through libopus (common/opus.py, the live stream's decoder); any
+rate, any channel count -> 16 kHz mono float32. Training (`load_file`) and serving (`decode_bytes`) decode
+through the same code.
 
 One file because the formats share their sniffing, their bounds (max_seconds, max_decoded_bytes), block-wise
 downmixing and the header patches libsndfile needs, and each format's own checks are a few small functions; the
-PyAV path, a different library with its own container checks, is its own module (common/audio_av.py).
+PyAV path, a different library with its own container checks, is its own module (common/audio_av.py), and so
+is OGG Opus (common/opus.py), whose decoder the live stream shares.
 
 How long a file is, per format (docs/audio-formats.md says the same for users):
 - WAV: its data chunk's size. Writers streaming to a pipe cannot seek back to write it and leave a placeholder:
@@ -14,8 +16,11 @@ How long a file is, per format (docs/audio-formats.md says the same for users):
   must be reached, else the file is refused as truncated; samples beyond it are decoded and logged.
 - OGG (Vorbis, Opus): one logical stream whose last page carries the end-of-stream flag. Without it the writer
   never finished (refused as truncated); chained streams (concatenated files) are refused. Opus decodes through
-  PyAV: libsndfile 1.2.2 reading from the start (sf_readf_float, no seek) skips no pre-skip samples, so its
-  output is late by the encoder's pre-skip (312 samples at 48 kHz, 6.5 ms) and loses as much at the end.
+  common/opus.py (libopus straight at 16 kHz, pre-skip and output gain applied, the end trimmed to the last
+  page's granule position), the decoder of live `ogg_opus` streams, so a file and its stream give the same
+  samples. Not libsndfile: 1.2.2 reading from the start (sf_readf_float, no seek) skips no pre-skip samples, so
+  its output is late by the encoder's pre-skip (312 samples at 48 kHz, 6.5 ms) and loses as much at the end.
+  Not PyAV: FFmpeg decodes at 48 kHz, then soxr resamples: not the stream's samples.
 - MP3 (MPEG-1/2/2.5 Layer III): decoded by dr_mp3 (miniaudio) to the end of the stream, whatever the header
   estimates. A Xing/Info frame count gives the exact (gapless) length; a file with fewer frames than it counts,
   or whose last frame is cut short, is refused as truncated; frames beyond the count are decoded and logged.
@@ -634,7 +639,7 @@ def _pyav():
 
         from common import audio_av
     except ImportError as exc:  # a checkout without requirements/serve.txt or train.txt installed
-        raise AudioError(f"WebM, MP4/M4A, AAC and OGG Opus need PyAV, which is not installed here ({exc.name}): "
+        raise AudioError(f"WebM, MP4/M4A and AAC need PyAV, which is not installed here ({exc.name}): "
                          f"pip install -r requirements/serve.txt") from None
     return audio_av
 
@@ -647,7 +652,7 @@ def _decode(buf, max_seconds: float | None,
     if kind == "mp3":
         return _decode_mp3(buf, max_seconds, max_bytes)
     if kind in _PYAV_KINDS:
-        return _pyav().decode(buf, kind, max_seconds, max_bytes)  # WebM, MP4, AAC; OGG Opus below
+        return _pyav().decode(buf, kind, max_seconds, max_bytes)  # WebM, MP4, AAC
     flac_declared = 0
     if kind == "wav":
         patches = _wav_patches(_wav_data(buf, size))
@@ -658,7 +663,9 @@ def _decode(buf, max_seconds: float | None,
         if kind == "ogg":
             _check_ogg(buf)
             if _ogg_is_opus(buf):
-                return _pyav().decode(buf, "ogg", max_seconds, max_bytes)
+                from common import opus  # the live stream's decoder (serve/streamaudio.py): the same samples
+
+                return opus.decode_file(buf, max_seconds, max_bytes)
     source = _Spliced(_patched(buf, patches) if patches else b"", memoryview(buf), size)
     if kind == "other" and _is_layer3(source):
         return _decode_mp3(buf, max_seconds, max_bytes)  # MP3 only libsndfile recognised (junk before its 1st frame)
@@ -733,7 +740,8 @@ def probe_seconds(path: str | Path) -> float:
     Exactness per format:
     - WAV: exact (the data chunk's size; the file's size for a WAV streamed with an unknown length).
     - FLAC: exact (STREAMINFO's sample count). One of unknown length (count 0) is decoded to count it (slow).
-    - OGG Vorbis/Opus: exact (the last page's granule position, read by libsndfile).
+    - OGG Vorbis: exact (the last page's granule position, read by libsndfile). OGG Opus: the same, read by
+      common/opus.py (pre-skip removed, at 16 kHz: what load_file decodes).
     - MP3 with a Xing/Info frame count: exact to the sample with a LAME tag (gapless delay and padding), else
       within two frames. Without one: its frame headers are walked (the file is read, not decoded): exact in
       frames, i.e. what load_file decodes, encoder delay + padding (1-3 frames) longer than the encoded audio.
@@ -754,6 +762,10 @@ def probe_seconds(path: str | Path) -> float:
                 return _probe_mp3(head, f, size)
             if kind in _PYAV_KINDS:
                 return _pyav().probe_seconds(path, kind)
+            if kind == "ogg" and _ogg_is_opus(head):
+                from common import opus
+
+                return opus.probe_seconds(path)
             found = _flac_total(head) if kind == "flac" else None
             if found is not None and found[1] == 0:  # streamed FLAC: no sample count to read
                 data, rate = _decode(head + f.read(), None)

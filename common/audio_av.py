@@ -1,8 +1,8 @@
 """Audio in video-age containers, through PyAV (FFmpeg's libraries, in its wheels): WebM/Matroska (Opus or
 Vorbis, what a browser's MediaRecorder writes), MP4/M4A/MOV (AAC, ALAC, MP3, Opus: phone voice memos, Zoom and
-Teams exports; the audio track of a video), ADTS AAC (.aac) and OGG Opus (common/audio.py says why not
-libsndfile). common/audio.py sniffs the container from the bytes and hands these here; decoding then follows the
-same rules as its other formats:
+Teams exports; the audio track of a video) and ADTS AAC (.aac); OGG Opus is common/opus.py's (the live
+stream's decoder). common/audio.py sniffs the container from the bytes and hands these here; decoding then
+follows the same rules as its other formats:
 - the FFmpeg demuxer is the one the bytes were sniffed as (never FFmpeg's own probing over all its demuxers), and
   only the audio decoders in CODECS run (a video track is demuxed past, never decoded);
 - the container's own sizes are checked first: a box or element that runs past the end of the file, or an MP4
@@ -31,8 +31,7 @@ from common.audio import TARGET_RATE, AudioError
 log = logging.getLogger(__name__)
 
 # Sniffed kind -> (the FFmpeg demuxer forced, the name messages use).
-DEMUXERS = {"webm": ("matroska", "WebM/Matroska"), "mp4": ("mp4", "MP4/M4A"), "aac": ("aac", "AAC (ADTS)"),
-            "ogg": ("ogg", "OGG Opus")}
+DEMUXERS = {"webm": ("matroska", "WebM/Matroska"), "mp4": ("mp4", "MP4/M4A"), "aac": ("aac", "AAC (ADTS)")}
 # FFmpeg decoder names allowed to run on request bytes: the audio codecs these containers carry for speech.
 CODECS = frozenset({"aac", "aac_fixed", "opus", "libopus", "vorbis", "mp3", "mp3float", "flac", "alac",
                     "pcm_s16le", "pcm_s16be", "pcm_s24le", "pcm_s24be", "pcm_s32le", "pcm_s32be", "pcm_f32le",
@@ -150,7 +149,7 @@ def _check_adts(view) -> None:
         raise AudioError(f"AAC (ADTS) is truncated: its last frame header is cut short after {size - pos} bytes")
 
 
-_CHECKS = {"mp4": _check_mp4, "webm": _check_matroska, "aac": _check_adts, "ogg": audio._check_ogg}
+_CHECKS = {"mp4": _check_mp4, "webm": _check_matroska, "aac": _check_adts}
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -220,8 +219,8 @@ def _as_float(frame) -> np.ndarray:
 
 def decode(buf, kind: str, max_seconds: float | None,
            max_bytes: int | None = audio.DEFAULT_MAX_DECODED_BYTES) -> tuple[np.ndarray, int]:
-    """Decode the first audio track of a WebM/Matroska, MP4/M4A, ADTS AAC or OGG Opus file (`kind`: 'webm',
-    'mp4', 'aac', 'ogg', from common/audio.py's sniffing) to (1-D float32 at 16 kHz, channels averaged; 16000).
+    """Decode the first audio track of a WebM/Matroska, MP4/M4A or ADTS AAC file (`kind`: 'webm', 'mp4',
+    'aac', from common/audio.py's sniffing) to (1-D float32 at 16 kHz, channels averaged; 16000).
 
     Raises AudioError (no audio track, a video without one, a codec not in CODECS, truncated or corrupt),
     AudioTooLong as soon as decoding passes `max_seconds`, AudioTooLarge from the declared duration before
