@@ -39,6 +39,7 @@ whose sample count is 0. It reads no MP4, WebM or AAC at all.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import io
 import logging
@@ -734,8 +735,17 @@ def load_file(path: str | Path, max_decoded_bytes: int | None = DEFAULT_MAX_DECO
 _HEAD_BYTES = 1 << 16
 
 
-def probe_seconds(path: str | Path) -> float:
-    """Duration of an audio file in seconds, without decoding it (to index datasets of hundreds of hours).
+def _opened(source):
+    """(a binary file, its size) for a path, or for bytes held in memory (not copied)."""
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        view = memoryview(source).cast("B")
+        return contextlib.nullcontext(_Spliced(b"", view, len(view))), len(view)
+    return open(source, "rb"), os.path.getsize(source)
+
+
+def probe_seconds(path: str | Path | bytes | memoryview) -> float:
+    """Duration of an audio file in seconds, without decoding it (to index datasets of hundreds of hours);
+    `path` may also be the file's bytes in memory (a Hugging Face table's audio cell).
 
     Exactness per format:
     - WAV: exact (the data chunk's size; the file's size for a WAV streamed with an unknown length).
@@ -750,9 +760,11 @@ def probe_seconds(path: str | Path) -> float:
     A WAV whose header declares more samples than the file holds raises AudioError, as load_file does; other
     truncated files may probe fine and still be refused by load_file. Raises AudioError when the file cannot
     be read as audio."""
+    in_memory = isinstance(path, (bytes, bytearray, memoryview))
+    name = "the audio" if in_memory else path
     try:
-        size = os.path.getsize(path)
-        with open(path, "rb") as f:
+        opened, size = _opened(path)
+        with opened as f:
             head = f.read(_HEAD_BYTES)
             first = _id3v2_end(head)
             if len(head) < size and first + 4096 > len(head):  # ID3v2 tags (cover art) longer than the head
@@ -761,11 +773,11 @@ def probe_seconds(path: str | Path) -> float:
             if kind == "mp3":
                 return _probe_mp3(head, f, size)
             if kind in _PYAV_KINDS:
-                return _pyav().probe_seconds(path, kind)
+                return _pyav().probe_seconds(memoryview(path).cast("B") if in_memory else path, kind)
             if kind == "ogg" and _ogg_is_opus(head):
                 from common import opus
 
-                return opus.probe_seconds(path)
+                return opus.probe_seconds(f)
             found = _flac_total(head) if kind == "flac" else None
             if found is not None and found[1] == 0:  # streamed FLAC: no sample count to read
                 data, rate = _decode(head + f.read(), None)
@@ -783,13 +795,13 @@ def probe_seconds(path: str | Path) -> float:
                 f.seek(0)
                 frames = _dr_mp3_count(memoryview(f.read())) * (1152 if rate >= 32000 else 576)
     except AudioError as exc:
-        raise AudioError(f"{path}: {exc}") from None
+        raise AudioError(f"{name}: {exc}") from None
     except (sf.LibsndfileError, RuntimeError, TypeError, ValueError, EOFError, OSError) as exc:
-        raise AudioError(f"cannot read the header of {path}: {exc}") from None
+        raise AudioError(f"cannot read the header of {name}: {_libsndfile_message(exc)}") from None
     if rate <= 0:
-        raise AudioError(f"{path}: header declares a sampling rate of {rate} Hz")
+        raise AudioError(f"{name}: header declares a sampling rate of {rate} Hz")
     if frames >= (1 << 62):
-        raise AudioError(f"{path}: its header gives no length")
+        raise AudioError(f"{name}: its header gives no length")
     return float(frames) / float(rate)
 
 

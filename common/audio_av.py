@@ -287,12 +287,12 @@ def decode(buf, kind: str, max_seconds: float | None,
     return np.ascontiguousarray(data, dtype=np.float32), TARGET_RATE
 
 
-def probe_seconds(path: str | Path, kind: str) -> float:
+def probe_seconds(path: str | Path | memoryview, kind: str) -> float:
     """Duration of the first audio track in seconds from its packets' timestamps (read, not decoded): within a
-    codec frame of what `decode` gives (AAC's encoder delay of 1024 samples is not removed). The file is opened by
+    codec frame of what `decode` gives (AAC's encoder delay of 1024 samples is not removed). A file is opened by
     its path (a long video is not read into memory) and its sizes are not checked: `decode` (load_file) refuses
-    a truncated file."""
-    av, container, name = _open(str(path), kind)
+    a truncated file. Bytes in memory (a memoryview) are read in place, their sizes checked as `decode` does."""
+    av, container, name = _open(path if isinstance(path, memoryview) else str(path), kind)
     with container:
         stream, _ = _audio_stream(container, name)
         start, end = None, None

@@ -311,15 +311,19 @@ def decode_file(buf, max_seconds: float | None = None,
     return np.ascontiguousarray(x, dtype=np.float32), TARGET_RATE
 
 
-def probe_seconds(path: str | Path) -> float:
-    """Duration of an Ogg Opus file in seconds from its OpusHead and its last page's granule position (the first
-    and the last page are read, nothing decodes): len(decode_file(...)[0]) / 16000 for a whole file. OpusError
-    when the file does not end with a whole end-of-stream page (load_file refuses it as truncated)."""
-    with open(path, "rb") as f:
-        first = f.read(_MAX_PAGE)
-        size = f.seek(0, 2)
-        f.seek(max(0, size - _MAX_PAGE))
-        tail = f.read()
+def probe_seconds(source) -> float:
+    """Duration of an Ogg Opus file (`source`: a path or a seekable binary file) in seconds from its OpusHead and
+    its last page's granule position (the first and the last page are read, nothing decodes):
+    len(decode_file(...)[0]) / 16000 for a whole file. OpusError when the file does not end with a whole
+    end-of-stream page (load_file refuses it as truncated)."""
+    if isinstance(source, (str, Path)):
+        with open(source, "rb") as f:
+            return probe_seconds(f)
+    source.seek(0)
+    first = source.read(_MAX_PAGE)
+    size = source.seek(0, 2)
+    source.seek(max(0, size - _MAX_PAGE))
+    tail = source.read()
     page = next(_pages(memoryview(first)), None)
     if page is None:
         raise OpusError("not an Ogg stream: it holds no whole page")
