@@ -124,6 +124,32 @@ def test_ogg_opus_starts_after_its_pre_skip_and_ends_at_its_granule_position():
         assert lag == 0 and len(got) == len(x) + extra and corr > 0.9, (lag, len(got), corr)
 
 
+def test_training_indexes_the_new_containers_in_tables_and_librispeech_folders(files, tmp_path):
+    """A Hugging Face table's audio bytes are probed as a file is (soundfile's header reader, used before, read
+    no M4A, WebM, AAC or Opus); a LibriSpeech folder's `ID.m4a`, `ID.webm`, `ID.opus` are its audio files."""
+    from train import formats, index
+
+    for case in CONTAINERS:
+        if case[3] == "vorbis":  # its writer's timestamps end early (see above)
+            continue
+        data = files[case[0]]
+        path = tmp_path / f"clip.{case[0]}"
+        path.write_bytes(data)
+        assert index.probe_bytes_seconds(memoryview(data)) == pytest.approx(probe_seconds(path), abs=1e-9)
+        assert probe_seconds(path) > 7, case[0]
+    with pytest.raises(AudioError, match="MP4/M4A is truncated") as err:
+        index.probe_bytes_seconds(memoryview(files["m4a-aac"][:1000]))
+    assert not REPR.search(str(err.value))
+    chapter = tmp_path / "LibriSpeech" / "103" / "1240"
+    chapter.mkdir(parents=True)
+    names = [f"103-1240-000{i}{suffix}" for i, suffix in enumerate((".m4a", ".webm", ".opus", ".aac"))]
+    for name, case in zip(names, ("m4a-aac", "webm-opus", "ogg-opus", "aac-adts")):
+        (chapter / name).write_bytes(files[case])
+    (chapter / "103-1240.trans.txt").write_text("".join(f"{n.split('.')[0]} SOME WORDS\n" for n in names))
+    listing = formats._read_librispeech(tmp_path / "LibriSpeech", formats.Options(channel="train"))
+    assert [row.audio for row in listing.rows] == [f"103/1240/{n}" for n in names]
+
+
 @pytest.mark.parametrize("name,want", [("memo.m4a", "audio/mp4"), ("call.mp4", "video/mp4"), ("rec.webm", "video/webm"),
                                        ("rec.weba", "audio/webm"), ("voice.opus", "audio/opus"),
                                        ("clip.aac", "audio/aac")])

@@ -24,7 +24,7 @@ from typing import Callable, Iterator
 
 from .failure import TrainingError
 
-AUDIO_SUFFIXES = (".flac", ".wav", ".mp3", ".ogg", ".opus")
+AUDIO_SUFFIXES = (".flac", ".wav", ".mp3", ".ogg", ".opus", ".m4a", ".webm", ".weba", ".mp4", ".aac")  # what load_file decodes
 TRANSCRIPT_COLUMNS = ("transcription", "text", "sentence", "transcript")  # AudioFolder: first present wins
 _ARCHIVES = (".tar.gz", ".tgz", ".tar", ".zip")
 
