@@ -367,6 +367,7 @@ def test_garbage_through_every_audio_type_is_a_400_in_words(server, ctype):
     rng = random.Random(ctype)
     bodies = [rng.randbytes(3000), b"\x1a\x45\xdf\xa3" + rng.randbytes(500),
               b"\x00\x00\x00\x20ftypisom" + rng.randbytes(500), b"\xff\xf1\x50\x80" + rng.randbytes(500),
+              b"OggS\x00\x02" + rng.randbytes(500),
               b"<html><body>not audio</body></html>"]
     for body in bodies:
         reply = server.post(body, ctype)

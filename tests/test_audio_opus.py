@@ -92,6 +92,22 @@ def test_a_file_decodes_to_its_streams_samples_exactly(rate, channels, gain, tmp
         np.testing.assert_allclose(whole, plain * np.float32(10 ** (GAIN_DB / 20)), rtol=1e-5, atol=1e-7)
 
 
+def test_invocations_hands_the_model_the_streams_samples():
+    """Through the HTTP layer: the samples /invocations gives the model for an OGG Opus body are the live
+    stream decoder's, bit for bit (so a file and its stream transcribe alike)."""
+    from fake_models import FakeModel
+    from serve.app import create_app
+    from serve.settings import Settings
+
+    data = ogg_opus(speechlike(1.5, 48_000, channels=2), 48_000)
+    fake = FakeModel()
+    reply = create_app(fake, Settings.from_env({})).test_client().post("/invocations", data=data,
+                                                                       content_type="audio/opus")
+    assert reply.status_code == 200, reply.get_json()
+    (clip,) = fake.seen[-1]
+    np.testing.assert_array_equal(np.asarray(clip.audio), streamed(data, seed=5))
+
+
 def test_ogg_crc_is_the_reference_bitwise_crc():
     """The zlib-based CRC equals Ogg's CRC-32 computed bit by bit (polynomial 0x04C11DB7, MSB first, init 0)."""
     def bitwise(data: bytes) -> int:
