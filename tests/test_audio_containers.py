@@ -335,10 +335,11 @@ def test_the_server_transcribes_each_container_as_the_wav(case, server, clip):
     """Every container: the transcript of the file equals that of the samples PyAV decodes from it (in this
     test, independently of common/audio_av.py), sent as JSON at the track's own rate: the server decodes the
     container and nothing else changes. OGG Opus: that of the samples the live stream's `ogg_opus` decoder
-    gives (the server must decode a file as its stream; FFmpeg decodes at 48 kHz, not libopus at 16 kHz). Lossless 16 kHz tracks: the WAV's transcript exactly. Lossy codecs: the
-    CER against the WAV's transcript is printed, not bounded: the random tiny model is no judge of a codec
-    (Opus at 16 kHz and 128 kbit/s, 0.9999 correlated with the WAV, moved its transcript by CER 0.26; AAC's
-    untrimmed 1024-sample delay by 0.64); the decoded samples are checked against the WAV above instead."""
+    gives (the server must decode a file as its stream; FFmpeg decodes at 48 kHz, not libopus at 16 kHz).
+    Lossless 16 kHz tracks: the WAV's transcript exactly. Lossy codecs: the CER against the WAV's transcript is
+    printed, not bounded: the random tiny model is no judge of a codec (Opus at 16 kHz and 128 kbit/s, 0.9999
+    correlated with the WAV, moved its transcript by CER 0.26; AAC's untrimmed 1024-sample delay by 0.64); the
+    decoded samples are checked against the WAV above instead."""
     wav_file = encode(clip, TARGET_RATE, "WAV", "PCM_16")
     pcm, _ = sf.read(io.BytesIO(wav_file), dtype="int16")  # lossless tracks hold exactly the WAV's samples
     data = made(case, pcm if case in LOSSLESS_16K else clip, TARGET_RATE)
