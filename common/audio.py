@@ -1,21 +1,33 @@
-"""Audio in: WAV, FLAC, OGG (Vorbis, Opus), MP3 and the other formats libsndfile reads, any rate, any channel
-count -> 16 kHz mono float32. Training (`load_file`) and serving (`decode_bytes`) decode through the same code.
+"""Audio in: WAV, FLAC, OGG Vorbis, MP3 and the other formats libsndfile reads; WebM/Matroska, MP4/M4A and ADTS
+AAC through PyAV (common/audio_av.py); OGG Opus through libopus (common/opus.py, the live stream's decoder); any
+rate, any channel count -> 16 kHz mono float32. Training (`load_file`) and serving (`decode_bytes`) decode
+through the same code.
 
-One file because every format's length rule, truncation check and decoded-memory bound feed the one decode path
-that both programs call; split by format, each piece would need the others' sniffing and limits.
+One file because the formats share their sniffing, their bounds (max_seconds, max_decoded_bytes), block-wise
+downmixing and the header patches libsndfile needs, and each format's own checks are a few small functions; the
+PyAV path, a different library with its own container checks, is its own module (common/audio_av.py), and so
+is OGG Opus (common/opus.py), whose decoder the live stream shares.
 
-How long a file is, per format (README "Audio formats" says the same for users):
+How long a file is, per format (docs/audio-formats.md says the same for users):
 - WAV: its data chunk's size. Writers streaming to a pipe cannot seek back to write it and leave a placeholder:
   0, 0xFFFFFFFF (ffmpeg), 0x7FFFF000 (sox, espeak-ng) or another size >= 0x7FFFF000 (arecord); such a file
   decodes to the whole sample frames present. Any other size larger than the body is refused as truncated.
 - FLAC: decoded to the end of its frames. STREAMINFO's sample count (0 = unknown, what a pipe writer leaves)
   must be reached, else the file is refused as truncated; samples beyond it are decoded and logged.
 - OGG (Vorbis, Opus): one logical stream whose last page carries the end-of-stream flag. Without it the writer
-  never finished (refused as truncated); chained streams (concatenated files) are refused.
+  never finished (refused as truncated); chained streams (concatenated files) are refused. Opus decodes through
+  common/opus.py (libopus straight at 16 kHz, pre-skip and output gain applied, the end trimmed to the last
+  page's granule position), the decoder of live `ogg_opus` streams, so a file and its stream give the same
+  samples. Not libsndfile: 1.2.2 reading from the start (sf_readf_float, no seek) skips no pre-skip samples, so
+  its output is late by the encoder's pre-skip (312 samples at 48 kHz, 6.5 ms) and loses as much at the end.
+  Not PyAV: FFmpeg decodes at 48 kHz, then soxr resamples: not the stream's samples.
 - MP3 (MPEG-1/2/2.5 Layer III): decoded by dr_mp3 (miniaudio) to the end of the stream, whatever the header
   estimates. A Xing/Info frame count gives the exact (gapless) length; a file with fewer frames than it counts,
   or whose last frame is cut short, is refused as truncated; frames beyond the count are decoded and logged.
   An MP3 without a Xing/Info frame cut exactly between two frames cannot be told from a whole one.
+- WebM/Matroska, MP4/M4A/MOV, ADTS AAC: the first audio track's packets (common/audio_av.py): an element, box or
+  frame that runs past the end of the file, an MP4 without its index, or one decoding to less than its sample
+  table declares is refused as truncated; a video without an audio track is refused as such.
 - Anything else libsndfile reads (AIFF, AU, CAF, W64, RF64, MP1/MP2, ...): as libsndfile decodes it, refused
   when fewer frames decode than its header declares.
 
@@ -23,10 +35,11 @@ Why not libsndfile alone (1.2.2, in soundfile 0.14): it clamps every read to the
 found, and for MP3 that count is mpg123's estimate (file size / first frame's bitrate without a Xing frame, the
 ID3v2 tag and its cover art included): audio is silently cut, or an intact file looks truncated. It also reads
 only the first of chained OGG streams, and soundfile's reads seek after every block, which fails on a FLAC
-whose sample count is 0.
+whose sample count is 0. It reads no MP4, WebM or AAC at all.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import io
 import logging
@@ -224,16 +237,27 @@ def _id3v2_end(buf) -> int:
     return pos
 
 
+# The first box of an MP4/M4A (ftyp), or of a QuickTime file written without one.
+_MP4_FIRST_BOXES = (b"ftyp", b"moov", b"mdat", b"wide", b"free", b"skip")
+
+
 def _sniff(buf) -> str:
-    """'wav', 'flac', 'ogg', 'mp3' or 'other' (left to libsndfile) from the first bytes of a file."""
+    """'wav', 'flac', 'ogg', 'mp3', 'webm', 'mp4', 'aac' (the last three for PyAV) or 'other' (left to
+    libsndfile) from the first bytes of a file."""
     magic = bytes(buf[:4])
     if magic == b"RIFF" and bytes(buf[8:12]) == b"WAVE":
         return "wav"
     if magic == b"OggS":
         return "ogg"
+    if magic == b"\x1a\x45\xdf\xa3":  # EBML: Matroska, WebM
+        return "webm"
+    if bytes(buf[4:8]) in _MP4_FIRST_BOXES and not 2 <= int.from_bytes(magic, "big") < 8:  # box size 0, 1 or >= 8
+        return "mp4"
     start = _id3v2_end(buf)
     if bytes(buf[start:start + 4]) == b"fLaC":
         return "flac"
+    if _is_adts(buf, start):
+        return "aac"
     frame = _l3_frame(buf, start)
     if frame is not None:
         after = start + frame.length
@@ -241,6 +265,21 @@ def _sniff(buf) -> str:
         if after + 4 > len(buf) or _l3_frame(buf, after) is not None:
             return "mp3"
     return "other"
+
+
+def _adts_length(buf, pos: int) -> int | None:
+    """The length of the ADTS (AAC) frame whose header is at `pos`, or None when there is none."""
+    if pos + 7 > len(buf) or buf[pos] != 0xFF or buf[pos + 1] & 0xF6 != 0xF0 or (buf[pos + 2] >> 2) & 0xF > 12:
+        return None  # 12 sync bits, layer 0 (an MPEG audio header has layer 1-3), a defined rate index
+    return (buf[pos + 3] & 3) << 11 | buf[pos + 4] << 3 | buf[pos + 5] >> 5
+
+
+def _is_adts(buf, pos: int) -> bool:
+    """Two ADTS frame headers in a row from `pos` (or one that ends the buffer)."""
+    length = _adts_length(buf, pos)
+    if length is None or length < 7:
+        return False
+    return pos + length + 7 > len(buf) or _adts_length(buf, pos + length) is not None
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -342,6 +381,12 @@ def _check_ogg(buf) -> None:
     if not eos:
         raise AudioError("OGG is truncated: it ends without an end-of-stream page (cut short, or its writer never "
                          "finished)")
+
+
+def _ogg_is_opus(buf) -> bool:
+    """Whether the first page of an OGG file starts an Opus stream (its first packet is the OpusHead header)."""
+    nsegs = buf[26] if len(buf) > 26 else 0
+    return bytes(buf[27 + nsegs:35 + nsegs]) == b"OpusHead"
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -567,8 +612,8 @@ def _sndfile_read(source, max_seconds: float | None, max_bytes: int | None = Non
     except AudioError:
         raise
     except (sf.LibsndfileError, RuntimeError, TypeError, ValueError, EOFError, MemoryError) as exc:
-        raise AudioError(f"cannot decode audio (WAV, FLAC, OGG, MP3 or another format libsndfile reads): "
-                         f"{_libsndfile_message(exc)}") from None
+        raise AudioError(f"cannot decode audio (WAV, FLAC, OGG, MP3, WebM, MP4/M4A, AAC or another format "
+                         f"libsndfile reads): {_libsndfile_message(exc)}") from None
     data = np.concatenate(parts) if parts else np.zeros(0, np.float32)
     return data, rate, declared, error
 
@@ -584,6 +629,22 @@ def _is_layer3(source: _Spliced) -> bool:
         source.seek(0)
 
 
+_PYAV_KINDS = ("webm", "mp4", "aac")
+
+
+def _pyav():
+    """common.audio_av, imported when a file needs it: the launcher and light tools import this module without
+    PyAV installed."""
+    try:
+        import av  # noqa: F401  (audio_av imports it where it decodes; a missing one is named here)
+
+        from common import audio_av
+    except ImportError as exc:  # a checkout without requirements/serve.txt or train.txt installed
+        raise AudioError(f"WebM, MP4/M4A and AAC need PyAV, which is not installed here ({exc.name}): "
+                         f"pip install -r requirements/serve.txt") from None
+    return audio_av
+
+
 def _decode(buf, max_seconds: float | None,
             max_bytes: int | None = DEFAULT_MAX_DECODED_BYTES) -> tuple[np.ndarray, int]:
     """Decode a whole encoded file held in `buf` (bytes-like) to (1-D float32 averaged over its channels, rate);
@@ -591,6 +652,8 @@ def _decode(buf, max_seconds: float | None,
     kind, size = _sniff(buf), len(buf)
     if kind == "mp3":
         return _decode_mp3(buf, max_seconds, max_bytes)
+    if kind in _PYAV_KINDS:
+        return _pyav().decode(buf, kind, max_seconds, max_bytes)  # WebM, MP4, AAC
     flac_declared = 0
     if kind == "wav":
         patches = _wav_patches(_wav_data(buf, size))
@@ -600,6 +663,10 @@ def _decode(buf, max_seconds: float | None,
         patches = {}
         if kind == "ogg":
             _check_ogg(buf)
+            if _ogg_is_opus(buf):
+                from common import opus  # the live stream's decoder (serve/streamaudio.py): the same samples
+
+                return opus.decode_file(buf, max_seconds, max_bytes)
     source = _Spliced(_patched(buf, patches) if patches else b"", memoryview(buf), size)
     if kind == "other" and _is_layer3(source):
         return _decode_mp3(buf, max_seconds, max_bytes)  # MP3 only libsndfile recognised (junk before its 1st frame)
@@ -627,8 +694,8 @@ def _decode(buf, max_seconds: float | None,
 
 def decode_bytes(payload: bytes, max_seconds: float | None = None,
                  max_decoded_bytes: int | None = DEFAULT_MAX_DECODED_BYTES) -> np.ndarray:
-    """Decode an encoded file (WAV, FLAC, OGG Vorbis/Opus, MP3, ...; format sniffed from the bytes) to 1-D
-    float32 samples at 16 kHz (channels averaged).
+    """Decode an encoded file (WAV, FLAC, OGG Vorbis/Opus, MP3, WebM, MP4/M4A, AAC, ...; format sniffed from the
+    bytes) to 1-D float32 samples at 16 kHz (channels averaged).
 
     With `max_seconds`, longer audio raises AudioTooLong as soon as decoding passes it (a few MB of FLAC
     can hold hours of silence). A file whose float32 samples (channels x rate x duration x 4 bytes) would pass
@@ -668,23 +735,36 @@ def load_file(path: str | Path, max_decoded_bytes: int | None = DEFAULT_MAX_DECO
 _HEAD_BYTES = 1 << 16
 
 
-def probe_seconds(path: str | Path) -> float:
-    """Duration of an audio file in seconds, without decoding it (to index datasets of hundreds of hours).
+def _opened(source):
+    """(a binary file, its size) for a path, or for bytes held in memory (not copied)."""
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        view = memoryview(source).cast("B")
+        return contextlib.nullcontext(_Spliced(b"", view, len(view))), len(view)
+    return open(source, "rb"), os.path.getsize(source)
+
+
+def probe_seconds(path: str | Path | bytes | memoryview) -> float:
+    """Duration of an audio file in seconds, without decoding it (to index datasets of hundreds of hours);
+    `path` may also be the file's bytes in memory (a Hugging Face table's audio cell).
 
     Exactness per format:
     - WAV: exact (the data chunk's size; the file's size for a WAV streamed with an unknown length).
     - FLAC: exact (STREAMINFO's sample count). One of unknown length (count 0) is decoded to count it (slow).
-    - OGG Vorbis/Opus: exact (the last page's granule position, read by libsndfile).
+    - OGG Vorbis: exact (the last page's granule position, read by libsndfile). OGG Opus: the same, read by
+      common/opus.py (pre-skip removed, at 16 kHz: what load_file decodes).
     - MP3 with a Xing/Info frame count: exact to the sample with a LAME tag (gapless delay and padding), else
       within two frames. Without one: its frame headers are walked (the file is read, not decoded): exact in
       frames, i.e. what load_file decodes, encoder delay + padding (1-3 frames) longer than the encoded audio.
+    - WebM, MP4/M4A, AAC: the first audio track's packet timestamps (read, not decoded): within a codec frame.
     - Other libsndfile formats: their header's frame count.
     A WAV whose header declares more samples than the file holds raises AudioError, as load_file does; other
     truncated files may probe fine and still be refused by load_file. Raises AudioError when the file cannot
     be read as audio."""
+    in_memory = isinstance(path, (bytes, bytearray, memoryview))
+    name = "the audio" if in_memory else path
     try:
-        size = os.path.getsize(path)
-        with open(path, "rb") as f:
+        opened, size = _opened(path)
+        with opened as f:
             head = f.read(_HEAD_BYTES)
             first = _id3v2_end(head)
             if len(head) < size and first + 4096 > len(head):  # ID3v2 tags (cover art) longer than the head
@@ -692,6 +772,12 @@ def probe_seconds(path: str | Path) -> float:
             kind = _sniff(head)
             if kind == "mp3":
                 return _probe_mp3(head, f, size)
+            if kind in _PYAV_KINDS:
+                return _pyav().probe_seconds(memoryview(path).cast("B") if in_memory else path, kind)
+            if kind == "ogg" and _ogg_is_opus(head):
+                from common import opus
+
+                return opus.probe_seconds(f)
             found = _flac_total(head) if kind == "flac" else None
             if found is not None and found[1] == 0:  # streamed FLAC: no sample count to read
                 data, rate = _decode(head + f.read(), None)
@@ -709,13 +795,13 @@ def probe_seconds(path: str | Path) -> float:
                 f.seek(0)
                 frames = _dr_mp3_count(memoryview(f.read())) * (1152 if rate >= 32000 else 576)
     except AudioError as exc:
-        raise AudioError(f"{path}: {exc}") from None
+        raise AudioError(f"{name}: {exc}") from None
     except (sf.LibsndfileError, RuntimeError, TypeError, ValueError, EOFError, OSError) as exc:
-        raise AudioError(f"cannot read the header of {path}: {exc}") from None
+        raise AudioError(f"cannot read the header of {name}: {_libsndfile_message(exc)}") from None
     if rate <= 0:
-        raise AudioError(f"{path}: header declares a sampling rate of {rate} Hz")
+        raise AudioError(f"{name}: header declares a sampling rate of {rate} Hz")
     if frames >= (1 << 62):
-        raise AudioError(f"{path}: its header gives no length")
+        raise AudioError(f"{name}: its header gives no length")
     return float(frames) / float(rate)
 
 

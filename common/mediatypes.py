@@ -3,8 +3,9 @@ for a file name (launcher/hosting.py). Standard library only, so that the launch
 
 Encoded audio is sniffed from its bytes (common/audio.py), so every audio type below means "an audio file": the
 type only has to be one the server accepts. The aliases are the names clients and libraries really send:
-Python's `mimetypes` (audio/x-wav, audio/x-aiff, audio/basic), browsers (audio/wave, audio/opus), the
-SageMaker Hugging Face toolkit (audio/x-flac, audio/x-audio).
+Python's `mimetypes` (audio/x-wav, audio/x-aiff, audio/basic, video/webm, audio/mp4, video/mp4, audio/aac),
+browsers (audio/wave, audio/opus; MediaRecorder's audio/webm; audio/x-m4a from macOS file pickers), the SageMaker
+Hugging Face toolkit (audio/x-flac, audio/x-audio). A video type means its audio track.
 """
 from __future__ import annotations
 
@@ -16,6 +17,9 @@ AUDIO = (
     "audio/mpeg", "audio/mp3",
     "audio/aiff", "audio/x-aiff",
     "audio/basic",
+    "audio/webm", "video/webm",
+    "audio/mp4", "audio/m4a", "audio/x-m4a", "video/mp4",
+    "audio/aac",
     "audio/x-audio", "application/octet-stream",
 )
 JSON = "application/json"
@@ -32,6 +36,9 @@ BY_SUFFIX = {
     ".mp3": "audio/mpeg",
     ".aiff": "audio/aiff", ".aif": "audio/aiff", ".aifc": "audio/aiff",
     ".au": "audio/basic", ".snd": "audio/basic",
+    ".webm": "video/webm", ".weba": "audio/webm",
+    ".m4a": "audio/mp4", ".mp4": "video/mp4",
+    ".aac": "audio/aac",
     ".json": JSON,
     ".jsonl": JSON_LINES,
 }

@@ -5,8 +5,8 @@ wording, one table generator for every program); docs/settings.md's "Serving set
 `markdown_table()` (a test checks they agree). Adding a setting is adding a field; `check()` holds only the
 rules that tie two settings together.
 
-One file because the settings are one declaration: the table, the environment reader and the cross-setting
-rules all walk the same dataclass, and splitting its fields would split that table.
+One file because the serving program's settings are the fields of one frozen dataclass, read and checked in one
+pass and printed as one docs table; it is long because it holds every setting's help text, not logic.
 """
 from __future__ import annotations
 

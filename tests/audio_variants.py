@@ -1,6 +1,7 @@
-"""Audio files as real tools write them, made in the tests: espeak-ng speech, MP3/FLAC/OGG from libsndfile, and
-the byte edits that reproduce what other writers and taggers do (no Xing/Info frame, ID3v2 cover art, ID3v1,
-streamed WAV headers, FLAC of unknown length). Shared by tests/test_audio.py and bench/audio_probe."""
+"""Audio files as real tools write them, made in the tests: espeak-ng speech, MP3/FLAC/OGG from libsndfile,
+WebM/MP4/M4A/AAC (and video with or without sound) from PyAV, and the byte edits that reproduce what other writers
+and taggers do (no Xing/Info frame, ID3v2 cover art, ID3v1, streamed WAV headers, FLAC of unknown length). Shared
+by tests/test_audio.py, tests/test_audio_containers.py and bench/audio_probe."""
 from __future__ import annotations
 
 import io
@@ -97,3 +98,61 @@ def flac_with_total(data: bytes, total: int) -> bytes:
     field = int.from_bytes(out[18:26], "big")
     out[18:26] = ((field & ~((1 << 36) - 1)) | total).to_bytes(8, "big")
     return bytes(out)
+
+
+def pyav_file(x: np.ndarray | None, rate: int, container: str, codec: str = "aac", codec_rate: int | None = None,
+              layout: str = "mono", video: str | None = None, bit_rate: int = 128_000,
+              options: dict[str, str] | None = None) -> bytes:
+    """A file PyAV's muxers and encoders (FFmpeg's) write: `x` (1-D float32, or int16 PCM, at `rate`; None for
+    no audio track) encoded with `codec` at `codec_rate` (swresample converts the rate and sample format, as
+    ffmpeg would) in `container` ('webm', 'mp4', 'ipod' = .m4a, 'adts' = .aac, 'ogg', 'matroska', 'mov'),
+    with a second of black `video` frames ('libvpx', 'mpeg4') when given; `options` for the muxer (movflags for
+    a fragmented MP4, as Safari's MediaRecorder writes). A stereo layout carries `x` on both
+    channels unscaled (swresample's own mono-to-stereo upmix would scale it by -3 dB)."""
+    import av
+
+    buf = io.BytesIO()
+    with av.open(buf, "w", format=container, options=options or {}) as out:
+        picture = None
+        if video:
+            picture = out.add_stream(video, rate=10)
+            picture.width, picture.height, picture.pix_fmt = 64, 48, "yuv420p"
+        if x is not None:
+            sound = out.add_stream(codec, rate=codec_rate or rate, layout=layout)
+            sound.bit_rate = bit_rate
+            if codec == "vorbis":  # FFmpeg's own Vorbis encoder (the wheel has no libvorbis)
+                sound.codec_context.options = {"strict": "experimental"}
+            convert = av.AudioResampler(format=sound.codec_context.format, layout=layout, rate=codec_rate or rate)
+            channels = 2 if layout == "stereo" else 1
+            planes = np.ascontiguousarray(np.repeat(x[None, :], channels, axis=0))
+            fmt = ("s16p" if x.dtype == np.int16 else "fltp") if channels > 1 else \
+                ("s16" if x.dtype == np.int16 else "flt")
+            frame = av.AudioFrame.from_ndarray(planes if x.dtype == np.int16 else planes.astype(np.float32),
+                                               format=fmt, layout=layout)
+            frame.sample_rate = rate
+            for part in convert.resample(frame) + convert.resample(None):
+                out.mux(sound.encode(part))
+            out.mux(sound.encode(None))
+        if picture is not None:
+            for _ in range(10):
+                out.mux(picture.encode(av.VideoFrame.from_ndarray(np.zeros((48, 64, 3), np.uint8), format="rgb24")))
+            out.mux(picture.encode(None))
+    return buf.getvalue()
+
+
+def pyav_samples(data: bytes) -> tuple[np.ndarray, int]:
+    """The first audio track of `data` as PyAV decodes it (independently of common/audio_av.py): 1-D float32
+    averaged over the channels (integer PCM scaled by its type's range), and its rate."""
+    import av
+
+    parts, rate = [], None
+    with av.open(io.BytesIO(data)) as f:
+        for frame in f.decode(audio=0):
+            x = frame.to_ndarray()
+            if not frame.format.is_planar:
+                x = x.reshape(-1, len(frame.layout.channels)).T
+            if np.issubdtype(x.dtype, np.integer):
+                x = x.astype(np.float32) / float(-np.iinfo(x.dtype).min)
+            parts.append(x.astype(np.float32).mean(axis=0, dtype=np.float32))
+            rate = frame.sample_rate
+    return np.concatenate(parts), rate

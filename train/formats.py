@@ -24,7 +24,8 @@ from typing import Callable, Iterator
 
 from .failure import TrainingError
 
-AUDIO_SUFFIXES = (".flac", ".wav", ".mp3", ".ogg", ".opus")
+# What load_file decodes (common/audio.py).
+AUDIO_SUFFIXES = (".flac", ".wav", ".mp3", ".ogg", ".opus", ".m4a", ".webm", ".weba", ".mp4", ".aac")
 TRANSCRIPT_COLUMNS = ("transcription", "text", "sentence", "transcript")  # AudioFolder: first present wins
 _ARCHIVES = (".tar.gz", ".tgz", ".tar", ".zip")
 
@@ -392,8 +393,8 @@ FORMATS: tuple[Format, ...] = (
            "train/\n├── dataset_info.json\n├── state.json\n└── data-00000-of-00001.arrow",
            _is_save_to_disk, _read_save_to_disk),
     Format("librispeech", "LibriSpeech *.trans.txt files",
-           "LibriSpeech layout: `*.trans.txt` files (`ID TRANSCRIPT` lines) beside `ID.flac` (or `.wav`), at any "
-           "depth.",
+           "LibriSpeech layout: `*.trans.txt` files (`ID TRANSCRIPT` lines) beside `ID.flac` (or `.wav`, `.mp3`, "
+           "`.ogg`, `.opus`, `.m4a`, `.webm`, `.aac`, ...), at any depth.",
            "LibriSpeech/train-clean-100/\n└── 103/\n    └── 1240/\n        ├── 103-1240.trans.txt   "
            "103-1240-0000 CHAPTER ONE ...\n        ├── 103-1240-0000.flac\n        └── ...",
            _is_librispeech, _read_librispeech),
