@@ -63,19 +63,13 @@ def make_decoder(encoding: str, sample_rate: int | None = None, channels: int | 
     raise StreamAudioError(f"unknown encoding {encoding!r}; use one of {', '.join(ENCODINGS)}")
 
 
-class PcmDecoder:
-    def __init__(self, rate: int, channels: int):
-        self.rate, self.channels = rate, channels
-        self._rest = b""  # the bytes of a sample frame cut by the end of a WebSocket frame
+class _Resampled:
+    """Mono float32 at `rate` -> 16 kHz, one soxr stream per live stream (what PCM and G.711 share)."""
+
+    def __init__(self, rate: int):
         self._resampler = None if rate == TARGET_RATE else soxr.ResampleStream(rate, TARGET_RATE, 1, quality="HQ")
 
-    def decode(self, data: bytes) -> np.ndarray:
-        data = self._rest + bytes(data)
-        whole = len(data) - len(data) % (2 * self.channels)
-        self._rest = data[whole:]
-        x = np.frombuffer(data[:whole], dtype="<i2").astype(np.float32) / 32768.0
-        if self.channels > 1:
-            x = x.reshape(-1, self.channels).mean(axis=1, dtype=np.float32)
+    def _to_target(self, x: np.ndarray) -> np.ndarray:
         if self._resampler is not None:
             x = self._resampler.resample_chunk(x)
         return np.ascontiguousarray(x, dtype=np.float32)
@@ -88,7 +82,23 @@ class PcmDecoder:
                                     dtype=np.float32)
 
 
-class G711Decoder:
+class PcmDecoder(_Resampled):
+    def __init__(self, rate: int, channels: int):
+        super().__init__(rate)
+        self.rate, self.channels = rate, channels
+        self._rest = b""  # the bytes of a sample frame cut by the end of a WebSocket frame
+
+    def decode(self, data: bytes) -> np.ndarray:
+        data = self._rest + bytes(data)
+        whole = len(data) - len(data) % (2 * self.channels)
+        self._rest = data[whole:]
+        x = np.frombuffer(data[:whole], dtype="<i2").astype(np.float32) / 32768.0
+        if self.channels > 1:
+            x = x.reshape(-1, self.channels).mean(axis=1, dtype=np.float32)
+        return self._to_target(x)
+
+
+class G711Decoder(_Resampled):
     """G.711 mu-law or A-law bytes -> 16 kHz float32 (FFmpeg's pcm_mulaw / pcm_alaw decoder, through PyAV)."""
 
     def __init__(self, encoding: str, rate: int = G711_RATE):
@@ -97,12 +107,12 @@ class G711Decoder:
         except ImportError:
             raise StreamAudioError(f"{encoding} needs PyAV (the `av` package), which this server does not have; "
                                    f"send pcm_s16le instead") from None
+        super().__init__(rate)
         self.encoding, self.rate = encoding, rate
         self._av = av
         self._codec = av.CodecContext.create(encoding, "r")
         self._codec.sample_rate = rate
         self._codec.layout = "mono"
-        self._resampler = None if rate == TARGET_RATE else soxr.ResampleStream(rate, TARGET_RATE, 1, quality="HQ")
 
     def decode(self, data: bytes) -> np.ndarray:
         data = bytes(data)
@@ -111,15 +121,8 @@ class G711Decoder:
         frames = self._codec.decode(self._av.Packet(data))
         pcm = np.concatenate([f.to_ndarray().reshape(-1) for f in frames]) if frames else np.zeros(0, np.int16)
         x = pcm.astype(np.float32) / 32768.0
-        if self._resampler is not None:
-            x = self._resampler.resample_chunk(x)
-        return np.ascontiguousarray(x, dtype=np.float32)
+        return self._to_target(x)
 
-    def flush(self) -> np.ndarray:
-        if self._resampler is None:
-            return np.zeros(0, np.float32)
-        return np.ascontiguousarray(self._resampler.resample_chunk(np.zeros(0, np.float32), last=True),
-                                    dtype=np.float32)
 
 
 # Ogg Opus: common/opus.py's decoder, the one /invocations and training decode Ogg Opus files with (the same
