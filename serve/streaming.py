@@ -185,7 +185,9 @@ class Transcriber:
 
     def finish(self, deadline: float) -> list[contract.Event]:
         """Commit every frame of the audio received, then the last utterance's final (with last=True)."""
-        events: list[contract.Event] = []
+        # The VAD first hears what arrived since the last step: audio sent faster than real time may reach the
+        # end of the stream unheard, and its pauses must still end utterances.
+        events: list[contract.Event] = self._listen()
         while (window := self._ready(final=True)) is not None:
             events += self._run(window, deadline)
         self.tentative = self.tentative[:0]

@@ -604,3 +604,33 @@ def test_sigterm_mid_utterance_delivers_the_pending_transcript(server, clips):
     assert events[-1]["type"] == "conversation.item.input_audio_transcription.completed"
     assert events[-1]["transcript"]
     assert server.proc.wait(30) == 0
+
+
+def test_vad_ends_utterances_in_audio_that_reaches_finish_unheard(tiny_model_dir, clips):
+    """Audio sent faster than the stream steps (launch stream --speed 0) can arrive whole before the end of the
+    stream: finish must still run the VAD over it, so its pauses end utterances as they do at real-time pace."""
+    import torch
+
+    from common import modeldir
+    from serve import model as sm
+    from serve.options import Options
+    from serve.streaming import StreamConfig, Transcriber
+
+    model = sm.ServingModel(modeldir.load_checkpoint(tiny_model_dir), device=torch.device("cpu"),
+                            dtype=torch.float32).start()
+    try:
+        gap = np.zeros(int(1.2 * RATE), np.float32)
+        audio = np.concatenate([clips[3], gap, clips[4]])
+        spans = {}
+        for name, piece in (("paced", 1600), ("at once", len(audio))):
+            t = Transcriber(model, Options(), StreamConfig(endpointing="vad"))
+            events = []
+            for i in range(0, len(audio), piece):
+                t.push(audio[i: i + piece])
+                if piece < len(audio):
+                    events += t.advance(time.monotonic() + 60)
+            events += t.finish(time.monotonic() + 60)
+            spans[name] = [(e.utterance, e.last) for e in events if isinstance(e, contract.Final)]
+        assert spans["at once"] == spans["paced"] == [(0, False), (1, True)]
+    finally:
+        model.close()
