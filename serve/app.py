@@ -7,6 +7,7 @@ into JSON; chunking, batching, decoding and the model itself are the model's. It
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
@@ -17,7 +18,7 @@ from werkzeug.exceptions import ClientDisconnected, RequestEntityTooLarge
 
 from common.audio import TARGET_RATE
 
-from . import bodies, contract, errors, metrics, observe, options
+from . import bodies, contract, errors, metrics, multipart, observe, openai_api, options, subtitles
 from .settings import Settings
 
 log = logging.getLogger("serve")
@@ -85,9 +86,20 @@ def create_app(model: contract.Model, settings: Settings, workers: int = 1) -> F
     def read_clips() -> tuple[list[contract.Clip], bool]:
         body = _read_body(settings.max_payload_bytes)
         shared = options.request_level(request.args.items(multi=True), request.headers.get(options.HEADER))
+        g.form = None
         try:
-            decoded, is_batch = bodies.decode(request.content_type, body, settings.max_audio_s,
-                                              settings.max_decoded_bytes)
+            if bodies.media_type(request.content_type) == multipart.TYPE:  # OpenAI's body (serve/multipart.py)
+                g.form = multipart.parse(request.content_type, body, model.info)
+                body = g.form.audio
+                decoded, is_batch = bodies.decode("application/octet-stream", body, settings.max_audio_s,
+                                                  settings.max_decoded_bytes)
+                decoded[0].options.update(g.form.options)
+                for granularity, name in (("word", "timestamps"), ("segment", "segments")):
+                    if granularity in g.form.granularities:
+                        decoded[0].options.setdefault(name, True)
+            else:
+                decoded, is_batch = bodies.decode(request.content_type, body, settings.max_audio_s,
+                                                  settings.max_decoded_bytes)
         except errors.ServeError as exc:
             metrics.decode_failed(exc, bodies.media_type(request.content_type))
             raise
@@ -105,13 +117,23 @@ def create_app(model: contract.Model, settings: Settings, workers: int = 1) -> F
     def invocations():
         deadline = g.started + settings.timeout_s
         clips, is_batch = read_clips()
-        transcripts = model.transcribe(clips, deadline=deadline)
-        g.batch = max(t.batch_size for t in transcripts)
-        results = [as_json(t) for t in transcripts]
-        # JSON (JSON lines for a JSON lines body) unless the client prefers text/plain.
+        if g.form is not None and g.form.stream:
+            raise errors.ServeError(f"stream=true: /invocations answers once; stream with POST {STREAM_PATH} "
+                                    f"(JSON lines) or POST /v1/audio/transcriptions (server-sent events)")
+        # JSON (JSON lines for a JSON lines body) unless response_format or Accept asks for text or subtitles.
         lines = bodies.media_type(request.content_type) == bodies.JSON_LINES_TYPE
         own = bodies.JSON_LINES_TYPE if lines else "application/json"
-        if options.answer_type(request.headers.get("Accept"), (own, "text/plain")) == "text/plain":
+        fmt = answer_format(clips, request.headers.get("Accept"), own, is_batch)
+        if fmt in ("srt", "vtt", "verbose_json"):
+            more = {"timestamps": True} if fmt != "verbose_json" else \
+                {"timestamps": True, "segments": True, "confidence": True}
+            clips = [contract.Clip(c.audio, dataclasses.replace(c.options, **more)) for c in clips]
+        transcripts = model.transcribe(clips, deadline=deadline)
+        g.batch = max(t.batch_size for t in transcripts)
+        if fmt in ("srt", "vtt"):
+            return subtitle_response(transcripts[0], clips[0].options, fmt)
+        results = [as_json(t) for t in transcripts]
+        if fmt == "text":
             return Response("\n".join(r["text"] for r in results), mimetype="text/plain")
         if lines:  # one line per input line, in order (batch transform's AssembleWith=Line joins them)
             return Response("".join(json.dumps(r) + "\n" for r in results), mimetype=bodies.JSON_LINES_TYPE)
@@ -153,7 +175,72 @@ def create_app(model: contract.Model, settings: Settings, workers: int = 1) -> F
 
         return Response(lines(), mimetype="application/jsonlines")
 
+    openai_api.register(app, model, settings, read_clips)  # POST /v1/audio/transcriptions, GET /v1/models
     return app
+
+
+# What /invocations can answer: Accept media type -> response_format.
+ANSWERS = {"application/json": "json", bodies.JSON_LINES_TYPE: "json", "text/plain": "text", "text/vtt": "vtt",
+           "application/x-subrip": "srt"}
+
+
+def answer_format(clips: list[contract.Clip], accept: str | None, own: str, is_batch: bool) -> str:
+    """json, text, srt, vtt or verbose_json: the response_format option when the request gives one, else what
+    Accept prefers (the body's own JSON type first); 406 for an Accept that lists media types and none of ANSWERS,
+    400 for subtitles of a batch."""
+    given = {c.options.response_format for c in clips}
+    if len(given) > 1:
+        raise errors.ServeError("the items of this batch ask for different response_format values; use one")
+    fmt = given.pop()
+    if fmt is None:
+        offered = (own,) + tuple(t for t in ANSWERS if t != own)
+        if not _satisfiable(accept, offered):
+            raise errors.ServeError(f"cannot answer Accept: {accept[:100]!r}; /invocations answers "
+                                    f"{', '.join(offered)} (or set response_format)", 406)
+        fmt = ANSWERS[options.answer_type(accept, offered)]
+    if fmt in ("srt", "vtt") and is_batch:
+        raise errors.ServeError(f"response_format {fmt}: subtitles are of one clip; this request is a batch", 406
+                                if clips[0].options.response_format is None else 400)
+    return fmt
+
+
+def _satisfiable(accept: str | None, offered: tuple[str, ...]) -> bool:
+    """False when Accept lists media ranges and none takes an offered type with q > 0 (RFC 9110 12.5.1); an
+    absent or unparsable Accept takes anything."""
+    ranges = []
+    for part in (accept or "").split(","):
+        kind, _, params = part.partition(";")
+        kind = kind.strip().lower()
+        if "/" not in kind:
+            continue
+        q = 1.0
+        for param in params.split(";"):
+            name, _, value = param.partition("=")
+            if name.strip().lower() == "q":
+                try:
+                    q = float(value)
+                except ValueError:
+                    q = 0.0
+        ranges.append((kind, q))
+    if not ranges:
+        return True
+    return any(_quality(ranges, media) > 0 for media in offered)
+
+
+def _quality(ranges: list[tuple[str, float]], media: str) -> float:
+    best, score = -1, 0.0
+    for kind, q in ranges:
+        specificity = 2 if kind == media else 1 if kind == media.split("/")[0] + "/*" else 0 if kind == "*/*" else -1
+        if specificity > best:
+            best, score = specificity, q
+    return score if best >= 0 else 0.0
+
+
+def subtitle_response(t: contract.Transcript, o: options.Options, fmt: str) -> Response:
+    """One transcript's words as SRT or WebVTT cues (serve/subtitles.py)."""
+    text = subtitles.render(fmt, [(w.word, w.start, w.end) for w in t.words or []], duration=t.audio_seconds,
+                            max_line_chars=o.max_line_chars, max_lines=o.max_lines)
+    return Response(text, mimetype=subtitles.MEDIA_TYPES[fmt])
 
 
 STREAM_PATH = "/invocations-response-stream"
@@ -171,7 +258,17 @@ def segment_json(s: contract.Segment, item: int | None = None) -> dict:
 def as_json(t: contract.Transcript) -> dict:
     item = {"text": t.text, "audio_seconds": t.audio_seconds}
     if t.words is not None:
-        item["words"] = [{"word": w.word, "start": w.start, "end": w.end} for w in t.words]
+        item["words"] = [word_json(w) for w in t.words]
+    if t.segments is not None:
+        item["segments"] = [{"index": s.index, "start": s.start, "end": s.end, "text": s.text,
+                             "avg_logprob": s.avg_logprob} for s in t.segments]
+    return item
+
+
+def word_json(w: contract.Word) -> dict:
+    item = {"word": w.word, "start": w.start, "end": w.end}
+    if w.probability is not None:
+        item["probability"] = w.probability
     return item
 
 

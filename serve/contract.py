@@ -102,6 +102,9 @@ class Word:
     word: str
     start: float  # seconds from the start of the clip
     end: float
+    # Mean posterior of the frames that spell the word (common/ctc.py word_probabilities); only with
+    # options.confidence.
+    probability: float | None = None
 
 
 @dataclass(frozen=True)
@@ -110,6 +113,8 @@ class Transcript:
     audio_seconds: float
     words: list[Word] | None = None  # only when options.timestamps
     batch_size: int = 1  # most clips that shared a forward pass with this clip's chunks
+    segments: "list[Segment] | None" = None  # only when options.segments: one per chunk, in order
+    language: str | None = None  # the adapter language transcribed (None: a model of one language)
 
 
 @dataclass(frozen=True)
@@ -122,6 +127,7 @@ class Segment:
     words: list[Word] | None
     last: bool
     batch_size: int = 1
+    avg_logprob: float | None = None  # mean over the segment's frames of log(top posterior); Transcript.segments
 
 
 @dataclass(frozen=True)

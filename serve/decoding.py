@@ -234,6 +234,21 @@ class BeamSearch:
         except lm.OptionError as exc:
             raise contract.BadRequest(str(exc)) from None
 
+    def prompt_hotwords(self, prompt: str, hotwords: tuple[str, ...] = ()) -> tuple[str, ...]:
+        """`hotwords` plus the words of an OpenAI `prompt` that this model's alphabet can spell: each word without
+        the punctuation around it, as typed or else lower- or upper-cased; the rest are left out (a prompt is a
+        hint, never refused), up to lm.MAX_HOTWORDS in all. Without the alphabet yet (a pool not started), none."""
+        letters = {c for c in (self.labels or ()) if len(c) == 1 and c not in (" ", lm.UNK_LABEL)}
+        out = list(hotwords)
+        for raw in prompt.split():
+            for word in (raw, raw.lower(), raw.upper()):
+                word = word.strip(".,;:!?\"'()[]{}")
+                if word and len(word) <= lm.MAX_HOTWORD_CHARS and set(word) <= letters:
+                    if word not in out and len(out) < lm.MAX_HOTWORDS:
+                        out.append(word)
+                    break
+        return tuple(out)
+
     def bind(self, options: lm.DecodeOptions) -> "BoundBeam":
         self.check(options)
         return BoundBeam(self, options)

@@ -21,6 +21,8 @@ refuses the beam options (a 400: never silently ignored).
 """
 from __future__ import annotations
 
+import bisect
+import dataclasses
 import logging
 import math
 import os
@@ -186,19 +188,51 @@ class ServingModel:
             for clip, (language, decoder, chunks, _) in zip(clips, work):
                 mine = outcomes[at: at + len(chunks)]
                 at += len(chunks)
-                logits = torch.cat([self._kept(c, o.value) for c, o in zip(chunks, mine)])
-                pending.append((decoder.submit(logits, language.vocab, words=clip.options.timestamps,
-                                               deadline=deadline), max(o.batch_size for o in mine)))
+                kept = [self._kept(c, o.value) for c, o in zip(chunks, mine)]
+                logits = torch.cat(kept)
+                opts = clip.options
+                words = opts.timestamps or opts.confidence or opts.segments
+                pending.append((decoder.submit(logits, language.vocab, words=words, deadline=deadline),
+                                max(o.batch_size for o in mine), (language, logits, [len(k) for k in kept])))
             results = []
-            for clip, (job, batch_size) in zip(clips, pending):
+            for clip, (job, batch_size, details) in zip(clips, pending):
                 hyp = job.result()
+                words, segments = self._details(clip, hyp, *details)
                 results.append(contract.Transcript(
                     text=hyp.text, audio_seconds=round(len(clip.audio) / TARGET_RATE, 3),
-                    words=self._words(hyp.words) if clip.options.timestamps else None, batch_size=batch_size))
+                    words=words, batch_size=batch_size, segments=segments, language=details[0].name))
             return results
         finally:
-            for job, _ in pending:
+            for job, _, _ in pending:
                 job.cancel()
+
+    def _details(self, clip, hyp, language, logits, kept_frames):
+        """Words (timestamps or confidence) and segments (segments) of one clip's hypothesis. Segments are the
+        chunks' kept parts, which tile the clip; a word belongs to the segment that holds its last frame."""
+        o = clip.options
+        words = None
+        if o.timestamps or o.confidence or o.segments:
+            probabilities = [None] * len(hyp.words)
+            if o.confidence:
+                with torch.inference_mode():
+                    probabilities = ctc.word_probabilities(logits, [(s, e) for _, s, e in hyp.words],
+                                                           language.vocab.blank_id, language.vocab.not_spelling())
+            words = [dataclasses.replace(w, probability=p) for w, p in zip(self._words(hyp.words), probabilities)]
+        if not o.segments:
+            return (words if o.timestamps or o.confidence else None), None
+        bounds = np.cumsum([0] + kept_frames).tolist()
+        ranges = list(zip(bounds[:-1], bounds[1:]))
+        with torch.inference_mode():
+            logprobs = ctc.mean_logprobs(logits, ranges)
+        owner = [min(len(ranges) - 1, bisect.bisect_right(bounds, max(e - 1, s), 1) - 1) for _, s, e in hyp.words]
+        step, segments = self.seconds_per_frame, []
+        for i, (start, end) in enumerate(ranges):
+            mine = [w for w, k in zip(words, owner) if k == i]
+            segments.append(contract.Segment(
+                index=i, start=round(start * step, 3), end=round(end * step, 3), text=" ".join(w.word for w in mine),
+                words=mine if o.timestamps or o.confidence else None, last=i == len(ranges) - 1,
+                avg_logprob=logprobs[i]))
+        return (words if o.timestamps or o.confidence else None), segments
 
     def transcribe_iter(self, clip: contract.Clip, *, deadline: float) -> Iterator[contract.Segment]:
         """Segments of one clip as its chunks are done (serve/contract.py). Greedy decodes chunk by chunk,
@@ -315,6 +349,9 @@ class ServingModel:
                                       f"decoder=greedy")
         try:
             beam_options = decode_options(options)
+            if options.prompt:  # OpenAI's prompt: its spellable words as hotwords (serve/decoding.py)
+                beam_options = dataclasses.replace(beam_options, hotwords=self.beam.prompt_hotwords(
+                    options.prompt, beam_options.hotwords))
         except lm.OptionError as exc:
             raise contract.BadRequest(str(exc)) from None
         return self.beam.bind(beam_options)
