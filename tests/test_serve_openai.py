@@ -358,3 +358,23 @@ def test_word_probability_is_the_mean_posterior_of_the_frames_that_spell_it():
     assert ctc.word_probabilities(logits, [(5, 6)], 0, (3,))[0] == pytest.approx(float(1 - probs[5, 0]), abs=1e-4)
     assert ctc.mean_logprobs(logits, [(0, 7), (2, 2)]) == [
         pytest.approx(float(probs.max(-1).values.log().mean()), abs=1e-4), None]
+
+
+def test_beam_search_segments_and_word_probabilities(server, long):
+    plain = invocations(server, long, "?decoder=beam")
+    got = invocations(server, long, "?decoder=beam&segments=true&confidence=true")
+    assert got["text"] == plain["text"]
+    assert " ".join(w["word"] for w in got["words"]) == " ".join(plain["text"].split())
+    assert all(0 < w["probability"] <= 1 for w in got["words"])
+    assert " ".join(s["text"] for s in got["segments"] if s["text"]) == " ".join(w["word"] for w in got["words"])
+
+
+def test_prompt_words_become_hotwords_the_alphabet_can_spell():
+    from serve.decoding import BeamSearch
+
+    beam = BeamSearch("/nonexistent", 1, labels=["", " ", "a", "b", "c", "'", "⁇"], has_lm=False)
+    # "bad" and "x's": d and x are not in this alphabet; "ABC" is "abc" again.
+    assert beam.prompt_hotwords("Abc, CAB! bad x's ab'c ABC", ("cc",)) == ("cc", "abc", "cab", "ab'c")
+    assert beam.prompt_hotwords("zzz") == ()
+    upper = BeamSearch("/nonexistent", 1, labels=["", " ", "A", "B"], has_lm=False)
+    assert upper.prompt_hotwords("ab, Ba.") == ("AB", "BA")
