@@ -1,6 +1,7 @@
 """HTTP routes: /ping, /invocations, /invocations-response-stream, /execution-parameters. `create_app(model,
 settings)` builds the app around any object that keeps the model contract (serve/contract.py). (The WebSocket
-route /invocations-bidirectional-stream is served beside them by serve/stream_route.py.)
+route /invocations-bidirectional-stream is served beside them by serve/stream_route.py; OpenAI's
+/v1/audio/transcriptions and /v1/models are added by serve/openai_api.py.)
 
 This layer turns request bytes into clips and options (serve/bodies.py, serve/options.py) and transcripts
 into JSON; chunking, batching, decoding and the model itself are the model's. It never imports torch.
