@@ -105,9 +105,9 @@ def parse(content_type: str | None, body: bytes, info: contract.ModelInfo) -> Fo
         elif key in options.NAMES:
             project.setdefault(key, []).append(value)
         else:
+            own = ", ".join(n for n in options.NAMES if n not in OPENAI_FIELDS)
             raise FieldError(f"unknown field {name[:60]!r}; fields are {', '.join(OPENAI_FIELDS)} and the request "
-                             f"options {', '.join(n for n in options.NAMES if n not in ('language', 'prompt', 'response_format'))}",
-                             name[:60])
+                             f"options {own}", name[:60])
     for key, values in project.items():
         form.options[key] = _option(key, values)
     return form

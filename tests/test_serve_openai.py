@@ -109,7 +109,8 @@ def test_every_response_format_through_the_openai_client(server, client, long, g
     check_cues([(c.start.total_seconds(), c.end.total_seconds(), c.content) for c in srt.parse(made)], words,
                duration)
     made = client.audio.transcriptions.create(file=("talk.wav", long), model="x", response_format="vtt", **extra)
-    check_cues([(_vtt_s(c.start), _vtt_s(c.end), c.text) for c in webvtt.from_buffer(io.StringIO(made))], words, duration)
+    check_cues([(_vtt_s(c.start), _vtt_s(c.end), c.text) for c in webvtt.from_buffer(io.StringIO(made))], words,
+               duration)
 
     verbose = client.audio.transcriptions.create(file=("talk.wav", long), model="my-asr",
                                                  response_format="verbose_json", **extra)
