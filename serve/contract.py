@@ -101,6 +101,11 @@ class UnsupportedMediaType(ServingError):
     status, close_code = 415, 1003
 
 
+class NotAcceptable(ServingError):
+    """An `Accept` header naming no media type the route can answer (HTTP only: a WebSocket has no Accept)."""
+    status, close_code = 406, 1003
+
+
 class RequestTimeout(ServingError):
     """The client stopped sending: a body not finished within SERVE_BODY_READ_TIMEOUT_S, a stream idle for
     SERVE_STREAM_IDLE_TIMEOUT_S (a policy close, after the stream's last final)."""
@@ -148,6 +153,9 @@ class Word:
     word: str
     start: float  # seconds from the start of the clip
     end: float
+    # Mean posterior of the frames that spell the word (common/ctc.py word_probabilities); only with
+    # options.confidence.
+    probability: float | None = None
 
 
 @dataclass(frozen=True)
@@ -156,6 +164,8 @@ class Transcript:
     audio_seconds: float
     words: list[Word] | None = None  # only when options.timestamps
     batch_size: int = 1  # most clips that shared a forward pass with this clip's chunks
+    segments: "list[Segment] | None" = None  # only when options.segments: one per chunk, in order
+    language: str | None = None  # the adapter language transcribed (None: a model of one language)
 
 
 @dataclass(frozen=True)
@@ -168,6 +178,7 @@ class Segment:
     words: list[Word] | None
     last: bool
     batch_size: int = 1
+    avg_logprob: float | None = None  # mean over the segment's frames of log(top posterior); Transcript.segments
 
 
 @dataclass(frozen=True)
