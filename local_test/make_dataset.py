@@ -37,6 +37,10 @@ TRAIN_VOICES = [
 TEST_VOICES = [("en-gb-x-gbclan", 155, 50), ("en-gb-x-gbcwmd", 150, 45), ("en-us+f4", 160, 65)]
 # Variants no training voice and no other held-out set uses, on training accents (issue 28: voices that no
 # tuning run saw): two female (espeak-ng f3: 140-240 Hz, formants x1.05-1.35, echo; f5), one male (m6).
+# Extra training voices (--train-variants): espeak-ng's female variants, which TRAIN_VOICES lacks (its
+# voices are all the default male one), on training accents; none is a variant any held-out set uses.
+TRAIN_VARIANTS = [("en-us+f1", 150, 55), ("en-gb+Annie", 145, 50), ("en-029+Linda", 160, 50),
+                  ("en-us-nyc+Belinda", 150, 55)]
 OTHER_VARIANTS = [("en-gb-x-rp+f3", 150, 60), ("en-us-nyc+f5", 160, 55), ("en-gb-scotland+m6", 150, 45)]
 # Named held-out voice sets for --test-voices; each is disjoint from the first 6 training voices.
 TEST_VOICE_SETS = {
@@ -124,6 +128,9 @@ def main(argv=None) -> int:
     p.add_argument("--train", type=int, default=600, help="training utterances (default 600)")
     p.add_argument("--test", type=int, default=60, help="held-out utterances (default 60)")
     p.add_argument("--train-voices", type=int, default=6, help="how many training voices (max %d)" % len(TRAIN_VOICES))
+    p.add_argument("--train-variants", type=int, default=0,
+                   help="also train on this many female variants (max %d): %s" % (
+                       len(TRAIN_VARIANTS), ", ".join(v[0] for v in TRAIN_VARIANTS)))
     p.add_argument("--test-voices", type=parse_voices, default="default", metavar="SET|V:WPM:PITCH,...",
                    help="held-out voices: a named set (%s; default: default) or voice:wpm:pitch items. The "
                         "training set does not depend on it (same --seed, same training data)"
@@ -138,7 +145,9 @@ def main(argv=None) -> int:
     if shutil.which("espeak-ng") is None:
         p.error("espeak-ng is not installed (Debian/Ubuntu: apt-get install espeak-ng; or run ./setup.sh)")
     rng = random.Random(args.seed)
-    voices = TRAIN_VOICES[: args.train_voices]
+    if not 0 <= args.train_variants <= len(TRAIN_VARIANTS):
+        p.error(f"--train-variants must be 0-{len(TRAIN_VARIANTS)}")
+    voices = TRAIN_VOICES[: args.train_voices] + TRAIN_VARIANTS[: args.train_variants]
     shared = sorted({v[0] for v in voices} & {v[0] for v in args.test_voices})
     if shared:
         p.error(f"held-out voices {shared} are also training voices: choose other --test-voices")

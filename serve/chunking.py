@@ -16,11 +16,18 @@ frames need samples past its end (the receptive field is wider than a frame), so
 reaches past its kept part by at least that much even with no stride (`Geometry.right_samples`); the last
 chunk reaches back as far as a whole chunk would, so a short tail still gets full left context and is never
 shorter than the receptive field.
+
+`plan_speech` is the other plan (SERVE_CHUNKING=vad, serve/vad.py finds the regions): the same chunks, but of
+each region of speech only. What lies between regions is never sent to the model; a chunk says how many
+samples of such silence follow its kept part (`after`: up to the next chunk's kept part, or the clip's end),
+and the first chunk how many come before (`before`); serve/model.py puts that many frames of silence logits
+there, so the joined frames still tile the whole clip.
 """
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Sequence
 
 import numpy as np
 
@@ -49,6 +56,12 @@ class Geometry:
         right = max(stride, math.ceil((receptive_field - align) / align) * align)
         return cls(frame_samples, receptive_field, chunk, stride, right)
 
+    @property
+    def reach_samples(self) -> int:
+        """Samples past a kept part that its last frame needs (a frame sees more samples than its hop)."""
+        align = self.frame_samples
+        return max(0, math.ceil((self.receptive_field - align) / align) * align)
+
     def __post_init__(self):
         # Each chunk after the first moves on by at least chunk - stride - right samples: none would never end
         # (SERVE_CHUNK_STRIDE_S is refused from a third of SERVE_CHUNK_LENGTH_S on, serve/settings.py).
@@ -66,16 +79,24 @@ class Chunk:
     right: int  # samples at the end that overlap the next chunk (0 for the last chunk)
     start: int = 0  # where the chunk starts in the clip, in samples
     frame_samples: int = 1  # the geometry's frame hop (the frame arithmetic below)
+    before: int = 0  # samples of silence before the kept part that were not sent (plan_speech, first chunk)
+    after: int = 0   # ... and after it, up to the next chunk's kept part or the clip's end
 
     @property
     def kept_samples(self) -> tuple[int, int]:
-        """The clip's samples [begin, end) this chunk's kept frames stand for."""
+        """The clip's samples [begin, end) this chunk's kept frames stand for (without the silence around)."""
         return self.start + self.left, self.start + len(self.audio) - self.right
 
     @property
     def first_frame(self) -> int:
-        """The clip frame of the chunk's first kept frame."""
-        return (self.start + self.left) // self.frame_samples
+        """The clip frame of the chunk's first frame as joined: its first kept frame, or the first frame of
+        the silence before it."""
+        return (self.start + self.left - self.before) // self.frame_samples
+
+    @property
+    def silence_frames(self) -> tuple[int, int]:
+        """Frames of silence not sent, before and after the kept frames (0, 0 for fixed chunks)."""
+        return self.before // self.frame_samples, self.after // self.frame_samples
 
     @property
     def kept_frames(self) -> slice:
@@ -116,3 +137,57 @@ def plan(audio: np.ndarray, geometry: Geometry) -> list[Chunk]:
             return out
         out.append(Chunk(audio[start:end], kept - start, right, start, align))
         kept = end - right
+
+
+def plan_speech(audio: np.ndarray, regions: Sequence[tuple[int, int]], geometry: Geometry) -> list[Chunk]:
+    """The chunks of one clip (1-D samples, already normalised and padded as the model wants) that cover its
+    speech `regions` ([(start, end)] in samples, sorted) and nothing else but the context a frame needs: each
+    region widened to frame boundaries (regions that then touch are one); one chunk per region no longer than
+    `chunk_samples`, with its reach past the region (`Geometry.reach_samples`); a longer region split as `plan`
+    splits a clip (strides of `stride_samples`, the last chunk reaching back a whole chunk, never before the
+    region). Every chunk is at most chunk_samples long and at least the receptive field (when the clip is).
+    The first chunk's `before` and every chunk's `after` are the silence not sent, so that silence, kept parts
+    and silence tile the clip's whole frames. No regions: no chunks."""
+    g, n = geometry, len(audio)
+    align = g.frame_samples
+    merged: list[list[int]] = []
+    for start, end in regions:
+        a = max(0, start // align * align)
+        b = min(-(-end // align) * align, n)
+        if b <= a:
+            continue
+        if merged and a <= merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], b)
+        else:
+            merged.append([a, b])
+    out: list[Chunk] = []
+    for a, b in merged:
+        chunks = [Chunk(audio[s:e], left, right, s, align) for s, e, left, right in _split(a, b, n, g)]
+        if out:  # the silence between the previous region's kept end and this one's start
+            out[-1] = replace(out[-1], after=a - out[-1].kept_samples[1])
+        else:
+            chunks[0] = replace(chunks[0], before=a)
+        out.extend(chunks)
+    if out:
+        out[-1] = replace(out[-1], after=max(0, n // align * align - out[-1].kept_samples[1]))
+    return out
+
+
+def _split(a: int, b: int, n: int, g: Geometry) -> list[tuple[int, int, int, int]]:
+    """(start, end, left, right) of chunks whose kept parts tile the region [a, b) (aligned) of a clip of n."""
+    size, align = g.chunk_samples, g.frame_samples
+    end_all = min(n, b + g.reach_samples)  # the audio the last frame of the region needs
+    out, kept = [], a
+    while True:
+        start = max(a, kept - g.stride_samples)
+        end = start + size
+        if end >= end_all or end - g.right_samples <= kept:
+            # The last chunk of the region: back as far as a whole chunk would reach (aligned), never before
+            # the region, and long enough for the feature encoder where the clip allows.
+            start = min(max(a, -(-(end_all - size) // align) * align), kept)
+            if end_all - start < g.receptive_field:
+                start = max(0, (end_all - g.receptive_field) // align * align)
+            out.append((start, end_all, kept - start, end_all - b))
+            return out
+        out.append((start, end, kept - start, g.right_samples))
+        kept = end - g.right_samples

@@ -377,14 +377,15 @@ def timed_words(words: list[tuple[str, int, int]], seconds_per_frame: float) -> 
 
 
 def details(hyp: Hypothesis, logits: torch.Tensor, vocab: ctc.Vocabulary, options: Options,
-            seconds_per_frame: float, pieces: Sequence[tuple[int, float, float]]
+            seconds_per_frame: float, pieces: Sequence[tuple[int, int, int, float, float]]
             ) -> tuple[list[contract.Word] | None, list[contract.Segment] | None]:
     """A clip's transcript details as its options ask: words (`timestamps`; `confidence` adds each word's
     probability, common/ctc.py word_probabilities) and segments (`segments`). logits: the clip's decoded frames
     (frames x vocabulary), the hypothesis' word frames index them; pieces: the model's chunk plan, one
-    (kept frames in `logits`, start s, end s) per chunk in order. A segment is one chunk: its times, the words
-    whose last frame is in it, and avg_logprob (common/ctc.py mean_logprobs) over its frames. (None, None)
-    when the options ask for neither."""
+    (frames in `logits`, of them silence put back before, and after, start s, end s) per chunk in order (the
+    silence frames are those the VAD did not send: serve/vad.py). A segment is one chunk: its times, the words
+    whose last frame is in its frames, and avg_logprob (common/ctc.py mean_logprobs) over its frames that were
+    sent to the model. (None, None) when the options ask for neither."""
     o = options
     if not (o.timestamps or o.confidence or o.segments):
         return None, None
@@ -397,13 +398,14 @@ def details(hyp: Hypothesis, logits: torch.Tensor, vocab: ctc.Vocabulary, option
     shown = words if o.timestamps or o.confidence else None
     if not o.segments:
         return shown, None
-    bounds = np.cumsum([0] + [frames for frames, _, _ in pieces]).tolist()
+    bounds = np.cumsum([0] + [piece[0] for piece in pieces]).tolist()
     ranges = list(zip(bounds[:-1], bounds[1:]))
+    sent = [(first + piece[1], end - piece[2]) for (first, end), piece in zip(ranges, pieces)]
     with torch.inference_mode():
-        logprobs = ctc.mean_logprobs(logits, ranges)
+        logprobs = ctc.mean_logprobs(logits, sent)
     owner = [min(len(ranges) - 1, bisect.bisect_right(bounds, max(e - 1, s), 1) - 1) for _, s, e in hyp.words]
     segments = []
-    for i, (_, start, end) in enumerate(pieces):
+    for i, (_, _, _, start, end) in enumerate(pieces):
         mine = [w for w, k in zip(words, owner) if k == i]
         segments.append(contract.Segment(
             index=i, start=round(start, 3), end=round(end, 3), text=" ".join(w.word for w in mine),

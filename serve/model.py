@@ -6,12 +6,14 @@ starts its batcher. `ServingModel` then owns the whole path from a request's cli
 
     clip -> normalised (zero mean, unit variance over the whole clip, when the feature extractor says so)
          -> chunks (serve/chunking.py's `plan`, called from `chunks` only: long audio in overlapping
-            windows, edges on frame boundaries)
+            windows, edges on frame boundaries; with a VAD, serve/vad.py, its `plan_speech`: the regions of
+            speech only, cut at pauses, silence not sent)
          -> batcher (clips of one key share a forward pass: same adapter language, serve/languages.py, and
             the same length unless padding is proven not to change results) -> `_logits` (the one
             forward-pass method of clips; live-stream windows over cached feature-encoder frames run
             serve/streamfeatures.forward, unless stream_feature_cache="off")
-         -> the chunk's frame logits, stride frames dropped (`Chunk.kept`), joined on the device
+         -> the chunk's frame logits, stride frames dropped (`Chunk.kept`), silence frames put back where
+            the VAD left audio out (`vad.silence_logits`), joined on the device
          -> decoder stage (serve/decoding.py: greedy CTC on the device, or beam search with the model's
             KenLM n-gram in a process pool beside it) -> text and word times (`decoding.timed_words`).
 
@@ -42,6 +44,7 @@ from common.audio import TARGET_RATE, normalize
 from common.convs import convs_as_matmuls
 
 from . import chunking, contract, decoding, languages, metrics, streamfeatures, streaming
+from . import vad as vad_side
 from .batcher import Batcher
 from .decoding import beam_search  # noqa: F401 (its home was here: tests and bench/lib/heldout.py import it)
 from .options import Options
@@ -93,11 +96,11 @@ class ServingModel:
                  chunk_length_s: float = 30.0, chunk_stride_s: float = 5.0, max_batch_size: int = 1,
                  max_batch_wait_s: float = 0.005, max_adapters: int = 16, stream_max_batch_size: int = 16,
                  stream_feature_cache: str = "auto", beam: decoding.BeamSearch | None = None,
-                 beam_unavailable: str = ""):
+                 beam_unavailable: str = "", vad: vad_side.Segmenter | None = None):
         """beam: this model's beam search (its LM, if any, decides the default decoder); beam_unavailable:
         why there is none, for the answer to a request that asks for it. stream_max_batch_size: most stream
         windows (`submit`, `submit_features`) in one forward pass. stream_feature_cache: "auto", "exact" or
-        "off" (serve/streamfeatures.py)."""
+        "off" (serve/streamfeatures.py). vad: long audio cut at pauses (serve/vad.py); None: fixed chunks."""
         fe = checkpoint.feature_extractor
         if fe.sampling_rate != TARGET_RATE:
             raise modeldir.ModelDirError(f"the model expects {fe.sampling_rate} Hz audio; this server feeds it "
@@ -116,6 +119,7 @@ class ServingModel:
         g = self.geometry
         self.chunk_samples, self.stride_samples, self.right_samples = g.chunk_samples, g.stride_samples, \
             g.right_samples
+        self.vad = vad
         self.exact = self._make_exact()
         # How stream windows reuse feature-encoder frames (serve/streamfeatures.py); None: whole-window passes.
         self.stream_features = streamfeatures.mode(self.model, stream_feature_cache)
@@ -163,15 +167,17 @@ class ServingModel:
             for clip, (language, decoder, chunks, _) in zip(clips, work):
                 mine = outcomes[at: at + len(chunks)]
                 at += len(chunks)
-                kept = [self._kept(c, o.value) for c, o in zip(chunks, mine)]
-                logits = torch.cat(kept)
+                kept = [self._kept(c, o.value, language.vocab) for c, o in zip(chunks, mine)]
+                # No chunk: no speech (VAD): no frames, an empty transcript.
+                logits = torch.cat(kept) if kept else torch.zeros(0, language.vocab.size, device=self.device)
                 o = clip.options
-                # Segments are the chunk plan's chunks: (kept frames, start s, end s) each (decoding.details).
-                pieces = [(len(k), c.kept_samples[0] / TARGET_RATE, c.kept_samples[1] / TARGET_RATE)
-                          for k, c in zip(kept, chunks)]
+                # Segments are the chunk plan's chunks (decoding.details): joined frames, silence frames put
+                # back before and after, start s, end s, each.
+                pieces = [(len(k), *c.silence_frames, c.kept_samples[0] / TARGET_RATE,
+                           c.kept_samples[1] / TARGET_RATE) for k, c in zip(kept, chunks)]
                 pending.append((decoder.submit(logits, language.vocab, words=o.timestamps or o.confidence
-                                               or o.segments, deadline=deadline), max(x.batch_size for x in mine),
-                                (language, logits, pieces)))
+                                               or o.segments, deadline=deadline),
+                                max((x.batch_size for x in mine), default=1), (language, logits, pieces)))
             results = []
             for clip, (job, batch_size, (language, logits, pieces)) in zip(clips, pending):
                 hyp = job.result()
@@ -193,6 +199,10 @@ class ServingModel:
         audio longer than one chunk the joined segments can differ from `transcribe`'s whole-clip beam
         search near the edges. A clip of one chunk is one segment, the same as `transcribe`."""
         language, decoder, chunks, jobs = self._plan(clip)
+        if not chunks:  # no speech (VAD): one empty segment
+            yield contract.Segment(index=0, start=0.0, end=round(len(clip.audio) / TARGET_RATE, 3), text="",
+                                   words=[] if clip.options.timestamps else None, last=True)
+            return
         futures = self._submit(jobs)
         if isinstance(decoder, decoding.BoundBeam):
             try:
@@ -206,7 +216,7 @@ class ServingModel:
         try:
             for i, (chunk, future) in enumerate(zip(chunks, futures)):
                 outcome = self._wait([future], deadline, others=futures[i + 1:])[0]
-                kept = self._kept(chunk, outcome.value)
+                kept = self._kept(chunk, outcome.value, language.vocab)
                 last = i == len(chunks) - 1
                 if stream is None:
                     held.append(kept)
@@ -232,13 +242,13 @@ class ServingModel:
         carry_frame = 0  # its first frame in the clip
         for i, (chunk, future) in enumerate(zip(chunks, futures)):
             outcome = self._wait([future], deadline, others=futures[i + 1:])[0]
-            kept = self._kept(chunk, outcome.value)
+            kept = self._kept(chunk, outcome.value, language.vocab)
             frames, base = (kept, chunk.first_frame) if carry is None else (torch.cat([carry, kept]), carry_frame)
             last = i == len(chunks) - 1
             hyp = decoder.decode(frames, language.vocab, words=True, deadline=deadline)
             words = hyp.words
             carry = None
-            if words and not last:
+            if words and not last and not chunk.after:  # after a pause (VAD) the last word is complete
                 held = words[-1][1]
                 carry, carry_frame, words = frames[held:], base + held, words[:-1]
             words = [(w, base + s, base + e) for w, s, e in words]
@@ -286,14 +296,24 @@ class ServingModel:
 
     # Long audio ---------------------------------------------------------------------------------------
     def chunks(self, audio: np.ndarray) -> list[chunking.Chunk]:
-        """The clip normalised as a whole, then cut by serve/chunking.py's `plan` (the one place a clip is
-        chunked): a clip no longer than one chunk is one chunk with no strides; the chunks' kept parts tile
-        the clip."""
-        return chunking.plan(self._normalized(audio), self.geometry)
+        """The clip normalised as a whole, then cut (the one place a clip is chunked): with a VAD and a clip
+        it applies to (serve/vad.py's `Segmenter.applies`), at its pauses (`chunking.plan_speech`: silence not
+        sent, no chunks for a clip without speech); else by `chunking.plan`: a clip no longer than one chunk is
+        one chunk with no strides. Either way the kept parts, with the silence between them, tile the clip."""
+        normalized = self._normalized(audio)
+        if self.vad is not None and self.vad.applies(len(audio), self.geometry.chunk_samples):
+            return self.vad.chunks(audio, normalized, self.geometry)
+        return chunking.plan(normalized, self.geometry)
 
-    def _kept(self, chunk: chunking.Chunk, logits: torch.Tensor) -> torch.Tensor:
-        """A chunk's frame logits without its strides (`chunking.Chunk.kept`)."""
-        return chunk.kept(logits)
+    def _kept(self, chunk: chunking.Chunk, logits: torch.Tensor, vocab: ctc.Vocabulary | None = None) -> torch.Tensor:
+        """A chunk's frame logits without its strides (`chunking.Chunk.kept`); the silence the VAD left out
+        around it (`Chunk.silence_frames`) comes back as frames that decode to a word break (needs `vocab`)."""
+        kept = chunk.kept(logits)
+        before, after = chunk.silence_frames
+        if before or after:
+            kept = torch.cat([vad_side.silence_logits(before, vocab, kept), kept,
+                              vad_side.silence_logits(after, vocab, kept)])
+        return kept
 
     # The forward pass ---------------------------------------------------------------------------------
     @torch.inference_mode()
@@ -387,7 +407,8 @@ def load(settings, workers: int = 1) -> ServingModel:
             chunk_stride_s=settings.chunk_stride_s, max_batch_size=settings.batch_size_on(device.type),
             max_batch_wait_s=settings.max_batch_wait_ms / 1000, max_adapters=settings.max_adapters,
             stream_max_batch_size=settings.stream_max_batch_size,
-            stream_feature_cache=settings.stream_feature_cache, beam=beam, beam_unavailable=beam_unavailable)
+            stream_feature_cache=settings.stream_feature_cache, beam=beam, beam_unavailable=beam_unavailable,
+            vad=vad_side.Segmenter.from_settings(settings) if settings.chunking == "vad" else None)
     except BaseException:
         if beam is not None:
             beam.close()

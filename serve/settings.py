@@ -4,6 +4,9 @@ Each field declares its variables, default, bounds and help with common.settings
 wording, one table generator for every program); docs/settings.md's "Serving settings" table is
 `markdown_table()` (a test checks they agree). Adding a setting is adding a field; `check()` holds only the
 rules that tie two settings together.
+
+One file because the serving program's settings are the fields of one frozen dataclass, read and checked in one
+pass and printed as one docs table; it is long because it holds every setting's help text, not logic.
 """
 from __future__ import annotations
 
@@ -77,6 +80,31 @@ class Settings:
         5.0, "SERVE_CHUNK_STRIDE_S", at_least=0,
         help="Overlap on each side of a chunk whose frames are dropped when chunks are joined; must be under a "
              "third of the chunk length.",
+    )
+    chunking: str = _setting(
+        "vad", "SERVE_CHUNKING", choices=("vad", "fixed"), fold_case=True,
+        help="How audio longer than `SERVE_CHUNK_LENGTH_S` is cut: `vad` at the pauses Silero VAD finds (silence "
+             "is not sent to the model; a region of speech longer than a chunk is split with the stride; "
+             "docs/models.md, Long audio), `fixed` every `SERVE_CHUNK_LENGTH_S`.",
+    )
+    vad_threshold: float = _setting(
+        0.5, "SERVE_VAD_THRESHOLD", above=0, below=1,
+        help="`SERVE_CHUNKING=vad`: Silero's speech probability at which speech starts (it ends below this "
+             "minus 0.15); lower finds more speech.",
+    )
+    vad_min_silence_s: float = _setting(
+        0.5, "SERVE_VAD_MIN_SILENCE_S", at_least=0, at_most=10,
+        help="`SERVE_CHUNKING=vad`: the shortest pause, in seconds, at which audio is cut (shorter pauses stay "
+             "inside a chunk).",
+    )
+    vad_speech_pad_s: float = _setting(
+        0.2, "SERVE_VAD_SPEECH_PAD_S", at_least=0, at_most=2,
+        help="`SERVE_CHUNKING=vad`: seconds of audio kept on each side of a region of speech.",
+    )
+    vad_short_audio: bool = _setting(
+        False, "SERVE_VAD_SHORT_AUDIO",
+        help="`SERVE_CHUNKING=vad`: also cut audio no longer than `SERVE_CHUNK_LENGTH_S` at its pauses (off: "
+             "such a clip is transcribed whole, exactly as with `fixed`; measured in bench/README.md).",
     )
     max_audio_s: float = _setting(
         3600.0, "SERVE_MAX_AUDIO_S", above=0, help="Longest audio accepted per request, in seconds (after decoding)."

@@ -66,6 +66,20 @@ def test_efficiency_reports_fractions_of_the_measured_peak(bench_dir):
     assert f["bare_fraction"]["fp32"] == pytest.approx(f["bare_gflops"]["fp32"] / f["peak_gflops"]["fp32"], rel=0.01)
 
 
+def test_vad_chunking_compares_pauses_with_fixed_chunks(tmp_path):
+    f = run_bench("vad_chunking", "--recordings", "1", "--minutes", "0.4", "--short", "1", "--repeats", "1",
+                  "--chunk-s", "8", "--stride-s", "2", "--workdir", str(tmp_path))
+    for mode in ("long_fixed", "long_vad", "short_vad", "short_vad_short"):
+        m = f[mode]
+        assert positive(m["forward_s"]) and positive(m["cpu_s"]) and m["chunks"] >= 1, mode
+        assert (m["cer"] is None) == (not f["trained"]), mode
+    # The pauses are not sent: less audio than the recording, and less than fixed chunks with their overlaps.
+    assert f["long_vad"]["sent_s"] < f["long_vad"]["audio_s"] <= f["long_fixed"]["sent_s"]
+    assert positive(f["long_vad"]["vad_s"])
+    assert f["short_vad"]["sent_s"] == f["short_vad"]["audio_s"] and f["short_vad"]["chunks"] == 1
+    assert f["long_fixed"]["vad_s"] == 0
+
+
 def test_batching_compares_one_clip_exact_and_plain_batches(bench_dir):
     f = run_bench("batching", "--models", "tiny", "--dtypes", "fp32", "--batch-sizes", "1,2", "--clips", "3",
                   "--shortest-s", "0.5", "--longest-s", "1.5", "--repeats", "1", "--workdir", str(bench_dir))
