@@ -114,6 +114,10 @@ class Vocabulary:
     def is_space(self, token: int) -> bool:
         return self.strings[token] == self.delimiter or self.strings[token] == self.space
 
+    def not_spelling(self) -> tuple[int, ...]:
+        """Ids that spell no character of a word: dropped special tokens and the word delimiter (the blank aside)."""
+        return tuple(self.dropped) + tuple(i for i in range(self.size) if i != self.blank_id and self.is_space(i))
+
     def labels(self) -> list[str]:
         """id -> text for decoders that work on characters (beam search): "" for the blank and dropped
         tokens, " " for the word delimiter."""
@@ -139,3 +143,48 @@ def word_offsets(vocab: Vocabulary, seq: Collapsed, seconds_per_frame: float) ->
     """Words with start and end in seconds."""
     return [{"word": w, "start": round(s * seconds_per_frame, 3), "end": round(e * seconds_per_frame, 3)}
             for w, s, e in vocab.words(seq)]
+
+
+# Confidences from the posteriors ------------------------------------------------------------------------------
+def word_probabilities(logits: torch.Tensor, spans: Sequence[tuple[int, int]], blank_id: int,
+                       not_spelling: Sequence[int] = ()) -> list[float]:
+    """Each word's probability from one clip's frame logits (frames x vocabulary, any device): the mean, over
+    the frames of its span [first, end) whose argmax is a character (not the blank, a dropped token or the word
+    delimiter: `not_spelling`), of that argmax's posterior. Under greedy decoding those are exactly the frames
+    that spell the word. A span from beam search with no such frame (the LM put a word where the acoustic
+    model heard only blanks) gets the mean of 1 - P(blank) over its frames instead. Spans are clamped to the
+    frames there are; an empty one is its first frame."""
+    frames = logits.shape[0]
+    if not spans:
+        return []
+    if frames == 0:
+        return [0.0] * len(spans)
+    probs = logits.float().softmax(dim=-1)
+    top, ids = probs.max(dim=-1)
+    dropped = torch.as_tensor(sorted({blank_id, *not_spelling}), device=ids.device)
+    spelled = ~torch.isin(ids, dropped)
+    zero = torch.zeros(1, device=probs.device)
+    spelled_sum = torch.cat([zero, torch.cumsum(top * spelled, 0)])
+    spelled_n = torch.cat([zero, torch.cumsum(spelled.float(), 0)])
+    voiced = torch.cat([zero, torch.cumsum(1 - probs[:, blank_id], 0)])
+    first = torch.as_tensor([min(max(s, 0), frames - 1) for s, _ in spans], device=probs.device)
+    end = torch.maximum(torch.as_tensor([min(e, frames) for _, e in spans], device=probs.device), first + 1)
+    n = spelled_n[end] - spelled_n[first]
+    mean_spelled = (spelled_sum[end] - spelled_sum[first]) / n.clamp(min=1)
+    mean_voiced = (voiced[end] - voiced[first]) / (end - first)
+    return [round(float(p), 4) for p in torch.where(n > 0, mean_spelled, mean_voiced).cpu().tolist()]
+
+
+def mean_logprobs(logits: torch.Tensor, ranges: Sequence[tuple[int, int]]) -> list[float | None]:
+    """For each frame range [start, end) of one clip's logits (frames x vocabulary): the mean over its frames of
+    the log posterior of the frame's argmax (the best path's log-probability per frame; natural log, <= 0).
+    None for an empty range."""
+    if not ranges:
+        return []
+    top = torch.log_softmax(logits.float(), dim=-1).max(dim=-1).values
+    sums = torch.cat([torch.zeros(1, device=top.device), torch.cumsum(top, 0)]).cpu().tolist()
+    out: list[float | None] = []
+    for start, end in ranges:
+        start, end = max(0, start), min(end, len(sums) - 1)
+        out.append(round((sums[end] - sums[start]) / (end - start), 4) if end > start else None)
+    return out

@@ -1,12 +1,14 @@
 """HTTP routes: /ping, /invocations, /invocations-response-stream, /execution-parameters. `create_app(model,
 settings)` builds the app around any object that keeps the model contract (serve/contract.py). (The WebSocket
-route /invocations-bidirectional-stream is served beside them by serve/stream_route.py.)
+route /invocations-bidirectional-stream is served beside them by serve/stream_route.py; OpenAI's
+/v1/audio/transcriptions and /v1/models are added by serve/openai_api.py.)
 
 This layer turns request bytes into clips and options (serve/bodies.py, serve/options.py) and transcripts
 into JSON; chunking, batching, decoding and the model itself are the model's. It never imports torch.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
@@ -17,7 +19,7 @@ from werkzeug.exceptions import ClientDisconnected, RequestEntityTooLarge
 
 from common.audio import TARGET_RATE
 
-from . import bodies, contract, errors, metrics, observe, options
+from . import answers, bodies, contract, errors, metrics, multipart, observe, openai_api, options
 from .settings import Settings
 
 log = logging.getLogger("serve")
@@ -29,15 +31,17 @@ def create_app(model: contract.Model, settings: Settings, workers: int = 1) -> F
     app.json.sort_keys = False  # "text" first, words as word, start, end
     app.config["MAX_CONTENT_LENGTH"] = settings.max_payload_bytes
     app.extensions["model"] = model
+    # Errors on /v1/ paths in OpenAI's shape, every other one in this server's own (serve/errors.py).
+    shape = errors.by_path({openai_api.PREFIX: openai_api.error_shape})
     errors.register(app, timeout_message=f"transcription did not finish within {settings.timeout_s} s "
-                                         f"(MODEL_SERVER_TIMEOUT)")
+                                         f"(MODEL_SERVER_TIMEOUT)", shape=shape)
     observe.install(app, settings)  # GET /metrics, the request log line and metrics
     too_big = (f"request body is larger than {settings.max_payload_mb:g} MB (SAGEMAKER_MAX_PAYLOAD_IN_MB); "
                "send compressed audio (FLAC/OGG/MP3) or raise the limit")
 
     @app.errorhandler(RequestEntityTooLarge)
     def _too_large(exc):
-        response = jsonify(error=too_big)
+        response = jsonify(shape(too_big, 413, exc))
         response.status_code = 413
         # The 413 goes out first, then the rest of the body is read and dropped (the raw WSGI input: werkzeug's
         # stream refuses to open past MAX_CONTENT_LENGTH).
@@ -83,10 +87,21 @@ def create_app(model: contract.Model, settings: Settings, workers: int = 1) -> F
         )
 
     def read_clips() -> tuple[list[contract.Clip], bool]:
+        """The request's clips (and whether it is a batch); for a multipart body (OpenAI's, serve/multipart.py)
+        its form is `g.form`, its fields over the query string's and the header's options."""
         body = _read_body(settings.max_payload_bytes)
         shared = options.request_level(request.args.items(multi=True), request.headers.get(options.HEADER))
+        g.form = None
+        content_type = request.content_type
         try:
-            clips, is_batch = bodies.decode(request.content_type, body, settings.max_audio_s,
+            if bodies.media_type(content_type) == multipart.TYPE:
+                g.form = multipart.parse(content_type, body, model.info)
+                body, content_type = g.form.audio, "application/octet-stream"  # the file part, sniffed as any
+                shared = {**shared, **g.form.options}
+                for granularity, name in (("word", "timestamps"), ("segment", "segments")):
+                    if granularity in g.form.granularities:
+                        shared.setdefault(name, True)
+            clips, is_batch = bodies.decode(content_type, body, settings.max_audio_s,
                                             settings.max_decoded_bytes, request_options=shared)
         except contract.ServingError as exc:
             metrics.decode_failed(exc, bodies.media_type(request.content_type))
@@ -105,13 +120,23 @@ def create_app(model: contract.Model, settings: Settings, workers: int = 1) -> F
     def invocations():
         deadline = g.started + settings.timeout_s
         clips, is_batch = read_clips()
-        transcripts = model.transcribe(clips, deadline=deadline)
-        g.batch = max(t.batch_size for t in transcripts)
-        results = [as_json(t) for t in transcripts]
-        # JSON (JSON lines for a JSON lines body) unless the client prefers text/plain.
+        if g.form is not None and g.form.stream:
+            raise contract.BadRequest(f"stream=true: /invocations answers once; stream with POST {STREAM_PATH} "
+                                      f"(JSON lines) or POST {openai_api.TRANSCRIPTIONS} (server-sent events)")
+        # JSON (JSON lines for a JSON lines body) unless response_format or Accept asks for text or subtitles.
         lines = bodies.media_type(request.content_type) == bodies.JSON_LINES_TYPE
         own = bodies.JSON_LINES_TYPE if lines else "application/json"
-        if options.answer_type(request.headers.get("Accept"), (own, "text/plain")) == "text/plain":
+        fmt = answers.answer_format(clips, request.headers.get("Accept"), own, is_batch)
+        if fmt in ("srt", "vtt", "verbose_json"):
+            more = {"timestamps": True} if fmt != "verbose_json" else \
+                {"timestamps": True, "segments": True, "confidence": True}
+            clips = [contract.Clip(c.audio, dataclasses.replace(c.options, **more)) for c in clips]
+        transcripts = model.transcribe(clips, deadline=deadline)
+        g.batch = max(t.batch_size for t in transcripts)
+        if fmt in ("srt", "vtt"):
+            return answers.subtitle_response(transcripts[0], clips[0].options, fmt)
+        results = [as_json(t) for t in transcripts]
+        if fmt == "text":
             return Response("\n".join(r["text"] for r in results), mimetype="text/plain")
         if lines:  # one line per input line, in order (batch transform's AssembleWith=Line joins them)
             return Response("".join(json.dumps(r) + "\n" for r in results), mimetype=bodies.JSON_LINES_TYPE)
@@ -153,6 +178,7 @@ def create_app(model: contract.Model, settings: Settings, workers: int = 1) -> F
 
         return Response(lines(), mimetype="application/jsonlines")
 
+    openai_api.register(app, model, settings, read_clips)  # POST /v1/audio/transcriptions, GET /v1/models
     return app
 
 
@@ -171,7 +197,17 @@ def segment_json(s: contract.Segment, item: int | None = None) -> dict:
 def as_json(t: contract.Transcript) -> dict:
     item = {"text": t.text, "audio_seconds": t.audio_seconds}
     if t.words is not None:
-        item["words"] = [{"word": w.word, "start": w.start, "end": w.end} for w in t.words]
+        item["words"] = [word_json(w) for w in t.words]
+    if t.segments is not None:
+        item["segments"] = [{"index": s.index, "start": s.start, "end": s.end, "text": s.text,
+                             "avg_logprob": s.avg_logprob} for s in t.segments]
+    return item
+
+
+def word_json(w: contract.Word) -> dict:
+    item = {"word": w.word, "start": w.start, "end": w.end}
+    if w.probability is not None:
+        item["probability"] = w.probability
     return item
 
 

@@ -57,7 +57,7 @@ def decode(content_type: str | None, body: bytes, max_audio_s: float | None = No
         shown = kind or "none"
         raise UnsupportedMediaType(
             f"unsupported content type {shown!r}; send audio as one of {', '.join(AUDIO_TYPES)}, "
-            f"or {JSON_TYPE}, or {JSON_LINES_TYPE}",
+            f"or {JSON_TYPE}, or {JSON_LINES_TYPE}, or multipart/form-data with a `file` part (OpenAI's body)",
         )
     if not body:
         raise BadRequest("request body is empty")

@@ -59,6 +59,10 @@ Request options live in one typed table, serve/options.py (`Options`): the same 
 they come from JSON fields, the query string, the X-Amzn-SageMaker-Custom-Attributes header or a stream's
 settings frame. A new option (decoder, beam_width, hotwords, ...) is a new field there, read by the model;
 the front doors do not change.
+
+One file because it is the one contract every front door and every model is written against: the Model and
+LiveStream signatures, the values they exchange and the errors they raise are read together, and
+tests/test_serve_contract.py checks them as one.
 """
 from __future__ import annotations
 
@@ -109,6 +113,11 @@ class PayloadTooLarge(ServingError):
 class UnsupportedMediaType(ServingError):
     """A body whose content type the server does not decode."""
     status, close_code = 415, 1003
+
+
+class NotAcceptable(ServingError):
+    """An `Accept` header naming no media type the route can answer (HTTP only: a WebSocket has no Accept)."""
+    status, close_code = 406, 1003
 
 
 class RequestTimeout(ServingError):
@@ -164,6 +173,9 @@ class Word:
     word: str
     start: float  # seconds from the start of the clip
     end: float
+    # Mean posterior of the frames that spell the word (common/ctc.py word_probabilities); only with
+    # options.confidence.
+    probability: float | None = None
 
 
 @dataclass(frozen=True)
@@ -172,6 +184,8 @@ class Transcript:
     audio_seconds: float
     words: list[Word] | None = None  # only when options.timestamps
     batch_size: int = 1  # most clips that shared a forward pass with this clip's chunks
+    segments: "list[Segment] | None" = None  # only when options.segments: one per chunk, in order
+    language: str | None = None  # the adapter language transcribed (None: a model of one language)
 
 
 @dataclass(frozen=True)
@@ -184,6 +198,7 @@ class Segment:
     words: list[Word] | None
     last: bool
     batch_size: int = 1
+    avg_logprob: float | None = None  # mean over the segment's frames of log(top posterior); Transcript.segments
 
 
 @dataclass(frozen=True)

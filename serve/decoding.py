@@ -12,7 +12,8 @@ frames. The decoders:
 `choose(options, beam, beam_unavailable, default)` picks one per request (the `decoder` request option; what
 `ServingModel.decoder(options)` calls); `beam_search(checkpoint, processes)` sets up a model's beam search
 when it loads; `timed_words` turns any decoder's words (frames) into the contract's words (seconds), for
-every transcript and segment.
+every transcript and segment; `details` adds what a transcript's options ask beyond its text: words with
+their probabilities, and segments (the model's chunks) with their average log-probability.
 
 `submit(logits, vocab, words=, deadline=)` starts decoding and returns a `Pending` whose `result()` is the
 Hypothesis (greedy is done at once; beam search waits for its pool process), so one request's clips decode
@@ -41,6 +42,8 @@ ask of a decoder is decided here, next to the decoders that honour it.
 """
 from __future__ import annotations
 
+import bisect
+import dataclasses
 import logging
 import threading
 import time
@@ -48,7 +51,7 @@ from concurrent.futures import CancelledError, Future, TimeoutError as FutureTim
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -244,6 +247,21 @@ class BeamSearch:
         except lm.OptionError as exc:
             raise contract.BadRequest(str(exc)) from None
 
+    def prompt_hotwords(self, prompt: str, hotwords: tuple[str, ...] = ()) -> tuple[str, ...]:
+        """`hotwords` plus the words of an OpenAI `prompt` that this model's alphabet can spell: each word without
+        the punctuation around it, as typed or else lower- or upper-cased; the rest are left out (a prompt is a
+        hint, never refused), up to lm.MAX_HOTWORDS in all. Without the alphabet yet (a pool not started), none."""
+        letters = {c for c in (self.labels or ()) if len(c) == 1 and c not in (" ", lm.UNK_LABEL)}
+        out = list(hotwords)
+        for raw in prompt.split():
+            for word in (raw, raw.lower(), raw.upper()):
+                word = word.strip(".,;:!?\"'()[]{}")
+                if word and len(word) <= lm.MAX_HOTWORD_CHARS and set(word) <= letters:
+                    if word not in out and len(out) < lm.MAX_HOTWORDS:
+                        out.append(word)
+                    break
+        return tuple(out)
+
     def bind(self, options: lm.DecodeOptions) -> "BoundBeam":
         self.check(options)
         return BoundBeam(self, options)
@@ -345,6 +363,9 @@ def choose(options: Options, beam: BeamSearch | None, beam_unavailable: str, def
         beam_options = decode_options(options)
     except lm.OptionError as exc:
         raise contract.BadRequest(str(exc)) from None
+    if options.prompt:  # OpenAI's prompt: its spellable words as hotwords (BeamSearch.prompt_hotwords)
+        beam_options = dataclasses.replace(beam_options, hotwords=beam.prompt_hotwords(options.prompt,
+                                                                                       beam_options.hotwords))
     return beam.bind(beam_options)
 
 
@@ -353,6 +374,43 @@ def timed_words(words: list[tuple[str, int, int]], seconds_per_frame: float) -> 
     seconds rounded to the millisecond. Every transcript's and segment's words go through here."""
     step = seconds_per_frame
     return [contract.Word(w, round(s * step, 3), round(e * step, 3)) for w, s, e in words]
+
+
+def details(hyp: Hypothesis, logits: torch.Tensor, vocab: ctc.Vocabulary, options: Options,
+            seconds_per_frame: float, pieces: Sequence[tuple[int, int, int, float, float]]
+            ) -> tuple[list[contract.Word] | None, list[contract.Segment] | None]:
+    """A clip's transcript details as its options ask: words (`timestamps`; `confidence` adds each word's
+    probability, common/ctc.py word_probabilities) and segments (`segments`). logits: the clip's decoded frames
+    (frames x vocabulary), the hypothesis' word frames index them; pieces: the model's chunk plan, one
+    (frames in `logits`, of them silence put back before, and after, start s, end s) per chunk in order (the
+    silence frames are those the VAD did not send: serve/vad.py). A segment is one chunk: its times, the words
+    whose last frame is in its frames, and avg_logprob (common/ctc.py mean_logprobs) over its frames that were
+    sent to the model. (None, None) when the options ask for neither."""
+    o = options
+    if not (o.timestamps or o.confidence or o.segments):
+        return None, None
+    words = timed_words(hyp.words, seconds_per_frame)
+    if o.confidence:
+        with torch.inference_mode():
+            probabilities = ctc.word_probabilities(logits, [(s, e) for _, s, e in hyp.words], vocab.blank_id,
+                                                   vocab.not_spelling())
+        words = [dataclasses.replace(w, probability=p) for w, p in zip(words, probabilities)]
+    shown = words if o.timestamps or o.confidence else None
+    if not o.segments:
+        return shown, None
+    bounds = np.cumsum([0] + [piece[0] for piece in pieces]).tolist()
+    ranges = list(zip(bounds[:-1], bounds[1:]))
+    sent = [(first + piece[1], end - piece[2]) for (first, end), piece in zip(ranges, pieces)]
+    with torch.inference_mode():
+        logprobs = ctc.mean_logprobs(logits, sent)
+    owner = [min(len(ranges) - 1, bisect.bisect_right(bounds, max(e - 1, s), 1) - 1) for _, s, e in hyp.words]
+    segments = []
+    for i, (_, _, _, start, end) in enumerate(pieces):
+        mine = [w for w, k in zip(words, owner) if k == i]
+        segments.append(contract.Segment(
+            index=i, start=round(start, 3), end=round(end, 3), text=" ".join(w.word for w in mine),
+            words=mine if shown is not None else None, last=i == len(pieces) - 1, avg_logprob=logprobs[i]))
+    return shown, segments
 
 
 def beam_search(checkpoint: modeldir.Checkpoint, processes: int) -> tuple[BeamSearch | None, str]:

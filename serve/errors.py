@@ -9,6 +9,8 @@ alike), which carries its HTTP status and its WebSocket close code. Here each pr
 - Another HTTP shape is a `shape(message, status, exc) -> dict` given to `register` (on an app or on a
   blueprint, for its routes only): an OpenAI-style route passes one that writes
   `{"error": {"message", "type", "param", "code"}}`; statuses, messages and logging stay the same.
+  `by_path` picks a shape by the request's path, for errors no blueprint sees (404 and 405 from routing, 413
+  from the body limit): serve/app.py gives /v1/ paths serve/openai_api.py's `error_shape`.
 - WebSocket (`stream_event`): the `error` event, `{"type": "error", "error": message, "code": close code}`,
   sent before the close with that code (serve/stream_route.py).
 
@@ -18,9 +20,9 @@ gives its own `timeout_message`.
 from __future__ import annotations
 
 import logging
-from typing import Callable
+from typing import Callable, Mapping
 
-from flask import jsonify
+from flask import jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from . import contract
@@ -35,6 +37,17 @@ Shape = Callable[[str, int, BaseException], dict]
 def json_shape(message: str, status: int, exc: BaseException) -> dict:
     """This server's own error body: {"error": message}."""
     return {"error": message}
+
+
+def by_path(shapes: Mapping[str, Shape], default: Shape = json_shape) -> Shape:
+    """A shape that is `shapes[prefix]` for a request whose path starts with `prefix`, else `default`."""
+    def shape(message: str, status: int, exc: BaseException) -> dict:
+        for prefix, chosen in shapes.items():
+            if request.path.startswith(prefix):
+                return chosen(message, status, exc)
+        return default(message, status, exc)
+
+    return shape
 
 
 def message_of(exc: contract.ServingError, timeout_message: str = "") -> str:

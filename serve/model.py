@@ -170,17 +170,25 @@ class ServingModel:
                 kept = [self._kept(c, o.value, language.vocab) for c, o in zip(chunks, mine)]
                 # No chunk: no speech (VAD): no frames, an empty transcript.
                 logits = torch.cat(kept) if kept else torch.zeros(0, language.vocab.size, device=self.device)
-                pending.append((decoder.submit(logits, language.vocab, words=clip.options.timestamps,
-                                               deadline=deadline), max((o.batch_size for o in mine), default=1)))
+                o = clip.options
+                # Segments are the chunk plan's chunks (decoding.details): joined frames, silence frames put
+                # back before and after, start s, end s, each.
+                pieces = [(len(k), *c.silence_frames, c.kept_samples[0] / TARGET_RATE,
+                           c.kept_samples[1] / TARGET_RATE) for k, c in zip(kept, chunks)]
+                pending.append((decoder.submit(logits, language.vocab, words=o.timestamps or o.confidence
+                                               or o.segments, deadline=deadline),
+                                max((x.batch_size for x in mine), default=1), (language, logits, pieces)))
             results = []
-            for clip, (job, batch_size) in zip(clips, pending):
+            for clip, (job, batch_size, (language, logits, pieces)) in zip(clips, pending):
                 hyp = job.result()
+                words, segments = decoding.details(hyp, logits, language.vocab, clip.options,
+                                                   self.seconds_per_frame, pieces)
                 results.append(contract.Transcript(
-                    text=hyp.text, audio_seconds=round(len(clip.audio) / TARGET_RATE, 3),
-                    words=self._words(hyp.words, clip), batch_size=batch_size))
+                    text=hyp.text, audio_seconds=round(len(clip.audio) / TARGET_RATE, 3), words=words,
+                    batch_size=batch_size, segments=segments, language=language.name))
             return results
         finally:
-            for job, _ in pending:
+            for job, _, _ in pending:
                 job.cancel()
 
     def transcribe_iter(self, clip: contract.Clip, *, deadline: float) -> Iterator[contract.Segment]:

@@ -93,6 +93,9 @@ def _error_message(response: Response) -> str:
         doc = json.loads(response.get_data())
     except (ValueError, UnicodeDecodeError):
         return response.status
-    return str(doc.get("error", response.status)) if isinstance(doc, dict) else response.status
+    if not isinstance(doc, dict):
+        return response.status
+    error = doc.get("error", response.status)
+    return str(error.get("message", error) if isinstance(error, dict) else error)  # OpenAI's shape on /v1/
 
 

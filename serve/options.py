@@ -84,6 +84,36 @@ class Options:
         shown=f"`{lm.DEFAULT_HOTWORD_WEIGHT:g}`",
         help="Beam search: how much the hotwords are boosted (pyctcdecode's scale).",
     )
+    prompt: str | None = _option(
+        None, pattern=r"[^\x00-\x08\x0b-\x1f\x7f]{1,1000}", says="1 to 1000 characters, no control characters",
+        shown="none",
+        help="OpenAI's `prompt`: with beam search (the default for a model with an LM) each of its words that the "
+             "model can spell becomes a hotword (as typed, else lower- or upper-cased to fit the alphabet); with "
+             "greedy decoding it changes nothing.",
+    )
+    segments: bool = _option(
+        False,
+        help="Add `segments`: each chunk of the audio with its `start`, `end`, `text` and `avg_logprob` (the mean "
+             "log posterior of each frame's best label).",
+    )
+    confidence: bool = _option(
+        False,
+        help="Add `words` with a `probability` each: the mean posterior of the frames that spell the word "
+             "([OpenAI-compatible API](openai.md#segments-and-confidences)).",
+    )
+    response_format: str | None = _option(
+        None, choices=("json", "text", "srt", "vtt", "verbose_json"), shown="by `Accept`",
+        help="The answer: `json`, `text`, `srt` or `vtt` subtitles, `verbose_json` (JSON with segments and "
+             "confidences). On `/invocations` `Accept` chooses when this is left out.",
+    )
+    max_line_chars: int = _option(
+        42, at_least=10, at_most=200,
+        help="Subtitles: most characters on a line of a cue (a longer word gets a line of its own).",
+    )
+    max_lines: int = _option(
+        2, at_least=1, at_most=10,
+        help="Subtitles: most lines in a cue.",
+    )
 
 
 SPECS = common.specs(Options)

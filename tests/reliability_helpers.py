@@ -144,7 +144,20 @@ def json_error(answer: Answer) -> str | None:
         doc = json.loads(answer.body)
     except ValueError:
         return None
-    return doc.get("error") if isinstance(doc, dict) and isinstance(doc.get("error"), str) else None
+    error = doc.get("error") if isinstance(doc, dict) else None
+    if isinstance(error, dict):  # OpenAI's shape on /v1/ routes: {"error": {"message", "type", "param", "code"}}
+        error = error.get("message") if {"message", "type", "param", "code"} <= set(error) else None
+    return error if isinstance(error, str) else None
+
+
+def openai_error(answer: Answer) -> bool:
+    """Whether an answer's body is OpenAI's error shape: {"error": {"message": str, "type", "param", "code"}}."""
+    try:
+        error = json.loads(answer.body).get("error")
+    except (ValueError, AttributeError):
+        return False
+    return isinstance(error, dict) and {"message", "type", "param", "code"} <= set(error) \
+        and isinstance(error["message"], str)
 
 
 _REPR = re.compile(r"<[\w.]+ object at 0x[0-9a-fA-F]+>|object at 0x[0-9a-fA-F]+")  # no error text may hold one
@@ -307,8 +320,9 @@ AUDIO_TYPES = list(mediatypes.AUDIO) + ["Audio/WAV; codecs=1"]
 JSON_TYPES = ["application/json", "application/json; charset=utf-8", "APPLICATION/JSON"]
 
 
-def strategies():
-    """hypothesis strategies: one `request()` draws (content type, extra headers, query string, body, label)."""
+def strategies(multipart: bool = False):
+    """hypothesis strategies: one `request()` draws (content type, extra headers, query string, body, label);
+    multipart: mostly OpenAI multipart forms (for POST /v1/audio/transcriptions)."""
     from hypothesis import strategies as st
 
     files = audio_files()
@@ -413,13 +427,38 @@ def strategies():
         declared = draw(st.one_of(st.none(), st.sampled_from([0, 1, 0xFFFFFFFF, 2 ** 31])))
         return wav_header(rate, channels, bits, fmt, data, declared), f"wav-crafted-{kind}"
 
+    boundary = "fuzzboundary"
+    form_names = st.sampled_from(["response_format", "timestamp_granularities[]", "stream", "temperature", "model",
+                                  "language", "prompt", "decoder", "beam_width", "hotwords[]", "segments",
+                                  "confidence", "max_lines", "max_line_chars", "include[]", "file", "x"])
+    form_values = st.one_of(st.sampled_from(["json", "text", "srt", "vtt", "verbose_json", "word", "segment", "true",
+                                             "false", "0", "1.5", "-1", "nan", "beam", "greedy", "eng", ""]),
+                            st.text(max_size=40))
+
+    @st.composite
+    def multipart_form(draw):
+        # OpenAI's body (POST /v1/audio/transcriptions, and /invocations): a file part and fields, sometimes broken.
+        import urllib3
+
+        payload, name = draw(st.one_of(mutated_audio(), crafted_wav(), st.deferred(lambda: float_wav),
+                                       st.deferred(lambda: random_bytes)))
+        fields = [("file", ("a.wav", payload, "audio/wav"))] if draw(st.integers(0, 5)) else []
+        fields += draw(st.lists(st.tuples(form_names, form_values), max_size=4))
+        body, _ = urllib3.encode_multipart_formdata(fields, boundary=boundary)
+        if draw(st.integers(0, 4)) == 0:
+            body = body[: draw(st.integers(0, len(body)))]
+        return body, f"multipart-{name}"
+
     float_wav = st.sampled_from([np.nan, np.inf, -np.inf, 1e30]).map(
         lambda v: (encode(np.full(4000, v, np.float32), 16_000, "WAV", "FLOAT"), "wav-float-nonfinite"))
     random_bytes = st.binary(max_size=2048).map(lambda b: (b, "random-bytes"))
 
     bodies = st.one_of(mutated_audio(), crafted_wav(), float_wav, seed_json(), b64_json(), deep_json(),
                        huge_json(), json_values.map(lambda v: (json.dumps(v).encode(), "json-random")),
-                       random_bytes)
+                       random_bytes, multipart_form())
+    if multipart:
+        plain = bodies  # one_of would flatten its branches: 3 in 4 draws are forms
+        bodies = st.integers(0, 3).flatmap(lambda k: multipart_form() if k else plain)
     # Expect is rare: any value but 100-continue is answered 417 by gunicorn before the app sees the body.
     header_names = st.sampled_from(["Accept"] * 3 + ["X-Amzn-RequestId", "X-Request-Id",
                                     "X-Amzn-SageMaker-Custom-Attributes", "Accept-Encoding", "Content-Encoding",
@@ -439,7 +478,9 @@ def strategies():
         body, label = draw(bodies)
         # Mostly a content type that reaches the body's decoder, so the decoders (not the 415) get fuzzed.
         pick = draw(st.sampled_from(["matching"] * 6 + ["listed"] * 2 + ["random"]))
-        if pick == "matching":
+        if pick == "matching" and label.startswith("multipart"):
+            ctype = f"multipart/form-data; boundary={boundary}"
+        elif pick == "matching":
             ctype = draw(st.sampled_from(JSON_TYPES if label.startswith("json") else AUDIO_TYPES))
         elif pick == "listed":
             ctype = draw(st.sampled_from(CONTENT_TYPES))
@@ -466,8 +507,8 @@ class FuzzReport:
 
 
 def fuzz(port: int, max_examples: int, max_s: float, seed: int = 0,
-         stop: threading.Event | None = None) -> FuzzReport:
-    """Send hypothesis-drawn hostile requests until max_examples or max_s; record every broken answer.
+         stop: threading.Event | None = None, path: str = "/invocations") -> FuzzReport:
+    """Send hypothesis-drawn hostile requests to `path` until max_examples or max_s; record every broken answer.
 
     Failures are collected rather than raised, so one run reports all of them (and how many inputs it tried).
     """
@@ -479,7 +520,7 @@ def fuzz(port: int, max_examples: int, max_s: float, seed: int = 0,
     @hseed(seed)
     @settings(max_examples=max_examples, deadline=None, database=None, phases=[Phase.generate],
               suppress_health_check=list(HealthCheck))
-    @given(strategies())
+    @given(strategies(multipart=path.startswith("/v1/")))
     def one(req):
         if time.monotonic() > stop_at or (stop is not None and stop.is_set()):
             raise _TimeUp  # ends the run; with only the generate phase hypothesis does not shrink it
@@ -487,11 +528,14 @@ def fuzz(port: int, max_examples: int, max_s: float, seed: int = 0,
         h = dict(headers)
         if ctype:
             h["Content-Type"] = ctype
-        a = send(port, body, h, path="/invocations" + percent_quote(query))
+        a = send(port, body, h, path=path + percent_quote(query))
         report.tried += 1
         report.by_status[a.status] = report.by_status.get(a.status, 0) + 1
         report.by_label[label] = report.by_label.get(label, 0) + 1
         why = acceptable(a)
+        # 417 (an Expect other than 100-continue) is answered by the worker before any route (serve/worker.py).
+        if not why and path.startswith("/v1/") and a.status >= 400 and a.status != 417 and not openai_error(a):
+            why = f"{a.status} not in OpenAI's error shape: {a.body[:200]!r}"
         if why:
             report.problems.append(f"{label} ctype={ctype!r} query={query!r} headers={headers!r} "
                                    f"body[:80]={body[:80]!r} ({len(body)} bytes): {why}")

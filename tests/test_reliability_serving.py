@@ -51,6 +51,28 @@ def test_fuzzed_invocations_get_2xx_or_json_4xx_and_no_worker_dies(server, model
     good_request_is_correct(server, model_dir)
 
 
+def test_fuzzed_openai_transcriptions_get_2xx_or_openai_4xx_and_no_worker_dies(server, model_dir):
+    """The same hostile bodies (and OpenAI multipart forms, whole or broken) on POST /v1/audio/transcriptions:
+    every error in OpenAI's shape {"error": {"message", "type", "param", "code"}} with a 4xx."""
+    report = rh.fuzz(server.port, max_examples=200, max_s=30, seed=11, path="/v1/audio/transcriptions")
+    print(f"fuzz /v1/audio/transcriptions: {report.tried} inputs, statuses {report.by_status}")
+    assert report.tried >= 50, "too few inputs tried in the time allowed"
+    assert not report.problems, "\n".join(report.problems[:10])
+    assert not server.deaths(), server.deaths()
+    assert not server.app_errors(), server.app_errors()
+    assert server.worker_pids() == server.workers_at_start
+    multipart = sum(n for label, n in report.by_label.items() if label.startswith("multipart"))
+    # The forms reached the form parser and the audio decoders (400s), not only the 415 for the content type.
+    assert multipart >= 100 and report.by_status.get(400, 0) >= 40, (report.by_status, report.by_label)
+    good_request_is_correct(server, model_dir)
+    import urllib3
+
+    audio = rh.speechlike(1.5, seed=42)
+    body, ctype = urllib3.encode_multipart_formdata({"file": ("a.wav", encode(audio, 16_000)), "model": "m"})
+    a = rh.send(server.port, body, {"Content-Type": ctype}, path="/v1/audio/transcriptions")
+    assert a.status == 200 and json.loads(a.body)["text"] == rh.reference_text(model_dir)(audio), a.body
+
+
 def test_nested_json_is_a_400(server):
     for depth in (1_000, 100_000):
         a = rh.send(server.port, (b"[" * depth) + (b"]" * depth), {"Content-Type": "application/json"})

@@ -116,7 +116,8 @@ def test_the_fake_models_keep_the_contract_at_run_time():
 
 @pytest.mark.parametrize("error,status,close_code", [
     (contract.BadRequest, 400, 1007), (contract.UnknownLanguage, 400, 1007), (contract.PayloadTooLarge, 413, 1009),
-    (contract.UnsupportedMediaType, 415, 1003), (contract.RequestTimeout, 408, 1008),
+    (contract.UnsupportedMediaType, 415, 1003), (contract.NotAcceptable, 406, 1003),
+    (contract.RequestTimeout, 408, 1008),
     (contract.LimitReached, 413, 1008), (contract.Timeout, 503, 1013), (contract.Unavailable, 503, 1013),
     (contract.FellBehind, 503, 1013),
     (contract.ModelFailure, 500, 1011), (contract.ServingError, 500, 1011),
