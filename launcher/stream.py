@@ -237,6 +237,9 @@ class OpenAIProtocol:
 
     ending = False
 
+    def closed_early(self, close_code: int | None) -> bool:
+        return not self.finished  # the connection stays open: the second session.updated ends it
+
 
 # Printing ---------------------------------------------------------------------------------------------------
 class Printer:
@@ -276,64 +279,51 @@ class Printer:
 
 # Transports -------------------------------------------------------------------------------------------------
 def run(opts: StreamOptions) -> int:
+    if opts.protocol == "openai" and not opts.aws.local:  # refused before any audio is read
+        raise LaunchError("--protocol openai streams to a local container (--local); SageMaker endpoints take it too "
+                          "(the same route), from a client of your own: docs/streaming.md, Realtime (OpenAI events)")
     settings, chunks = audio_source(opts)
     settings.update(opts.request_options)
     printer = Printer(opts.as_json)
     if opts.protocol == "openai":
-        return _run_openai(opts, OpenAIProtocol(settings), paced(chunks, opts.speed), printer)
-    if opts.aws.local:
-        code = _run_websocket(opts, settings, paced(chunks, opts.speed), printer)
+        code = _run_websocket(opts, OpenAIProtocol(settings), paced(chunks, opts.speed), printer)
+    elif opts.aws.local:
+        code = _run_websocket(opts, NativeProtocol(settings), paced(chunks, opts.speed), printer)
     else:
         code = _run_sagemaker(opts, settings, paced(chunks, opts.speed), printer)
     return 1 if printer.error is not None else code
 
 
-def _run_websocket(opts: StreamOptions, settings: dict, frames, printer: Printer) -> int:
-    try:
-        from websockets.exceptions import ConnectionClosed, InvalidHandshake
-        from websockets.sync.client import connect
-    except ImportError:
-        raise LaunchError("--local needs websockets (./setup.sh builds .venv-launch with it)") from None
-    try:
-        conn = connect(opts.url, open_timeout=30, max_size=None, compression=None)
-    except (OSError, InvalidHandshake, TimeoutError) as exc:
-        raise LaunchError(f"cannot open {opts.url}: {exc}; is the container running (local_test/serve_local.sh) and "
-                          f"listening on that port?") from None
-    done = threading.Event()
+class NativeProtocol:
+    """Our own protocol on the WebSocket: the settings frame, binary audio frames, {"type": "end"}; its events are
+    the Printer's as they are, and the server closes the stream (1000) after the last final."""
 
-    def send():
-        try:
-            conn.send(json.dumps(settings))
-            for data in frames:
-                if done.is_set():
-                    return
-                conn.send(data)
-            conn.send(json.dumps({"type": "end"}))
-        except ConnectionClosed:
-            pass
+    finished = False  # the close ends it
+    ending = False
 
-    sender = threading.Thread(target=send, daemon=True)
-    sender.start()
-    try:
-        for message in conn:
-            printer.event(json.loads(message))
-    except ConnectionClosed:
-        pass
-    finally:
-        done.set()
-        conn.close()
-    if conn.close_code not in (1000, None) and printer.error is None:
-        print(f"launch stream: the server closed the stream ({conn.close_code} {conn.close_reason})", file=sys.stderr)
-        return 1
-    return 0
+    def __init__(self, settings: dict):
+        self.settings = settings
+
+    def first(self) -> str:
+        return json.dumps(self.settings)
+
+    def audio(self, data: bytes) -> bytes:
+        return data
+
+    def end(self) -> list[str]:
+        return [json.dumps({"type": "end"})]
+
+    def translate(self, event: dict) -> dict:
+        return event
+
+    def closed_early(self, close_code: int | None) -> bool:
+        return close_code not in (1000, None)
 
 
-def _run_openai(opts: StreamOptions, protocol: OpenAIProtocol, frames, printer: Printer) -> int:
-    """--protocol openai over the local WebSocket (its /invocations-bidirectional-stream or /v1/realtime): the
-    session ends, and the connection is closed, once the final commit's transcript has come."""
-    if not opts.aws.local:
-        raise LaunchError("--protocol openai streams to a local container (--local); SageMaker endpoints take it too "
-                          "(the same route), from a client of your own: docs/streaming.md, Realtime (OpenAI events)")
+def _run_websocket(opts: StreamOptions, protocol, frames, printer: Printer) -> int:
+    """One local WebSocket session in either protocol (NativeProtocol, OpenAIProtocol): a thread sends the first
+    message, the audio and the end; this one prints what comes back until the protocol is finished or the
+    server closes."""
     try:
         from websockets.exceptions import ConnectionClosed, InvalidHandshake
         from websockets.sync.client import connect
@@ -364,16 +354,13 @@ def _run_openai(opts: StreamOptions, protocol: OpenAIProtocol, frames, printer: 
     try:
         for message in conn:
             raw = json.loads(message)
-            if printer.as_json:
+            event = protocol.translate(raw)  # None: an event the Printer does not show
+            if printer.as_json:  # the server's events as they are
                 print(json.dumps(raw), file=printer.out, flush=True)
-                if raw.get("type") == "error" and not (protocol.ending and (raw.get("error") or {}).get("code")
-                                                       == "input_audio_buffer_commit_empty"):
+                if event is not None and event.get("type") == "error":
                     printer.error = raw
-                protocol.translate(raw)
-            else:
-                event = protocol.translate(raw)
-                if event is not None:
-                    printer.event(event)
+            elif event is not None:
+                printer.event(event)
             if protocol.finished:
                 break
     except ConnectionClosed:
@@ -381,7 +368,7 @@ def _run_openai(opts: StreamOptions, protocol: OpenAIProtocol, frames, printer: 
     finally:
         done.set()
         conn.close()
-    if not protocol.finished and printer.error is None:
+    if protocol.closed_early(conn.close_code) and printer.error is None:
         print(f"launch stream: the server closed the stream ({conn.close_code} {conn.close_reason}) before the last "
               f"transcript", file=sys.stderr)
         return 1

@@ -152,4 +152,4 @@ def test_protocol_openai_is_refused_where_it_cannot_go():
     assert opts.protocol == "openai"
     opts.aws = AwsOptions(region="us-east-1")  # not local: an endpoint
     with pytest.raises(LaunchError, match="--protocol openai streams to a local container"):
-        stream._run_openai(opts, stream.OpenAIProtocol({}), iter(()), stream.Printer(False))
+        stream.run(opts)  # before it reads any audio (the source, "-", is stdin)

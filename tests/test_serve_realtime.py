@@ -551,6 +551,11 @@ def test_launch_stream_protocol_openai(server, clips, tmp_path):
                            env=program_env(), timeout=120)
     assert plain.returncode == 0, plain.stderr
     assert plain.stdout.splitlines() == [t for t in done if t]  # the same audio, the same utterances
+    for extra in ([], ["--json"]):  # an error event is a failure, printed or not
+        bad = subprocess.run([str(ROOT / "launcher" / "launch"), "stream", str(path), "--local", "--url", url,
+                              "--protocol", "openai", "--speed", "0", "--option", "language=fra", *extra],
+                             capture_output=True, text=True, env=program_env(), timeout=120)
+        assert bad.returncode == 1 and "no language adapters" in bad.stdout + bad.stderr, (bad.stdout, bad.stderr)
 
 
 def test_vad_finals_equal_invocations_of_their_audio_greedy_and_with_the_lm(tmp_path, clips):
