@@ -42,7 +42,8 @@ from dataclasses import dataclass
 
 from websockets.exceptions import ConnectionClosed
 
-from . import contract, errors, metrics, options
+from . import contract, errors, options
+from .stream_session import GOING_AWAY, NORMAL, StreamSession
 
 log = logging.getLogger("serve")
 
@@ -55,9 +56,6 @@ NOT_SUPPORTED = ("conversation.item.create", "conversation.item.delete", "conver
 FORMATS = {"pcm16": ("pcm_s16le", 24_000), "g711_ulaw": ("pcm_mulaw", 8_000), "g711_alaw": ("pcm_alaw", 8_000)}
 GA_FORMATS = {"audio/pcm": "pcm16", "audio/pcmu": "g711_ulaw", "audio/pcma": "g711_alaw"}
 PCM_RATES = (16_000, 24_000)
-NORMAL, GOING_AWAY = 1000, 1001
-POLL_S = 0.25
-DRAIN_MAX = 256
 BEHIND_REPORT_S = 1.0  # behind real time by more than this: an input_audio_buffer.behind event (at most 1/s)
 
 
@@ -103,18 +101,18 @@ def _eid() -> str:
     return "event_" + uuid.uuid4().hex[:20]
 
 
-class RealtimeSession:
+class RealtimeSession(StreamSession):
     """One OpenAI Realtime transcription session on a WebSocket connection (the hub's: model, settings,
     draining, streamaudio). `first`: the message that chose this protocol, when there was one."""
 
+    protocol = "realtime"
+    noun = "session"
+    unit = "event"
+
     def __init__(self, hub, connection, first: str | None = None, started: float | None = None):
-        self.hub, self.conn, self.s = hub, connection, hub.settings
+        super().__init__(hub, connection, started)
         self.first = first
-        self.meter = metrics.StreamMeter()
-        headers = connection.request.headers
-        self.id = (headers.get("X-Amzn-RequestId") or headers.get("X-Request-Id") or uuid.uuid4().hex[:16])[:64]
         self.session_id = "sess_" + uuid.uuid4().hex[:20]
-        self.started = started or time.monotonic()
         self.beta = False  # the client speaks transcription_session.* (answered in kind)
         self.format = "pcm16"
         self.rate = 24_000
@@ -125,35 +123,12 @@ class RealtimeSession:
             round(1000 * getattr(self.s, "stream_vad_prefix_padding_s", 0.3)),
             round(1000 * self.s.stream_silence_s))
         self.base: dict = {}
-        self.stream = None
-        self.decoder = None
         self.items: dict[int, _Item] = {}
         self.last_item: str | None = None
         self.appended = 0  # bytes appended since the last commit or clear
-        self.bytes = 0
-        self.close_code = NORMAL
         self.reported_behind = 0.0
 
     # The loop ------------------------------------------------------------------------------------------------
-    def run(self) -> None:
-        try:
-            self._run()
-        except ConnectionClosed:
-            self.close_code = 1006
-        except contract.ServingError as exc:
-            if exc.close_code == contract.ModelFailure.close_code:
-                errors.log_failure(exc)
-            self._fail(exc)
-        except Exception:
-            log.exception("stream id=%s failed", self.id)
-            self._fail(contract.ServingError(errors.INTERNAL_MESSAGE))
-        t = self.stream
-        log.info("stream id=%s protocol=realtime audio_s=%.2f bytes=%d utterances=%d windows=%d batch=%d "
-                 "duration_s=%.1f close=%d", self.id, t.audio_seconds if t else 0.0, self.bytes,
-                 t.utterances if t else 0, t.windows if t else 0, t.max_batch if t else 0,
-                 time.monotonic() - self.started, self.close_code)
-        self.meter.closed(t.audio_seconds if t else 0.0, time.monotonic() - self.started, self.close_code)
-
     def _run(self) -> None:
         query = urllib.parse.urlsplit(self.conn.request.path).query
         self.base = options.request_level([(k, v) for k, v in urllib.parse.parse_qsl(query, keep_blank_values=True)
@@ -163,30 +138,11 @@ class RealtimeSession:
                     "session": self._session_json()})
         if self.first is not None and self._message(self.first):
             return
-        limit_at = self.started + self.s.stream_max_session_s
-        last_frame = time.monotonic()
-        while True:
-            if self.hub.draining.is_set():
-                self._finish(GOING_AWAY, "the server is shutting down")
-                return
-            now = time.monotonic()
-            if now >= limit_at:
-                raise contract.LimitReached(f"the session reached its limit of {self.s.stream_max_session_s:g} s "
-                                            f"(SERVE_STREAM_MAX_SESSION_S); open a new one to go on")
-            if now - last_frame >= self.s.stream_idle_timeout_s:
-                raise contract.RequestTimeout(f"no event for {self.s.stream_idle_timeout_s:g} s "
-                                              f"(SERVE_STREAM_IDLE_TIMEOUT_S)")
-            try:
-                message = self.conn.recv(timeout=min(POLL_S, limit_at - now,
-                                                     last_frame + self.s.stream_idle_timeout_s - now))
-            except TimeoutError:
-                continue
-            if self._message(message) or self._drain():
-                return
-            if self.stream is not None:
-                self._behind()
-                self._events(self.stream.advance(self._deadline()))
-            last_frame = time.monotonic()
+        self._loop()
+
+    def _step(self) -> None:
+        self._behind()
+        self._events(self.stream.advance(self._deadline()))
 
     def _beta_first(self) -> bool:
         try:
@@ -196,18 +152,6 @@ class RealtimeSession:
 
     def _deadline(self) -> float:
         return time.monotonic() + self.s.timeout_s
-
-    def _drain(self) -> bool:
-        for i in range(DRAIN_MAX):
-            try:
-                message = self.conn.recv(timeout=0)
-            except TimeoutError:
-                self.meter.set_behind(i > 0)
-                return False
-            if self._message(message):
-                return True
-        self.meter.set_behind(True)
-        return False
 
     def _behind(self) -> None:
         """Back-pressure: audio waiting for its windows beyond SERVE_STREAM_MAX_BEHIND_S ends the session (its

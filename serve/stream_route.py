@@ -45,12 +45,12 @@ import socket
 import threading
 import time
 import urllib.parse
-import uuid
 
 from websockets.exceptions import ConnectionClosed
 from websockets.sync import server as ws_server
 
-from . import contract, errors, metrics, options, realtime
+from . import contract, errors, options, realtime
+from .stream_session import GOING_AWAY, NORMAL, Handoff, StreamSession
 
 log = logging.getLogger("serve")
 _WS_LOG = logging.getLogger("serve.websocket")  # websockets' own: one line per connection at INFO; ours says more
@@ -61,10 +61,7 @@ REQUEST_LINE = b"GET " + PATH.encode()  # what the worker looks for; then " " or
 # OpenAI Realtime events (serve/realtime.py) at their own path too, for clients with a websocket_base_url.
 REQUEST_LINES = (REQUEST_LINE, b"GET " + realtime.PATH.encode())
 
-NORMAL, GOING_AWAY = 1000, 1001  # the closes without an error; the others are the errors' close_code
 CLOSE_TIMEOUT_S = 2.0  # the closing handshake; SIGTERM leaves ~25 s in all
-POLL_S = 0.25  # how often a waiting session looks for a shutdown
-DRAIN_MAX = 256  # messages taken at once before the windows run (websockets queues 16 per connection anyway)
 SETTINGS_FIELDS = ("type", "encoding", "sample_rate", "channels", "endpointing", "vad_threshold", "silence_s")
 # Errors after which the audio already received is still transcribed: its last final, then the error.
 AFTER_LAST_FINAL = (contract.LimitReached, contract.RequestTimeout)
@@ -78,14 +75,6 @@ def is_stream_request(head: bytes) -> bool:
 def could_be_stream_request(head: bytes) -> bool:
     """Too few bytes yet to tell (a request line cut by the network)."""
     return any(len(head) <= len(line) and line.startswith(head) for line in REQUEST_LINES)
-
-
-class _Handoff(Exception):
-    """The first message is an OpenAI Realtime client event: the session goes to serve/realtime.py."""
-
-    def __init__(self, message: str):
-        super().__init__("realtime")
-        self.message = message
 
 
 class Hub:
@@ -159,86 +148,26 @@ class Hub:
                 self.active -= 1
 
 
-class Session:
+class Session(StreamSession):
+    """Our protocol (the module docstring)."""
+
+    idle_hint = '; send {"type": "end"} when the audio is over'
+
     def __init__(self, hub: Hub, connection):
-        self.hub, self.conn, self.s = hub, connection, hub.settings
-        self.meter = metrics.StreamMeter()
-        headers = connection.request.headers
-        self.id = (headers.get("X-Amzn-RequestId") or headers.get("X-Request-Id") or uuid.uuid4().hex[:16])[:64]
-        self.started = time.monotonic()
+        super().__init__(hub, connection)
         self.base: dict = {}
         self.item: dict = {}
-        self.decoder = None
-        self.stream: contract.LiveStream | None = None
-        self.bytes = 0
-        self.close_code = NORMAL
-        self.handoff: str | None = None  # a first message that chose the OpenAI Realtime protocol
         self.turns: dict = {}  # endpointing settings of the settings frame (set_turn_detection)
-
-    def run(self) -> None:
-        try:
-            self._run()
-        except _Handoff as handoff:
-            self.handoff = handoff.message
-            return
-        except ConnectionClosed:
-            self.close_code = 1006  # the client went away; nothing to answer
-        except contract.ServingError as exc:
-            if exc.close_code == contract.ModelFailure.close_code:
-                errors.log_failure(exc)
-            self._fail(exc)
-        except Exception:
-            log.exception("stream id=%s failed", self.id)
-            self._fail(contract.ServingError(errors.INTERNAL_MESSAGE))
-        t = self.stream
-        log.info("stream id=%s audio_s=%.2f bytes=%d utterances=%d windows=%d batch=%d duration_s=%.1f close=%d",
-                 self.id, t.audio_seconds if t else 0.0, self.bytes, t.utterances if t else 0,
-                 t.windows if t else 0, t.max_batch if t else 0, time.monotonic() - self.started, self.close_code)
-        self.meter.closed(t.audio_seconds if t else 0.0, time.monotonic() - self.started, self.close_code)
 
     def _run(self) -> None:
         query = urllib.parse.urlsplit(self.conn.request.path).query
         self.base = options.request_level(urllib.parse.parse_qsl(query, keep_blank_values=True),
                                           self.conn.request.headers.get(options.HEADER))
-        limit_at = self.started + self.s.stream_max_session_s
-        last_frame = time.monotonic()
-        while True:
-            if self.hub.draining.is_set():
-                self._finish(GOING_AWAY, "the server is shutting down")
-                return
-            now = time.monotonic()
-            if now >= limit_at:
-                raise contract.LimitReached(f"the stream reached its limit of {self.s.stream_max_session_s:g} s "
-                                            f"(SERVE_STREAM_MAX_SESSION_S); open a new one to go on")
-            if now - last_frame >= self.s.stream_idle_timeout_s:
-                raise contract.RequestTimeout(f"no frame for {self.s.stream_idle_timeout_s:g} s "
-                                              f"(SERVE_STREAM_IDLE_TIMEOUT_S); send {{\"type\": \"end\"}} when "
-                                              f"the audio is over")
-            try:
-                message = self.conn.recv(timeout=min(POLL_S, limit_at - now,
-                                                     last_frame + self.s.stream_idle_timeout_s - now))
-            except TimeoutError:
-                continue
-            if self._message(message) or self._drain():
-                return
-            if self.stream is not None:
-                _check_behind(self.stream, self.s)
-                self._send(self.stream.advance(time.monotonic() + self.s.timeout_s))
-            last_frame = time.monotonic()  # after the work: time spent transcribing is not the client's idling
+        self._loop()
 
-    def _drain(self) -> bool:
-        """Take every message that is already waiting (a stream whose windows took longer than real time), so
-        that the next window catches up on all of its audio at once; True when the stream is over."""
-        for i in range(DRAIN_MAX):
-            try:
-                message = self.conn.recv(timeout=0)
-            except TimeoutError:
-                self.meter.set_behind(i > 0)  # frames were waiting: this stream's audio comes faster than real time
-                return False
-            if self._message(message):
-                return True
-        self.meter.set_behind(True)
-        return False
+    def _step(self) -> None:
+        _check_behind(self.stream, self.s)
+        self._send(self.stream.advance(time.monotonic() + self.s.timeout_s))
 
     def _message(self, message) -> bool:
         """A text or audio message (audio is only added; `advance` runs its windows); True when the stream is
@@ -263,7 +192,7 @@ class Session:
             raise contract.BadRequest("a text frame must hold a JSON object")
         kind = doc.get("type", "settings")
         if self.stream is None and not self.bytes and kind in realtime.CLIENT_EVENTS + realtime.NOT_SUPPORTED:
-            raise _Handoff(message)
+            raise Handoff(message)
         if kind == "end":
             if set(doc) - {"type"}:
                 raise contract.BadRequest(f"{{\"type\": \"end\"}} takes no other field, got "
