@@ -37,10 +37,12 @@ TRAIN_VOICES = [
 TEST_VOICES = [("en-gb-x-gbclan", 155, 50), ("en-gb-x-gbcwmd", 150, 45), ("en-us+f4", 160, 65)]
 # Variants no training voice and no other held-out set uses, on training accents (issue 28: voices that no
 # tuning run saw): two female (espeak-ng f3: 140-240 Hz, formants x1.05-1.35, echo; f5), one male (m6).
-# Extra training voices (--train-variants): espeak-ng's female variants, which TRAIN_VOICES lacks (its
-# voices are all the default male one), on training accents; none is a variant any held-out set uses.
+# Extra training voices (--train-variants N: the first N): espeak-ng's variants, which TRAIN_VOICES lacks (its
+# first six are the default male voice), on training accents; none is a variant any held-out set uses. Four
+# female ones first, then two male and two female more.
 TRAIN_VARIANTS = [("en-us+f1", 150, 55), ("en-gb+Annie", 145, 50), ("en-029+Linda", 160, 50),
-                  ("en-us-nyc+Belinda", 150, 55)]
+                  ("en-us-nyc+Belinda", 150, 55), ("en-gb+m1", 150, 40), ("en-gb-scotland+steph", 155, 55),
+                  ("en-us+m7", 160, 45), ("en-gb-x-rp+aunty", 150, 55)]
 OTHER_VARIANTS = [("en-gb-x-rp+f3", 150, 60), ("en-us-nyc+f5", 160, 55), ("en-gb-scotland+m6", 150, 45)]
 # Named held-out voice sets for --test-voices; each is disjoint from the first 6 training voices.
 TEST_VOICE_SETS = {
@@ -129,7 +131,7 @@ def main(argv=None) -> int:
     p.add_argument("--test", type=int, default=60, help="held-out utterances (default 60)")
     p.add_argument("--train-voices", type=int, default=6, help="how many training voices (max %d)" % len(TRAIN_VOICES))
     p.add_argument("--train-variants", type=int, default=0,
-                   help="also train on this many female variants (max %d): %s" % (
+                   help="also train on the first N of these espeak-ng variants (max %d): %s" % (
                        len(TRAIN_VARIANTS), ", ".join(v[0] for v in TRAIN_VARIANTS)))
     p.add_argument("--test-voices", type=parse_voices, default="default", metavar="SET|V:WPM:PITCH,...",
                    help="held-out voices: a named set (%s; default: default) or voice:wpm:pitch items. The "
