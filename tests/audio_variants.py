@@ -156,3 +156,18 @@ def pyav_samples(data: bytes) -> tuple[np.ndarray, int]:
             parts.append(x.astype(np.float32).mean(axis=0, dtype=np.float32))
             rate = frame.sample_rate
     return np.concatenate(parts), rate
+
+
+def mutate(data: bytes, rng) -> bytes:
+    """1-6 seeded edits of a file (`rng`: a random.Random): a byte changed, up to 400 bytes cut out, or up to 40
+    random bytes inserted, at random places; what a fuzzer throws at a decoder."""
+    out = bytearray(data)
+    for _ in range(rng.randint(1, 6)):
+        at, op = rng.randrange(len(out)), rng.random()
+        if op < 0.6:
+            out[at] = rng.randrange(256)
+        elif op < 0.8:
+            del out[at:at + rng.randint(1, 400)]
+        else:
+            out[at:at] = rng.randbytes(rng.randint(1, 40))
+    return bytes(out)

@@ -245,16 +245,7 @@ def mutations(speech, seed: int = 21, count: int = 150):
     seeds = [made(case, x[:rate], rate) for case in PYAV]
     rng = random.Random(seed)
     for _ in range(count):
-        data = bytearray(rng.choice(seeds))
-        for _ in range(rng.randint(1, 6)):
-            at, op = rng.randrange(len(data)), rng.random()
-            if op < 0.6:
-                data[at] = rng.randrange(256)
-            elif op < 0.8:
-                del data[at:at + rng.randint(1, 400)]
-            else:
-                data[at:at] = rng.randbytes(rng.randint(1, 40))
-        yield bytes(data)
+        yield av.mutate(rng.choice(seeds), rng)
 
 
 def test_mutations_and_garbage_raise_audio_error_only(speech):
