@@ -70,13 +70,38 @@ def test_the_reverberation_help_states_the_ranges_the_data_step_draws_from():
 
 
 def _dataset(x: np.ndarray, labels: list[int], speed_perturbation: float = 0.0, reverberation: float = 0.0,
-             train: bool = True, voice_perturbation: float = 0.0) -> SpeechDataset:
+             train: bool = True, voice_perturbation: float = 0.0, augmentation_start_step: int = 0) -> SpeechDataset:
     """A one-item dataset whose audio is `x` (already 16 kHz), as if read from a channel."""
     audio = types.SimpleNamespace(load=lambda i: x, normalized=True)
     ix = types.SimpleNamespace(name="train", audio=audio, names=["x.wav"])
     examples = Examples(ix, np.array([0]), Ragged.from_lists([labels]), np.array([len(x)]), Strings(["ab"]))
     return SpeechDataset(examples, train=train, speed_perturbation=speed_perturbation, reverberation=reverberation,
-                         voice_perturbation=voice_perturbation)
+                         voice_perturbation=voice_perturbation, augmentation_start_step=augmentation_start_step)
+
+
+def test_voices_and_rooms_start_at_the_asked_step_in_running_dataloader_workers():
+    """augmentation_start_step: the callback's step reaches a persistent worker that is already running (the
+    DataLoader the Trainer builds), and only voices and rooms wait for it."""
+    from train.callbacks import AugmentationStartCallback
+
+    x = _tone(1.0)
+    x = (x - x.mean()) / x.std()
+    ds = _dataset(x, [1, 2], reverberation=1.0, speed_perturbation=0.0, augmentation_start_step=3)
+    callback, state = AugmentationStartCallback(ds), types.SimpleNamespace(global_step=0)
+    loader = torch.utils.data.DataLoader(ds, batch_size=None, sampler=[0] * 12, num_workers=1, prefetch_factor=1,
+                                         persistent_workers=True, multiprocessing_context="fork")
+    callback.on_train_begin(None, state, None)
+    reverberated = []
+    for step, item in enumerate(loader, start=1):
+        reverberated.append(not np.array_equal(item["input_values"], x))
+        state.global_step = step
+        callback.on_step_end(None, state, None)
+    # Steps 1-3 drew before step 3 ended; the worker reads at most one item ahead (prefetch_factor 1).
+    assert reverberated[:3] == [False] * 3 and all(reverberated[5:]), reverberated
+    assert _dataset(x, [1, 2], reverberation=1.0).step is None  # 0: no shared step, from the start
+    resumed = types.SimpleNamespace(global_step=7)
+    callback.on_train_begin(None, resumed, None)
+    assert ds.step.value == 7  # a resumed job starts where it stopped
 
 
 def test_dataset_draws_a_new_factor_each_time_within_range_and_seeded():

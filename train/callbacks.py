@@ -53,3 +53,18 @@ class ProgressCallback(TrainerCallback):
             self.eval_history.append(row)
         say(line("eval", **row))
         self.reporter.scalars("eval", row["step"], row)
+
+
+class AugmentationStartCallback(TrainerCallback):
+    """Tells the training dataset the optimizer step (SpeechDataset.step), for `augmentation_start_step`: voices
+    and rooms join the training audio from that step on, resumed jobs included (on_train_begin sets the resumed
+    step before the first batch is drawn)."""
+
+    def __init__(self, dataset):
+        self.step = dataset.step
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.step.value = int(state.global_step)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.step.value = int(state.global_step)

@@ -17,6 +17,7 @@ already modules of their own (train/index.py, train/formats.py).
 """
 from __future__ import annotations
 
+import multiprocessing
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -358,7 +359,8 @@ class SpeechDataset:
     (Ko et al. 2015); with `voice_perturbation` = q > 0 that fraction of draws is then spoken by another voice
     (`change_voice`: pitch median and formant ratio drawn log-uniformly from VOICE_PITCH_HZ and
     VOICE_FORMANT_RATIO); with `reverberation` = p > 0 that fraction of draws is then heard in a synthetic room
-    (`reverberate`, RT60 and direct-to-reverberant ratio drawn from REVERB_RT60_S and REVERB_DRR_DB). The
+    (`reverberate`, RT60 and direct-to-reverberant ratio drawn from REVERB_RT60_S and REVERB_DRR_DB). Voices
+    and rooms start at optimizer step `augmentation_start_step` (`step`, which the trainer's callback sets). The
     random draws come from torch's generator, which the Trainer seeds per worker.
     An unreadable file is reported in "skipped"; a training item is then replaced by the next readable one
     (batches keep their size, so every process still steps together), an evaluation item by `min_samples`
@@ -366,10 +368,14 @@ class SpeechDataset:
     """
 
     def __init__(self, examples: Examples, *, train: bool, min_samples: int = 0, speed_perturbation: float = 0.0,
-                 reverberation: float = 0.0, voice_perturbation: float = 0.0):
+                 reverberation: float = 0.0, voice_perturbation: float = 0.0, augmentation_start_step: int = 0):
         self.examples, self.train = examples, train
         self.min_samples, self.speed_perturbation = min_samples, speed_perturbation
         self.reverberation, self.voice_perturbation = reverberation, voice_perturbation
+        self.augmentation_start_step = augmentation_start_step
+        # The trainer's optimizer step, written by AugmentationStartCallback in the training process and read in
+        # the DataLoader workers: shared memory, which a worker inherits when it starts (fork or spawn).
+        self.step = multiprocessing.Value("q", 0, lock=False) if augmentation_start_step > 0 else None
         self.lengths = examples.samples.tolist()  # for length-grouped batches
 
     def __len__(self) -> int:
@@ -388,14 +394,15 @@ class SpeechDataset:
             s = self.speed_perturbation
             x = speed_perturb(x, float(torch.empty(()).uniform_(1 - s, 1 + s)))
         changed = False
-        if self.train and self.voice_perturbation > 0:
+        later = self.step is None or self.step.value >= self.augmentation_start_step
+        if self.train and self.voice_perturbation > 0 and later:
             if float(torch.rand(())) < self.voice_perturbation:
                 pitch = _log_uniform(*VOICE_PITCH_HZ)
                 formants = _log_uniform(*VOICE_FORMANT_RATIO)
                 seed = int(torch.randint(0, 2**31 - 1, ()))
                 x, changed = change_voice(x, pitch, formants, seed), True
         reverberated = False
-        if self.train and self.reverberation > 0:
+        if self.train and self.reverberation > 0 and later:
             if float(torch.rand(())) < self.reverberation:
                 rt60 = float(torch.empty(()).uniform_(*REVERB_RT60_S))
                 drr = float(torch.empty(()).uniform_(*REVERB_DRR_DB))

@@ -124,6 +124,11 @@ class Hyperparameters:
                                     "pitch moved to a random median of 80-250 Hz with the formants kept, then the "
                                     "formants scaled by a random 0.9-1.25 (Praat's PSOLA, through praat-parselmouth; "
                                     "duration kept); 0 = off.", min=0.0, max=1.0)
+    augmentation_start_step: int = _hp(0, "Augmentation: the optimizer step from which `voice_perturbation` and "
+                                       "`reverberation` apply (`speed_perturbation` applies from the start), so that a "
+                                       "model from a random start first leaves the all-blank plateau on the audio as "
+                                       "recorded; 0 = from the start. DataLoader workers read ahead, so it begins a few "
+                                       "batches later.", min=0)
     group_by_length: bool = _hp(True, "Batch utterances of similar length together (less padding).")
     # Cadence
     logging_steps: int = _hp(25, "Print a `[metrics]` line every this many steps.", min=1)

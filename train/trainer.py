@@ -210,11 +210,13 @@ def build(model, processor, train: Examples, evaluation: Examples | None, hp, ar
           skips: SkipTracker, callbacks: list, min_samples: int) -> CTCTrainer:
     from transformers.trainer_callback import PrinterCallback
 
+    from .callbacks import AugmentationStartCallback
     from .checkpointing import ManifestCallback
     from .collator import CTCCollator
 
     train_ds = SpeechDataset(train, train=True, min_samples=min_samples, speed_perturbation=hp.speed_perturbation,
-                             reverberation=hp.reverberation, voice_perturbation=hp.voice_perturbation)
+                             reverberation=hp.reverberation, voice_perturbation=hp.voice_perturbation,
+                             augmentation_start_step=hp.augmentation_start_step)
     eval_ds = SpeechDataset(evaluation, train=False, min_samples=min_samples) if evaluation is not None else None
     tok = processor.tokenizer
     # Training passes the attention mask to layer-norm encoders only; evaluation also to a group-norm encoder
@@ -226,7 +228,8 @@ def build(model, processor, train: Examples, evaluation: Examples | None, hp, ar
         data_collator=CTCCollator(attention_mask=train_mask or getattr(model, "exact_evaluation", False)),
         train_dataset=train_ds, eval_dataset=eval_ds, processing_class=processor,
         compute_metrics=make_compute_metrics(tok, evaluation.references) if evaluation is not None else None,
-        callbacks=[skips, *callbacks, ManifestCallback()],
+        callbacks=[skips, *callbacks, ManifestCallback(),
+                   *([AugmentationStartCallback(train_ds)] if train_ds.step is not None else [])],
     )
     trainer.remove_callback(PrinterCallback)  # our [metrics]/[eval] lines replace its dict dumps
     return trainer
